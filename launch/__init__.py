@@ -1,0 +1,1 @@
+"""The launcher: preset resolution, flag translation, topology checks, then exec of SGLang."""

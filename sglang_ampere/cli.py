@@ -1,0 +1,50 @@
+"""The ``sglang-ampere`` console script.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Only the chosen command's module is imported, so ``--help`` and the
+launcher never pay for torch or SGLang imports they do not need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+#: name -> (module, one-line help). Order is the order ``--help`` lists them in.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
+}
+
+
+def _build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sglang-ampere",
+        description="DeepSeek-V4-Flash on NVIDIA Ampere with upstream SGLang "
+        "(converter, plugin, sparse MLA, launcher).",
+    )
+    parser.add_argument("--version", action="version", version=f"sglang-ampere {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == selected:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = _build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sparse MLA for GPUs without FlashMLA: a torch fallback and TileLang kernels."""
