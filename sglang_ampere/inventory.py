@@ -1,0 +1,173 @@
+"""The DeepSeek-V4-Flash tensor inventory: which tensors a checkpoint holds, and their roles.
+
+One place for two facts everything else reads:
+
+* :func:`classify` — the role of a tensor from its native name alone (routed-expert MXFP4,
+  dense FP8, or preserved), so the converter can refuse unknown names before writing.
+* :func:`native_inventory` — every tensor name, shape and on-disk dtype that a native
+  checkpoint with a given ``config.json`` must contain (``synth`` writes exactly this; tests
+  and ``audit`` compare against it both ways).
+
+Shapes are ``[out, in]``. Never imports SGLang.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .formats.constants import BLOCK, MXFP4_GROUP
+
+# Roles. A quantized tensor comes as a ``.weight`` / ``.scale`` pair.
+EXPERT = "expert"        # routed expert w1/w2/w3: MXFP4 (native) / INT4 uint4b8 (dsv4_int)
+DENSE = "dense"          # FP8 e4m3 + 128x128 E8M0 block scale (native) / INT8 (dsv4_int)
+PRESERVED = "preserved"  # copied byte for byte
+
+_BLOCK = r"(?:layers\.\d+|mtp\.\d+)"
+_EXPERT_RE = re.compile(rf"^{_BLOCK}\.ffn\.experts\.\d+\.w[123]\.(weight|scale)$")
+_DENSE_RE = re.compile(
+    rf"^(?:{_BLOCK}\.attn\.(?:wq_a|wq_b|wkv|wo_a|wo_b|indexer\.wq_b)"
+    rf"|{_BLOCK}\.ffn\.shared_experts\.w[123]"
+    r"|mtp\.\d+\.(?:e_proj|h_proj))\.(weight|scale)$"
+)
+_PRESERVED_RE = re.compile(
+    r"^(?:embed\.weight|head\.weight|norm\.weight|hc_head_(?:fn|base|scale)"
+    rf"|{_BLOCK}\.(?:attn_norm\.weight|ffn_norm\.weight|hc_(?:attn|ffn)_(?:fn|base|scale)"
+    r"|attn\.(?:q_norm\.weight|kv_norm\.weight|attn_sink)"
+    r"|attn\.(?:indexer\.)?compressor\.(?:wkv\.weight|wgate\.weight|ape|norm\.weight)"
+    r"|attn\.indexer\.weights_proj\.weight"
+    r"|ffn\.gate\.(?:weight|bias|tid2eid))"
+    r"|mtp\.\d+\.(?:enorm\.weight|hnorm\.weight|norm\.weight|hc_head_(?:fn|base|scale)))$"
+)
+
+
+@dataclass(frozen=True)
+class Role:
+    role: str            # EXPERT | DENSE | PRESERVED
+    part: str | None     # "weight" | "scale" for quantized pairs, None for preserved
+    base: str            # name without ".weight"/".scale" for pairs, the name itself otherwise
+
+
+def classify(name: str) -> Role | None:
+    """Role of a native tensor name; ``None`` if the name is not part of DeepSeek-V4-Flash."""
+    for role, rx in ((EXPERT, _EXPERT_RE), (DENSE, _DENSE_RE)):
+        m = rx.match(name)
+        if m:
+            return Role(role, m.group(1), name.rsplit(".", 1)[0])
+    if _PRESERVED_RE.match(name):
+        return Role(PRESERVED, None, name)
+    return None
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str           # safetensors dtype string: "BF16", "F32", "I64", "I8", "F8_E4M3", "F8_E8M0"
+    role: str
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def compress_ratio(config: dict, layer: int) -> int:
+    """Compression ratio of a main layer (0 = sliding window only, 4 = CSA, 128 = HCA)."""
+    return int(config["compress_ratios"][layer])
+
+
+def native_inventory(config: dict) -> dict[str, TensorSpec]:
+    """Every tensor of a native DeepSeek-V4-Flash checkpoint with this config, in file order.
+
+    Routed experts are MXFP4 (I8 bytes ``[N, K/2]`` + E8M0 ``[N, K/32]``); dense projections
+    FP8 + E8M0 128x128 block scales; everything else preserved with the dtype engines use.
+    """
+    H = config["hidden_size"]
+    V = config["vocab_size"]
+    heads, hd = config["num_attention_heads"], config["head_dim"]
+    q_lora = config["q_lora_rank"]
+    groups, o_lora = config["o_groups"], config["o_lora_rank"]
+    ih, ihd = config["index_n_heads"], config["index_head_dim"]
+    E, I = config["n_routed_experts"], config["moe_intermediate_size"]
+    topk = config["num_experts_per_tok"]
+    shared_I = I * config["n_shared_experts"]
+    hc = config["hc_mult"]
+    n_layers = config["num_hidden_layers"]
+    n_hash = config["num_hash_layers"]
+
+    out: dict[str, TensorSpec] = {}
+
+    def add(name, shape, dtype, role=PRESERVED):
+        out[name] = TensorSpec(name, tuple(shape), dtype, role)
+
+    def dense(base, n, k):
+        add(f"{base}.weight", (n, k), "F8_E4M3", DENSE)
+        add(f"{base}.scale", (_ceil_div(n, BLOCK), _ceil_div(k, BLOCK)), "F8_E8M0", DENSE)
+
+    def expert(base, n, k):
+        add(f"{base}.weight", (n, k // 2), "I8", EXPERT)
+        add(f"{base}.scale", (n, k // MXFP4_GROUP), "F8_E8M0", EXPERT)
+
+    def compressor(prefix, ratio, dim):
+        coff = 2 if ratio == 4 else 1   # ratio-4 compressors pool overlapping windows
+        add(f"{prefix}.wkv.weight", (coff * dim, H), "BF16")
+        add(f"{prefix}.wgate.weight", (coff * dim, H), "BF16")
+        add(f"{prefix}.ape", (ratio, coff * dim), "F32")
+        add(f"{prefix}.norm.weight", (dim,), "BF16")
+
+    def block(p, layer_id, ratio):
+        add(f"{p}.attn_norm.weight", (H,), "BF16")
+        add(f"{p}.ffn_norm.weight", (H,), "BF16")
+        for sub in ("attn", "ffn"):
+            add(f"{p}.hc_{sub}_fn", ((2 + hc) * hc, hc * H), "F32")
+            add(f"{p}.hc_{sub}_base", ((2 + hc) * hc,), "F32")
+            add(f"{p}.hc_{sub}_scale", (3,), "F32")
+        a = f"{p}.attn"
+        dense(f"{a}.wq_a", q_lora, H)
+        add(f"{a}.q_norm.weight", (q_lora,), "BF16")
+        dense(f"{a}.wq_b", heads * hd, q_lora)
+        dense(f"{a}.wkv", hd, H)
+        add(f"{a}.kv_norm.weight", (hd,), "BF16")
+        dense(f"{a}.wo_a", groups * o_lora, heads * hd // groups)
+        dense(f"{a}.wo_b", H, groups * o_lora)
+        add(f"{a}.attn_sink", (heads,), "F32")
+        if ratio:
+            compressor(f"{a}.compressor", ratio, hd)
+        if ratio == 4:
+            dense(f"{a}.indexer.wq_b", ih * ihd, q_lora)
+            add(f"{a}.indexer.weights_proj.weight", (ih, H), "BF16")
+            compressor(f"{a}.indexer.compressor", ratio, ihd)
+        f = f"{p}.ffn"
+        add(f"{f}.gate.weight", (E, H), "BF16")
+        if layer_id < n_hash:
+            add(f"{f}.gate.tid2eid", (V, topk), "I64")
+        else:
+            add(f"{f}.gate.bias", (E,), "F32")
+        for e in range(E):
+            expert(f"{f}.experts.{e}.w1", I, H)
+            expert(f"{f}.experts.{e}.w2", H, I)
+            expert(f"{f}.experts.{e}.w3", I, H)
+        dense(f"{f}.shared_experts.w1", shared_I, H)
+        dense(f"{f}.shared_experts.w2", H, shared_I)
+        dense(f"{f}.shared_experts.w3", shared_I, H)
+
+    add("embed.weight", (V, H), "BF16")
+    for i in range(n_layers):
+        block(f"layers.{i}", i, compress_ratio(config, i))
+    add("norm.weight", (H,), "BF16")
+    add("head.weight", (V, H), "BF16")
+    add("hc_head_fn", (hc, hc * H), "F32")
+    add("hc_head_base", (hc,), "F32")
+    add("hc_head_scale", (1,), "F32")
+    for m in range(config.get("num_nextn_predict_layers", 0)):
+        p = f"mtp.{m}"
+        block(p, n_layers + m, compress_ratio(config, n_layers + m))
+        dense(f"{p}.e_proj", H, H)
+        dense(f"{p}.h_proj", H, H)
+        add(f"{p}.enorm.weight", (H,), "BF16")
+        add(f"{p}.hnorm.weight", (H,), "BF16")
+        add(f"{p}.norm.weight", (H,), "BF16")
+        add(f"{p}.hc_head_fn", (hc, hc * H), "F32")
+        add(f"{p}.hc_head_base", (hc,), "F32")
+        add(f"{p}.hc_head_scale", (1,), "F32")
+    return out
