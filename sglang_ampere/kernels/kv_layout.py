@@ -1,0 +1,119 @@
+"""SGLang 0.5.23's paged FP8 KV cache for DeepSeek-V4 (``KVLayout.V4``): constants and a codec.
+
+One token is one 512-wide row (448 "NoPE" + 64 RoPE values) that is both K and V. In the cache
+a token takes 584 bytes, split over two places in its page (block-split layout)::
+
+    page p, slot s, page size P, page stride S (bytes, ``stride(0)`` of the pool view):
+      data  row at p*S + s*576        : 448 x e4m3fn NoPE values, then 64 x bf16 RoPE (LE)
+      scale row at p*S + P*576 + s*8  : 7 x UE8M0 (one per 64 NoPE values, in order), 1 pad
+
+    value[i] = e4m3(data[i]) * 2^(scale[i // 64] - 127)      i < 448
+    value[448 + j] = bf16(data[448 + 2j : 450 + 2j])         j < 64
+
+Page sizes: 256 tokens (sliding-window cache), 64 (ratio-4 compressed cache), 2 (ratio-128
+compressed cache); a page is padded to a multiple of 576 bytes. The pools are ``uint8``
+``[num_pages, page_bytes]`` tensors; the attention backend hands kernels the view
+``buf[:, :P*584].view(num_pages, P, 1, 584)`` (dtype float8_e4m3fn).
+
+:func:`encode_rows` / :func:`write_rows` are an encoder of this layout written from SGLang's
+writer rules (``fused_store_flashmla_cache``: scale = max(1e-4, amax)/448 rounded *up* to a
+power of two, values clipped to +-448 and rounded to e4m3fn). The tests use it to build caches
+that the kernels' integer decoder must read back; it uses torch's FP8 conversion, the kernels
+do not, so the two are independent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..formats.constants import E4M3_MAX, E8M0_BIAS
+
+NOPE_DIM = 448
+ROPE_DIM = 64
+HEAD_DIM = NOPE_DIM + ROPE_DIM                      # 512
+QUANT_GROUP = 64                                     # NoPE values per UE8M0 scale
+NUM_SCALES = NOPE_DIM // QUANT_GROUP                 # 7
+DATA_ROW_BYTES = NOPE_DIM + 2 * ROPE_DIM             # 576
+SCALE_ROW_BYTES = NUM_SCALES + 1                     # 8 (last byte is padding)
+TOKEN_BYTES = DATA_ROW_BYTES + SCALE_ROW_BYTES       # 584
+PAGE_ALIGN = DATA_ROW_BYTES                          # page stride is a multiple of 576
+SWA_PAGE_SIZE = 256
+C4_PAGE_SIZE = 64
+C128_PAGE_SIZE = 2
+#: Smallest group absmax the writer uses (so an all-zero group gets a finite scale).
+AMAX_FLOOR = 1e-4
+
+
+def page_bytes(page_size: int) -> int:
+    """Bytes of one page of a pool holding ``page_size`` tokens (SGLang pads to 576)."""
+    raw = page_size * TOKEN_BYTES
+    return -(-raw // PAGE_ALIGN) * PAGE_ALIGN
+
+
+def new_pool(num_pages: int, page_size: int, device=None) -> torch.Tensor:
+    """A zeroed pool buffer ``[num_pages, page_bytes]`` uint8, as SGLang allocates it."""
+    return torch.zeros(num_pages, page_bytes(page_size), dtype=torch.uint8, device=device)
+
+
+def pool_view(buf: torch.Tensor, page_size: int) -> torch.Tensor:
+    """The 4-D float8 view the attention backend passes as ``k_cache`` / ``extra_k_cache``."""
+    if buf.dtype != torch.uint8 or buf.ndim != 2 or buf.shape[1] < page_size * TOKEN_BYTES:
+        raise ValueError(
+            f"expected a uint8 pool [pages, >= {page_size * TOKEN_BYTES}] bytes, got "
+            f"{tuple(buf.shape)} {buf.dtype}; build it with new_pool(num_pages, page_size)")
+    return buf[:, : page_size * TOKEN_BYTES].view(torch.float8_e4m3fn).view(
+        buf.shape[0], page_size, 1, TOKEN_BYTES)
+
+
+def ue8m0_scale_bytes(amax: torch.Tensor) -> torch.Tensor:
+    """Writer rule: byte of 2^ceil(log2(max(1e-4, amax) / 448)), from the float32 bits."""
+    scale = torch.clamp(amax.float(), min=AMAX_FLOOR) / E4M3_MAX
+    bits = scale.view(torch.int32)
+    exp = (bits >> 23) & 0xFF
+    mant = bits & 0x7FFFFF
+    return (exp + (mant != 0).to(torch.int32)).to(torch.uint8)
+
+
+def encode_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, 512]`` rows (any float dtype; the RoPE part is stored as bf16) ->
+    (data ``[n, 576]`` uint8, scale ``[n, 8]`` uint8)."""
+    if rows.ndim != 2 or rows.shape[1] != HEAD_DIM:
+        raise ValueError(f"expected rows [n, {HEAD_DIM}], got {tuple(rows.shape)}")
+    n = rows.shape[0]
+    nope = rows[:, :NOPE_DIM].float().reshape(n, NUM_SCALES, QUANT_GROUP)
+    sbytes = ue8m0_scale_bytes(nope.abs().amax(-1))                       # [n, 7]
+    scale = torch.ldexp(torch.ones_like(nope[..., 0]), sbytes.to(torch.int32) - E8M0_BIAS)
+    q = (nope / scale[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    rope = rows[:, NOPE_DIM:].to(torch.bfloat16).contiguous().view(torch.uint8)   # [n, 128]
+    data = torch.cat([q.view(torch.uint8).reshape(n, NOPE_DIM), rope], dim=1)
+    scale_row = torch.cat([sbytes, torch.zeros(n, 1, dtype=torch.uint8, device=rows.device)], 1)
+    return data, scale_row
+
+
+def write_rows(buf: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor, page_size: int) -> None:
+    """Store ``rows[i]`` at flat slot ``slots[i]`` (= page * page_size + offset) of ``buf``."""
+    data, scale = encode_rows(rows)
+    slots = slots.long().to(buf.device)
+    page, off = slots // page_size, slots % page_size
+    cols = torch.arange(DATA_ROW_BYTES, device=buf.device)
+    buf[page[:, None], (off * DATA_ROW_BYTES)[:, None] + cols] = data.to(buf.device)
+    cols = torch.arange(SCALE_ROW_BYTES, device=buf.device)
+    base = page_size * DATA_ROW_BYTES
+    buf[page[:, None], base + (off * SCALE_ROW_BYTES)[:, None] + cols] = scale.to(buf.device)
+
+
+def read_rows_reference(buf: torch.Tensor, slots: torch.Tensor, page_size: int) -> torch.Tensor:
+    """Float32 ``[n, 512]`` rows at ``slots``, decoded with torch's own FP8 conversion.
+
+    A test oracle: independent of the kernels' integer decoder.
+    """
+    slots = slots.long().to(buf.device)
+    page, off = slots // page_size, slots % page_size
+    cols = torch.arange(DATA_ROW_BYTES, device=buf.device)
+    data = buf[page[:, None], (off * DATA_ROW_BYTES)[:, None] + cols]
+    cols = torch.arange(NUM_SCALES, device=buf.device)
+    sb = buf[page[:, None], page_size * DATA_ROW_BYTES + (off * SCALE_ROW_BYTES)[:, None] + cols]
+    nope = data[:, :NOPE_DIM].view(torch.float8_e4m3fn).float().reshape(-1, NUM_SCALES, QUANT_GROUP)
+    scale = sb.view(torch.float8_e8m0fnu).float()
+    rope = data[:, NOPE_DIM:].contiguous().view(torch.bfloat16).float()
+    return torch.cat([(nope * scale[..., None]).reshape(-1, NOPE_DIM), rope], dim=1)
