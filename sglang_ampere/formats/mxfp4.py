@@ -49,7 +49,10 @@ def mxfp4_dequantize(packed: torch.Tensor, scale: torch.Tensor, name: str | None
     vals = e2m1_decode(unpack_nibbles(packed, name))
     s = e8m0_to_float(scale, name)
     n, k = vals.shape
-    return (vals.view(n, k // MXFP4_GROUP, MXFP4_GROUP) * s.unsqueeze(-1)).view(n, k)
+    out = (vals.view(n, k // MXFP4_GROUP, MXFP4_GROUP) * s.unsqueeze(-1)).view(n, k)
+    if not bool(torch.isfinite(out).all()):
+        raise FormatError(name, "MXFP4 values overflow float32 (E8M0 scale too large for the codes)")
+    return out
 
 
 def mxfp4_quantize(x: torch.Tensor, name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,34 @@
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def seed(request):
+    """A fresh seed per test run (printed on failure); SGLANG_AMPERE_TEST_SEED pins it."""
+    s = int(os.environ.get("SGLANG_AMPERE_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    request.node.user_properties.append(("seed", s))
+    print(f"seed={s}", file=sys.stderr)
+    return s
+
+
+@pytest.fixture
+def gen(seed):
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@pytest.fixture(scope="session")
+def synth_ckpt(tmp_path_factory):
+    """The default synthetic native checkpoint, written once per session (read-only use)."""
+    from sglang_ampere.synth import SynthSpec, write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("synth") / "native", SynthSpec(), seed=1234, progress=False)
