@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 #: Import paths of the patch modules, in registration order.
-PATCH_MODULES: list[str] = []
+PATCH_MODULES: list[str] = [
+    "sglang_ampere.patches.dsv4_loader",
+]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,148 @@
-"""SGLang general-plugin entry point (group ``sglang.srt.plugins``, name ``sglang_ampere``)."""
+"""SGLang general-plugin entry point (group ``sglang.srt.plugins``, name ``sglang_ampere``).
+
+SGLang calls :func:`register` in every process that matters (main, each scheduler/PP rank,
+detokenizer), then applies the registered hooks -- and logs and swallows any exception from
+either step. So ``register`` itself:
+
+1. refuses an SGLang other than :data:`sglang_ampere.SGLANG_PIN` (unless
+   ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1``): the patches are written against its source;
+2. registers ``dsv4_int`` in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
+3. registers every hook of every module in ``sglang_ampere.patches.PATCH_MODULES``;
+4. applies the hooks (``HookRegistry.apply_hooks`` is idempotent; SGLang's own call after the
+   plugins then skips them) and checks each one is really in place on its target;
+5. reports any hook that is not, by module and target, as an error: logged at ERROR, raised
+   as :class:`PluginError`, and remembered in :data:`FAILED_HOOKS`, which makes
+   ``Dsv4IntConfig`` refuse to build the model (an error SGLang does not swallow).
+
+Calling it again in the same process does nothing new (idempotent).
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import logging
+import pkgutil
+
+from . import QUANT_METHOD, SGLANG_PIN, envvars
 
 logger = logging.getLogger("sglang_ampere")
 
+#: "module: target (why)" for every hook that did not take effect in this process.
+FAILED_HOOKS: list[str] = []
 
-def register() -> None:
-    logger.info("sglang_ampere plugin loaded")
+_HOOK_TYPES = ("BEFORE", "AFTER", "AROUND", "REPLACE")
+
+
+class PluginError(RuntimeError):
+    """sglang_ampere could not install itself into this SGLang."""
+
+
+def check_sglang_version() -> str:
+    """The installed SGLang version; a PluginError if it is not the pinned one."""
+    try:
+        installed = importlib.metadata.version("sglang")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise PluginError("sglang is not installed; install it with `pip install sglang-ampere[serve]`") from e
+    if installed != SGLANG_PIN and envvars.get("SGLANG_AMPERE_ALLOW_ANY_SGLANG") != "1":
+        raise PluginError(
+            f"sglang_ampere is written for SGLang {SGLANG_PIN}, but SGLang {installed} is installed. "
+            f"Install the pinned release (`pip install sglang=={SGLANG_PIN}`), or set "
+            "SGLANG_AMPERE_ALLOW_ANY_SGLANG=1 to try anyway (unsupported: the patches may miss their targets)."
+        )
+    return installed
+
+
+def register_quantization() -> None:
+    from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES, add_quantization_method_choices
+    from sglang.srt.layers.quantization import QUANTIZATION_METHODS
+
+    from .quant.config import Dsv4IntConfig
+
+    QUANTIZATION_METHODS[QUANT_METHOD] = Dsv4IntConfig
+    if QUANT_METHOD not in QUANTIZATION_CHOICES:
+        add_quantization_method_choices([QUANT_METHOD])
+
+
+def collect_hooks(module_names: list[str] | None = None):
+    """``[(module, Hook)]`` of every patch module; a module that fails to import or whose
+    ``hooks()`` fails is reported as a failed hook under its module name."""
+    from .patches import PATCH_MODULES, Hook
+
+    out, failed = [], []
+    for mod_name in PATCH_MODULES if module_names is None else module_names:
+        try:
+            module = importlib.import_module(mod_name)
+            for hook in module.hooks():
+                if not isinstance(hook, Hook) or hook.hook_type not in _HOOK_TYPES:
+                    raise TypeError(f"hooks() returned {hook!r}; expected patches.Hook with hook_type in {_HOOK_TYPES}")
+                out.append((mod_name, hook))
+        except Exception as e:  # noqa: BLE001 - reported by name below
+            failed.append(f"{mod_name}: could not load its hooks ({type(e).__name__}: {e})")
+    return out, failed
+
+
+def hook_in_effect(target: str, fn) -> bool:
+    """Whether ``fn`` is in the wrapper chain now bound at ``target`` (or is the target,
+    for a class/function REPLACE)."""
+    obj_path, _, attr = target.rpartition(".")
+    try:
+        owner = pkgutil.resolve_name(obj_path)
+        current = owner.__dict__.get(attr) if isinstance(owner, type) else None
+        if current is None:
+            current = getattr(owner, attr)
+    except Exception:  # noqa: BLE001 - an unresolvable target is simply "not in effect"
+        return False
+    if isinstance(current, (classmethod, staticmethod)):
+        current = current.__func__
+    for _ in range(64):
+        if current is None:
+            return False
+        if current is fn:
+            return True
+        for cell in getattr(current, "__closure__", None) or ():
+            try:
+                if cell.cell_contents is fn:
+                    return True
+            except ValueError:          # empty cell
+                continue
+        current = getattr(current, "__wrapped__", None)
+    return False
+
+
+def install_hooks(module_names: list[str] | None = None) -> tuple[int, list[str]]:
+    """Register, apply and verify the hooks; returns (number of hooks, failures)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    hooks, failed = collect_hooks(module_names)
+    for _, hook in hooks:
+        already = any(h is hook.fn for _, h, _ in HookRegistry._hooks.get(hook.target, ()))
+        if not already:
+            HookRegistry.register(hook.target, hook.fn, HookType[hook.hook_type])
+    HookRegistry.apply_hooks()
+    for mod_name, hook in hooks:
+        if not hook_in_effect(hook.target, hook.fn):
+            failed.append(f"{mod_name}: {hook.target} ({hook.hook_type}: {hook.why})")
+    return len(hooks), failed
+
+
+def register(module_names: list[str] | None = None) -> None:
+    """The entry point. ``module_names`` overrides ``PATCH_MODULES`` (tests use it)."""
+    try:
+        version = check_sglang_version()
+    except PluginError as e:
+        logger.error("%s", e)
+        raise
+    register_quantization()
+    n_hooks, failed = install_hooks(module_names)
+    FAILED_HOOKS[:] = failed
+    if failed:
+        msg = (
+            f"sglang_ampere: {len(failed)} hook(s) did not take effect on SGLang {version}:\n  "
+            + "\n  ".join(failed)
+            + "\nThe patched behaviour is missing; loading a dsv4_int model will be refused. "
+            "Check that SGLang is the pinned release and that no other plugin replaces these targets."
+        )
+        logger.error("%s", msg)
+        raise PluginError(msg)
+    logger.info("sglang_ampere: dsv4_int registered, %d hook(s) in effect (SGLang %s)", n_hooks, version)
