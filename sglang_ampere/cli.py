@@ -16,6 +16,10 @@ from . import __version__
 #: name -> (module, one-line help). Order is the order ``--help`` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
+    "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
+    "doctor": ("sglang_ampere.doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
+    "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),
+    "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int path ahead of time"),
 }
 
 

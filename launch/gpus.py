@@ -1,0 +1,114 @@
+"""GPU facts from ``nvidia-smi``, without initialising CUDA in this process.
+
+The launcher must not touch CUDA itself: it replaces itself with SGLang, and a CUDA context
+created here would be inherited by nobody and would cost seconds. ``nvidia-smi`` reports what
+the driver sees; ``CUDA_VISIBLE_DEVICES`` is then applied the way the CUDA runtime applies it
+(indices or ``GPU-`` UUID prefixes, in the order given), so the count matches what SGLang gets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+#: ``nvidia-smi`` query used for detection (one CSV line per GPU, no header, no units).
+QUERY_FIELDS = "index,name,compute_cap,memory.total,uuid"
+NVIDIA_SMI_ARGS = ("--query-gpu=" + QUERY_FIELDS, "--format=csv,noheader,nounits")
+
+
+class GpuDetectionError(RuntimeError):
+    """``nvidia-smi`` is missing, failed, or printed something we cannot read."""
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    arch: str           # "sm86" for compute capability 8.6
+    memory_mib: int
+    uuid: str
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_mib / 1024
+
+    def describe(self) -> str:
+        return f"GPU {self.index}: {self.name} ({self.arch}, {self.memory_gib:.0f} GiB)"
+
+
+def arch_of(compute_cap: str) -> str:
+    """``"8.6"`` -> ``"sm86"``, ``"12.0"`` -> ``"sm120"``."""
+    major, _, minor = compute_cap.strip().partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise GpuDetectionError(f"unreadable compute capability {compute_cap!r} from nvidia-smi")
+    return f"sm{int(major)}{int(minor)}"
+
+
+def parse_nvidia_smi(text: str) -> list[Gpu]:
+    """Parse the output of ``nvidia-smi`` run with :data:`NVIDIA_SMI_ARGS`."""
+    gpus = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 5:
+            raise GpuDetectionError(
+                f"unexpected nvidia-smi line {line!r} (wanted {QUERY_FIELDS}); "
+                "a driver older than R510 lacks compute_cap: update the NVIDIA driver, or pass --gpu")
+        index, name, cap, mem, uuid = fields
+        if not index.isdigit() or not mem.isdigit():
+            raise GpuDetectionError(f"unexpected nvidia-smi line {line!r}; pass --gpu to skip detection")
+        gpus.append(Gpu(int(index), name, arch_of(cap), int(mem), uuid))
+    return gpus
+
+
+def apply_visible_devices(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
+    """The GPUs a CUDA process sees under ``CUDA_VISIBLE_DEVICES=visible``."""
+    if visible is None:
+        return list(gpus)
+    chosen: list[Gpu] = []
+    for token in (t.strip() for t in visible.split(",")):
+        if not token:
+            break
+        match = None
+        if token.isdigit():
+            match = next((g for g in gpus if g.index == int(token)), None)
+        else:
+            match = next((g for g in gpus if g.uuid.startswith(token)), None)
+        if match is None or match in chosen:
+            break  # the CUDA runtime stops at the first invalid or repeated entry
+        chosen.append(match)
+    return chosen
+
+
+def run_nvidia_smi(runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> str:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        raise GpuDetectionError("nvidia-smi not found on PATH (no NVIDIA driver on this machine?)")
+    try:
+        proc = runner([exe, *NVIDIA_SMI_ARGS], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GpuDetectionError(f"nvidia-smi could not run: {exc}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise GpuDetectionError(
+            f"nvidia-smi failed (exit {proc.returncode}): {detail[0] if detail else 'no output'}")
+    return proc.stdout
+
+
+def detect_gpus(environ: Mapping[str, str], smi_output: str | None = None) -> list[Gpu]:
+    """Visible GPUs (``CUDA_VISIBLE_DEVICES`` applied). Raises :class:`GpuDetectionError`."""
+    text = run_nvidia_smi() if smi_output is None else smi_output
+    return apply_visible_devices(parse_nvidia_smi(text), environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def summarize(gpus: list[Gpu]) -> str:
+    """``"12 x NVIDIA GeForce RTX 3090 (sm86, 24 GiB)"``, grouping identical cards."""
+    groups: dict[tuple[str, str, int], int] = {}
+    for g in gpus:
+        key = (g.name, g.arch, round(g.memory_gib))
+        groups[key] = groups.get(key, 0) + 1
+    return ", ".join(f"{n} x {name} ({arch}, {mem} GiB)" for (name, arch, mem), n in groups.items())

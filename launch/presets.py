@@ -1,0 +1,134 @@
+"""Launch presets: per-GPU-architecture environment variables and default SGLang arguments.
+
+The presets are data (``env/<arch>.toml``, shipped as package ``sglang_ampere.env``)::
+
+    [preset]
+    arch = "sm86"
+    description = "..."
+
+    [[env]]                       # one table per variable, in the order they are applied
+    name = "SGLANG_OPT_USE_TOPK_V2"
+    value = "0"
+    reason = "one line: why this GPU needs it"
+
+    [[arg]]                       # default SGLang server argument; the user's own wins
+    flag = "--context-length"
+    value = "65536"               # omit for a flag without a value
+    reason = "one line"
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: Architectures that have a preset, in the order ``--help`` lists them.
+KNOWN_ARCHES = ("sm80", "sm86", "sm89", "sm90", "sm120")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PresetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    name: str
+    value: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ArgEntry:
+    flag: str
+    value: str | None
+    reason: str
+
+    def argv(self) -> list[str]:
+        return [self.flag] if self.value is None else [self.flag, self.value]
+
+
+@dataclass(frozen=True)
+class Preset:
+    arch: str | None
+    description: str
+    source: str                      # "sm86" or the --preset file path
+    env: tuple[EnvEntry, ...] = field(default_factory=tuple)
+    args: tuple[ArgEntry, ...] = field(default_factory=tuple)
+    min_memory_gib: float | None = None
+
+
+def _str(entry: dict, key: str, where: str, required: bool = True) -> str | None:
+    value = entry.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise PresetError(f"{where}: '{key}' must be a non-empty string (quote numbers: value = \"0\")")
+    return value
+
+
+def parse_preset(data: dict, source: str) -> Preset:
+    """Validate a parsed TOML document and build a :class:`Preset`."""
+    meta = data.get("preset", {})
+    unknown = set(data) - {"preset", "env", "arg"}
+    if unknown:
+        raise PresetError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: preset, env, arg")
+    env, seen = [], set()
+    for i, e in enumerate(data.get("env", [])):
+        where = f"{source} [[env]] #{i + 1}"
+        name = _str(e, "name", where)
+        if not _ENV_NAME.match(name):
+            raise PresetError(f"{where}: {name!r} is not a valid environment variable name")
+        if name in seen:
+            raise PresetError(f"{where}: {name} is set twice")
+        seen.add(name)
+        if not isinstance(e.get("value"), str):
+            raise PresetError(f"{where}: 'value' must be a string (quote numbers: value = \"0\")")
+        env.append(EnvEntry(name, e["value"], _str(e, "reason", where)))
+    args, flags = [], set()
+    for i, a in enumerate(data.get("arg", [])):
+        where = f"{source} [[arg]] #{i + 1}"
+        flag = _str(a, "flag", where)
+        if not flag.startswith("--") or "=" in flag:
+            raise PresetError(f"{where}: flag {flag!r} must look like --name (value goes in 'value')")
+        if flag in flags:
+            raise PresetError(f"{where}: {flag} is given twice")
+        flags.add(flag)
+        args.append(ArgEntry(flag, _str(a, "value", where, required=False), _str(a, "reason", where)))
+    arch = meta.get("arch")
+    return Preset(
+        arch=arch if isinstance(arch, str) else None,
+        description=str(meta.get("description", "")),
+        source=source,
+        env=tuple(env),
+        args=tuple(args),
+        min_memory_gib=meta.get("min_memory_gib"),
+    )
+
+
+def load_builtin(arch: str) -> Preset:
+    if arch not in KNOWN_ARCHES:
+        raise PresetError(f"no preset for {arch!r}; known: {', '.join(KNOWN_ARCHES)}")
+    text = resources.files("sglang_ampere.env").joinpath(f"{arch}.toml").read_text(encoding="utf-8")
+    return parse_preset(tomllib.loads(text), arch)
+
+
+def load_file(path: str | Path) -> Preset:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PresetError(f"cannot read preset file {p}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"preset file {p} is not valid TOML: {exc}") from exc
+    return parse_preset(data, str(p))

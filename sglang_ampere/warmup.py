@@ -1,0 +1,206 @@
+"""``sglang-ampere warmup``: build SGLang's JIT kernels for the dsv4_int path ahead of time.
+
+SGLang 0.5.23 compiles its Marlin and DeepSeek-V4 CUDA kernels on first use (nvcc, minutes per
+module on a small host), so a first ``launch`` looks hung. This command compiles them into
+SGLang's own JIT cache (``$SGLANG_JIT_CACHE_DIR``, default ``~/.cache/sglang/jit``) through
+SGLang's own builders, so the server later finds them by the same build key. No GPU is needed:
+the arch is forced with ``sglang.kernels.jit.utils.override_jit_cuda_arch`` (one process per
+arch; see ../shared/reference/marlin-jit.md).
+
+Importing this module is cheap (no torch, no SGLang): ``launch`` uses :func:`cold_cache_notes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+ARCH_CAPS = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0), "sm120": (12, 0)}
+
+
+@dataclass(frozen=True)
+class JitTarget:
+    key: str                 # name for --only and the progress bar
+    module: str              # SGLang op module holding the builder
+    builder: str             # its (private) builder function
+    args: tuple              # builder arguments; "bf16" stands for torch.bfloat16
+    cache_glob: str          # module directory name(s) in the JIT cache
+    why: str
+    est_minutes: float       # rough, 2-core host, sm_86, default flags
+    max_arch: int | None = None   # only for archs below this (e.g. 90)
+
+
+#: Cheapest first: the test builds only the first one.
+TARGETS: tuple[JitTarget, ...] = (
+    JitTarget("gptq_marlin_repack", "sglang.kernels.ops.quantization.gptq_marlin_repack",
+              "_jit_gptq_marlin_repack_module", (), "sgl_kernel_jit_gptq_marlin_repack",
+              "repacks INT4 experts and INT8 dense weights into Marlin layout at load", 0.3),
+    JitTarget("topk_v1", "sglang.kernels.ops.attention.dsv4.topk", "_jit_topk_v1_module", (),
+              "sgl_kernel_jit_dpsk_v4_topk_v1_*",
+              "DeepSeek-V4 sparse top-k (v1; the presets turn the cluster-based v2 off)", 1.0, max_arch=90),
+    JitTarget("moe_marlin_gemm1", "sglang.kernels.ops.moe.moe_wna16_marlin", "_jit_moe_wna16_marlin_module",
+              ("bf16", False, False, True, False, True),
+              "sgl_kernel_jit_moe_wna16_marlin_bf16_t_false_false_true_false_true",
+              "INT4 routed experts, gate/up GEMM (Marlin MoE, sorted experts)", 4.0),
+    JitTarget("moe_marlin_gemm2", "sglang.kernels.ops.moe.moe_wna16_marlin", "_jit_moe_wna16_marlin_module",
+              ("bf16", False, False, True, True, True),
+              "sgl_kernel_jit_moe_wna16_marlin_bf16_t_false_false_true_true_true",
+              "INT4 routed experts, down GEMM (Marlin MoE, zeroed inactive rows)", 4.0),
+    JitTarget("gptq_marlin", "sglang.kernels.ops.gemm.gptq_marlin", "_jit_gptq_marlin_module", ("bf16",),
+              "sgl_kernel_jit_gptq_marlin_bf16_t", "INT8 W8A16 dense linears (Marlin uint8b128)", 9.0),
+)
+
+
+def cache_root(environ: Mapping[str, str]) -> Path:
+    """SGLang's JIT cache root, as ``sglang.kernels.jit.utils.compile.cache.cache_root`` computes it."""
+    return Path(environ.get("SGLANG_JIT_CACHE_DIR") or "~/.cache/sglang/jit").expanduser()
+
+
+def targets_for(arch: str) -> list[JitTarget]:
+    n = int(arch[2:])
+    return [t for t in TARGETS if t.max_arch is None or n < t.max_arch]
+
+
+def is_built(target: JitTarget, arch: str, environ: Mapping[str, str]) -> bool:
+    # The arch directory is e.g. sm86, sm90a or sm120f (SGLang adds the suffix).
+    pattern = cache_root(environ) / f"{arch}*" / target.cache_glob / "build-*" / "deps-*" / "*.so"
+    return any(glob.glob(str(pattern)))
+
+
+def cold_cache_notes(arch: str, environ: Mapping[str, str]) -> list[str]:
+    """One note for ``launch`` when SGLang will have to compile kernels at start-up."""
+    if arch not in ARCH_CAPS:
+        return []
+    missing = [t for t in targets_for(arch) if not is_built(t, arch, environ)]
+    if not missing:
+        return []
+    minutes = sum(t.est_minutes for t in missing)
+    return [f"note: SGLang's JIT cache ({cache_root(environ)}) is cold for {arch}: "
+            f"{', '.join(t.key for t in missing)} will be compiled at start-up (about {minutes:.0f} min on a "
+            f"small host; the server looks hung meanwhile). Build them first: sglang-ampere warmup --gpu {arch}"]
+
+
+def find_cuda_home(environ: Mapping[str, str]) -> str | None:
+    """The CUDA toolkit root (the one whose lib64 holds libcudart), for SGLang's JIT link step."""
+    if environ.get("CUDA_HOME") or environ.get("CUDA_PATH"):
+        return environ.get("CUDA_HOME") or environ.get("CUDA_PATH")
+    candidates = []
+    nvcc = shutil.which("nvcc", path=environ.get("PATH"))
+    if nvcc:
+        candidates.append(Path(nvcc).resolve().parent.parent)
+        try:  # a wrapper script such as `exec /usr/local/cuda-13.0/bin/nvcc "$@"`
+            for word in Path(nvcc).read_text(errors="ignore")[:4096].split():
+                if word.endswith("/bin/nvcc"):
+                    candidates.append(Path(word).parent.parent)
+        except OSError:
+            pass
+    candidates += [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
+    for c in candidates:
+        if any((c / d).glob("libcudart.so*") for d in ("lib64", "lib")):
+            return str(c)
+    return None
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu", default="auto", metavar="ARCH",
+                        help="auto (read nvidia-smi) or one of " + ", ".join(ARCH_CAPS)
+                        + "; no GPU is needed with an explicit arch")
+    parser.add_argument("--only", action="append", choices=[t.key for t in TARGETS], metavar="KERNEL",
+                        help="build only this kernel (repeatable): " + ", ".join(t.key for t in TARGETS))
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="JIT cache to fill (default: $SGLANG_JIT_CACHE_DIR or ~/.cache/sglang/jit); "
+                        "launch with the same SGLANG_JIT_CACHE_DIR to use it")
+    parser.add_argument("--list", action="store_true", help="show the kernels and whether each is built")
+
+
+def _resolve_arch(gpu: str) -> str:
+    if gpu != "auto":
+        if gpu not in ARCH_CAPS:
+            raise SystemExit(f"sglang-ampere warmup: error: unknown --gpu {gpu!r}; known: {', '.join(ARCH_CAPS)}")
+        return gpu
+    from sglang_ampere.launch import gpus as gpus_mod
+    try:
+        found = gpus_mod.detect_gpus(os.environ)
+    except gpus_mod.GpuDetectionError as exc:
+        raise SystemExit(f"sglang-ampere warmup: error: no GPU detected ({exc}); "
+                         "pass --gpu sm86 (or sm80/sm89/sm90/sm120) to build without one") from None
+    arches = sorted({g.arch for g in found})
+    if len(arches) != 1 or arches[0] not in ARCH_CAPS:
+        raise SystemExit(f"sglang-ampere warmup: error: detected {arches or 'no GPU'}; pass --gpu ARCH")
+    return arches[0]
+
+
+def build(arch: str, targets: Sequence[JitTarget], out=sys.stdout) -> list[tuple[JitTarget, str, float]]:
+    """Build each target for ``arch`` in this process. Returns (target, "ok"/error, seconds)."""
+    import torch  # noqa: F401  (SGLang's builders take torch dtypes)
+    import importlib
+
+    from tqdm import tqdm
+
+    from sglang.kernels.jit.utils import override_jit_cuda_arch
+
+    results = []
+    major, minor = ARCH_CAPS[arch]
+    bar = tqdm(total=len(targets), unit="kernel", file=out, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} kernels [{elapsed}]")
+    with override_jit_cuda_arch(major, minor):
+        for t in targets:
+            bar.set_description(f"{arch} {t.key} (~{t.est_minutes:g} min)")
+            start = time.monotonic()
+            try:
+                args = tuple(torch.bfloat16 if a == "bf16" else a for a in t.args)
+                getattr(importlib.import_module(t.module), t.builder)(*args)
+                status = "ok"
+            except Exception as exc:  # report and go on: one broken module must not hide the rest
+                status = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            results.append((t, status, time.monotonic() - start))
+            bar.update(1)
+    bar.close()
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    arch = _resolve_arch(args.gpu)
+    if args.cache_dir:
+        os.environ["SGLANG_JIT_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
+    chosen = [t for t in targets_for(arch) if not args.only or t.key in args.only]
+    if args.list:
+        for t in targets_for(arch):
+            state = "built" if is_built(t, arch, os.environ) else "cold"
+            print(f"{t.key:20s} {state:6s} ~{t.est_minutes:g} min  {t.why}")
+        return 0
+    if not chosen:
+        print(f"sglang-ampere warmup: nothing to build for {arch} with --only {args.only}")
+        return 0
+    cuda_home = find_cuda_home(os.environ)
+    if cuda_home is None or shutil.which("nvcc") is None:
+        print("sglang-ampere warmup: error: nvcc not found. Install the CUDA toolkit (12.x/13.x) and put "
+              "its bin/ on PATH, or set CUDA_HOME to the toolkit root", file=sys.stderr)
+        return 1
+    os.environ["CUDA_HOME"] = cuda_home
+    total = sum(t.est_minutes for t in chosen)
+    print(f"Building {len(chosen)} JIT kernel module(s) for {arch} into {cache_root(os.environ)} "
+          f"(about {total:g} min on a 2-core host; fewer on a workstation)")
+    results = build(arch, chosen)
+    failed = 0
+    for t, status, secs in results:
+        print(f"  {'PASS' if status == 'ok' else 'FAIL'}  {t.key:20s} {secs:7.1f} s  "
+              f"{'' if status == 'ok' else status}")
+        failed += status != "ok"
+    if failed:
+        print(f"{failed} module(s) failed to build. Fix: check nvcc/g++ versions and CUDA_HOME ({cuda_home}); "
+              "rerun with SGLANG_JIT_FORCE_RECOMPILE=1 to retry from scratch", file=sys.stderr)
+        return 1
+    print(f"JIT cache ready for {arch}. Launch with the same SGLANG_JIT_CACHE_DIR "
+          f"({cache_root(os.environ)}) to skip compilation.")
+    return 0
