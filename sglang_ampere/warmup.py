@@ -103,7 +103,7 @@ def find_cuda_home(environ: Mapping[str, str]) -> str | None:
             pass
     candidates += [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
     for c in candidates:
-        if any((c / d).glob("libcudart.so*") for d in ("lib64", "lib")):
+        if any(any((c / d).glob("libcudart.so*")) for d in ("lib64", "lib")):
             return str(c)
     return None
 

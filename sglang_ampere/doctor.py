@@ -1,0 +1,309 @@
+"""``sglang-ampere doctor [--json]``: is this machine ready to serve a dsv4_int checkpoint?
+
+Checks, each with a fix when it fails:
+
+* the installed SGLang is the pinned release (:data:`sglang_ampere.SGLANG_PIN`);
+* the plugin's entry point (group ``sglang.srt.plugins``) is discoverable and not filtered out
+  by ``SGLANG_PLUGINS``;
+* in a fresh Python process: every hook target of ``patches/`` imports, and after SGLang loads
+  its plugins ``dsv4_int`` is in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
+* the GPUs (name, arch, memory) from ``nvidia-smi``; which preset applies;
+* nvcc, the CUDA toolkit root and TileLang for the JIT kernels; the JIT cache state;
+* caller environment variables that contradict the preset.
+
+Exit status: 0 when nothing failed, 1 otherwise (warnings do not fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from typing import Mapping
+
+from . import SGLANG_PIN, QUANT_METHOD
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+ENTRY_POINT_GROUP = "sglang.srt.plugins"
+ENTRY_POINT_NAME = "sglang_ampere"
+ENTRY_POINT_VALUE = "sglang_ampere.plugin:register"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_sglang_version() -> Check:
+    try:
+        installed = metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return Check("sglang version", FAIL, "SGLang is not installed",
+                     f"pip install 'sglang=={SGLANG_PIN}' (or pip install 'sglang-ampere[serve]')")
+    if installed != SGLANG_PIN:
+        return Check("sglang version", FAIL, f"installed {installed}, sglang-ampere is written for {SGLANG_PIN}",
+                     f"pip install 'sglang=={SGLANG_PIN}'")
+    return Check("sglang version", OK, f"{installed} (pin {SGLANG_PIN})")
+
+
+def check_entry_point(environ: Mapping[str, str]) -> Check:
+    eps = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME]
+    if not eps:
+        return Check("plugin entry point", FAIL,
+                     f"no entry point {ENTRY_POINT_NAME!r} in group {ENTRY_POINT_GROUP!r}",
+                     "reinstall the package so its metadata is written: pip install sglang-ampere "
+                     "(or pip install -e . in a checkout)")
+    if eps[0].value != ENTRY_POINT_VALUE:
+        return Check("plugin entry point", FAIL, f"{ENTRY_POINT_NAME} points at {eps[0].value}",
+                     "remove the stale install (pip uninstall sglang-ampere) and reinstall")
+    allowed = environ.get("SGLANG_PLUGINS")
+    if allowed is not None and ENTRY_POINT_NAME not in [a.strip() for a in allowed.split(",")]:
+        return Check("plugin entry point", FAIL,
+                     f"SGLANG_PLUGINS={allowed!r} does not list {ENTRY_POINT_NAME}, so SGLang skips it",
+                     f"unset SGLANG_PLUGINS or add {ENTRY_POINT_NAME} to it")
+    return Check("plugin entry point", OK, f"{ENTRY_POINT_GROUP}: {ENTRY_POINT_NAME} = {eps[0].value}")
+
+
+#: Runs in a fresh interpreter: resolve every hook target, then let SGLang load its plugins.
+_PROBE = r"""
+import importlib, io, json, logging, pkgutil, sys
+out = {"targets": [], "patch_errors": [], "registered": False, "cli_choice": False,
+       "plugin_log": "", "error": None, "tilelang": None}
+log = io.StringIO()
+handler = logging.StreamHandler(log)
+handler.setLevel(logging.WARNING)
+logging.getLogger().addHandler(handler)
+try:
+    from sglang_ampere.patches import PATCH_MODULES
+    for mod_name in PATCH_MODULES:
+        try:
+            hooks = importlib.import_module(mod_name).hooks()
+        except Exception as exc:
+            out["patch_errors"].append([mod_name, f"{type(exc).__name__}: {exc}"])
+            continue
+        for h in hooks:
+            try:
+                pkgutil.resolve_name(h.target)
+                out["targets"].append([mod_name, h.target, None])
+            except Exception as exc:
+                out["targets"].append([mod_name, h.target, f"{type(exc).__name__}: {exc}"])
+    from sglang.srt.plugins import load_plugins
+    load_plugins()
+    from sglang.srt.layers.quantization import QUANTIZATION_METHODS
+    from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
+    out["registered"] = QUANT_METHOD in QUANTIZATION_METHODS
+    out["cli_choice"] = QUANT_METHOD in QUANTIZATION_CHOICES
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"
+try:
+    import tilelang
+    out["tilelang"] = getattr(tilelang, "__version__", "unknown")
+except Exception as exc:
+    out["tilelang_error"] = f"{type(exc).__name__}: {exc}"
+out["plugin_log"] = log.getvalue()[-2000:]
+print("@@DOCTOR@@" + json.dumps(out))
+""".replace("QUANT_METHOD", repr(QUANT_METHOD))
+
+
+def run_probe(environ: Mapping[str, str], timeout: float = 300) -> dict:
+    """Run :data:`_PROBE` in a fresh interpreter (SGLang loads plugins once per process)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                              timeout=timeout, env=dict(environ))
+    except subprocess.TimeoutExpired:
+        return {"error": f"the probe process did not finish in {timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@DOCTOR@@"):
+            return json.loads(line[len("@@DOCTOR@@"):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {"error": f"probe exited {proc.returncode}: " + " | ".join(tail)}
+
+
+def probe_checks(probe: dict) -> list[Check]:
+    checks = []
+    if probe.get("error"):
+        checks.append(Check("sglang import + plugin load", FAIL, probe["error"],
+                            "run: python -c 'import sglang.srt.plugins' to see the full error; "
+                            f"reinstall with pip install 'sglang=={SGLANG_PIN}'"))
+    bad = [t for t in probe.get("targets", []) if t[2]]
+    for mod, err in probe.get("patch_errors", []):
+        checks.append(Check("patch module", FAIL, f"{mod}: {err}",
+                            "the patch layer does not match this SGLang; reinstall sglang-ampere and "
+                            f"sglang=={SGLANG_PIN}"))
+    n = len(probe.get("targets", []))
+    if bad:
+        for mod, target, err in bad:
+            checks.append(Check("patch hook target", FAIL, f"{target} ({mod}): {err}",
+                                f"SGLang moved or renamed it; install sglang=={SGLANG_PIN}, the release the "
+                                "patches are written for"))
+    elif "targets" in probe and not probe.get("error"):
+        checks.append(Check("patch hook targets", OK, f"{n} target(s) importable"))
+    if not probe.get("error"):
+        log = probe.get("plugin_log", "").strip()
+        hint = f" SGLang logged: {log.splitlines()[-1]}" if log else ""
+        if probe.get("registered") and probe.get("cli_choice"):
+            checks.append(Check("dsv4_int registered", OK,
+                                "in QUANTIZATION_METHODS and --quantization choices after load_plugins()"))
+        else:
+            where = [w for w, ok in (("QUANTIZATION_METHODS", probe.get("registered")),
+                                     ("--quantization choices", probe.get("cli_choice"))) if not ok]
+            checks.append(Check("dsv4_int registered", FAIL,
+                                f"after SGLang loaded its plugins, {QUANT_METHOD} is missing from "
+                                f"{' and '.join(where)}.{hint}",
+                                "the plugin did not register it: check the log above for "
+                                "'Failed to execute general plugin: sglang_ampere', reinstall sglang-ampere"))
+    if probe.get("tilelang"):
+        checks.append(Check("tilelang", OK, f"tilelang {probe['tilelang']} imports"))
+    else:
+        checks.append(Check("tilelang", FAIL, f"tilelang does not import: {probe.get('tilelang_error', '?')}",
+                            "pip install the tilelang version SGLang pins (tilelang==0.1.12 for 0.5.23)"))
+    return checks
+
+
+def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> tuple[list[Check], str | None]:
+    """GPU listing and the preset that applies; returns the arch too (None if undecided)."""
+    from sglang_ampere.launch import gpus as gpus_mod
+    from sglang_ampere.launch.presets import KNOWN_ARCHES
+
+    checks = []
+    try:
+        found = gpus_mod.detect_gpus(environ, smi_output)
+        why = "nvidia-smi lists no GPU visible to CUDA (check CUDA_VISIBLE_DEVICES)"
+    except gpus_mod.GpuDetectionError as exc:
+        found, why = [], str(exc)
+    if found:
+        checks.append(Check("gpus", OK, "; ".join(g.describe() for g in found)))
+    else:
+        checks.append(Check("gpus", FAIL, f"no GPU: {why}",
+                            "serving needs an NVIDIA GPU (sm_80+) with its driver; "
+                            "`launch --gpu sm86 --dry-run` still previews the command here"))
+    if gpu != "auto":
+        if gpu not in KNOWN_ARCHES:
+            checks.append(Check("preset", FAIL, f"unknown --gpu {gpu!r}", f"use one of {', '.join(KNOWN_ARCHES)}"))
+            return checks, None
+        checks.append(Check("preset", OK, f"{gpu} (from --gpu)"))
+        return checks, gpu
+    arches = sorted({g.arch for g in found})
+    if len(arches) > 1:
+        checks.append(Check("preset", FAIL, f"mixed architectures: {gpus_mod.summarize(found)}",
+                            "launch with --gpu ARCH, or restrict CUDA_VISIBLE_DEVICES to one kind of card"))
+        return checks, None
+    if not arches:
+        return checks, None
+    if arches[0] not in KNOWN_ARCHES:
+        checks.append(Check("preset", FAIL, f"{arches[0]} has no preset",
+                            f"launch with --gpu one of {', '.join(KNOWN_ARCHES)} or --preset FILE"))
+        return checks, None
+    checks.append(Check("preset", OK, f"{arches[0]} (env/{arches[0]}.toml)"))
+    return checks, arches[0]
+
+
+def check_env_against_preset(arch: str, environ: Mapping[str, str]) -> list[Check]:
+    from sglang_ampere.launch.launcher import FORK_VARS
+    from sglang_ampere.launch.presets import load_builtin
+
+    preset = load_builtin(arch)
+    checks = []
+    for e in preset.env:
+        if e.name in environ and environ[e.name] != e.value:
+            checks.append(Check("environment", FAIL,
+                                f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
+                                f"unset {e.name} (launch keeps your value over the preset's)"))
+    if not checks:
+        checks.append(Check("environment", OK, f"no variable contradicts preset {arch}"))
+    for name, meaning in FORK_VARS.items():
+        if name in environ:
+            checks.append(Check("fork-era variable", WARN, f"{name}={environ[name]}: {meaning}"))
+    return checks
+
+
+def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]:
+    from sglang_ampere import warmup
+
+    checks = []
+    nvcc = shutil.which("nvcc", path=environ.get("PATH"))
+    if nvcc is None:
+        checks.append(Check("nvcc", FAIL, "nvcc not on PATH; SGLang compiles its Marlin and DeepSeek-V4 "
+                            "kernels with it at start-up",
+                            "install the CUDA toolkit (12.x or 13.x) and put its bin/ on PATH"))
+    else:
+        try:
+            ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+            line = next((l for l in ver.splitlines() if "release" in l), ver.strip()[-60:])
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            line = f"could not run: {exc}"
+        checks.append(Check("nvcc", OK, f"{nvcc}: {line.strip()}"))
+        home = warmup.find_cuda_home(environ)
+        if home is None:
+            checks.append(Check("CUDA_HOME", FAIL, "no CUDA toolkit root with lib64/libcudart.so found",
+                                "export CUDA_HOME=/usr/local/cuda-XX.Y (the toolkit root, not a wrapper's folder)"))
+        elif not (environ.get("CUDA_HOME") or environ.get("CUDA_PATH")) and \
+                os.path.dirname(os.path.dirname(nvcc)) != home:
+            checks.append(Check("CUDA_HOME", WARN,
+                                f"nvcc on PATH is not inside the toolkit ({home}); SGLang's JIT link step "
+                                "would look in the wrong folder", f"export CUDA_HOME={home}"))
+        else:
+            checks.append(Check("CUDA_HOME", OK, home))
+    if arch is not None:
+        notes = warmup.cold_cache_notes(arch, environ)
+        if notes:
+            checks.append(Check("jit cache", WARN, notes[0].removeprefix("note: ")))
+        else:
+            checks.append(Check("jit cache", OK, f"every dsv4_int JIT kernel is built for {arch} in "
+                                f"{warmup.cache_root(environ)}"))
+    return checks
+
+
+def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = None,
+            gpu: str = "auto", probe: dict | None = None) -> list[Check]:
+    environ = dict(os.environ if environ is None else environ)
+    checks = [check_sglang_version(), check_entry_point(environ)]
+    checks += probe_checks(run_probe(environ) if probe is None else probe)
+    gpu_checks, arch = check_gpus(environ, smi_output, gpu)
+    checks += gpu_checks
+    if arch is not None:
+        checks += check_env_against_preset(arch, environ)
+    checks += check_jit_tools(environ, arch)
+    return checks
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--gpu", default="auto", metavar="ARCH",
+                        help="preset to check the environment against (default: from nvidia-smi)")
+
+
+def render(checks: list[Check]) -> str:
+    tag = {OK: "  OK", WARN: "WARN", FAIL: "FAIL"}
+    lines = []
+    for c in checks:
+        lines.append(f"[{tag[c.status]}] {c.name}: {c.detail}")
+        if c.status != OK and c.fix:
+            lines.append(f"       fix: {c.fix}")
+    failed = sum(c.status == FAIL for c in checks)
+    lines.append(f"{failed} failure(s)" if failed else "all checks passed")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    checks = collect(gpu=args.gpu)
+    failed = any(c.status == FAIL for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        print(render(checks))
+    return 1 if failed else 0
