@@ -1,0 +1,122 @@
+"""A dsv4_int checkpoint loads into SGLang 0.5.23's real DeepseekV4ForCausalLM on CPU.
+
+Through SGLang's own ModelConfig -> get_quant_config (our Dsv4IntConfig.from_config) ->
+_initialize_model -> load_weights (with our loader hook) -> postprocess path. Every parameter
+is pre-filled with a sentinel, then every checkpoint tensor is compared exactly (values and
+shapes) at its independently expected place, and every element of every parameter must be
+covered -- SGLang itself silently skips missing expert tensors and zero-pads narrow ones.
+The MTP layer loads through the next-n draft class ``DeepseekV4ForCausalLMNextN``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("sglang")
+
+from dsv4int_testlib import expected_locations, is_sentinel, random_dsv4_int, read_checkpoint, sentinel_fill  # noqa: E402
+from sglang_cpu import init_sglang_cpu  # noqa: E402
+
+#: Per-layer RoPE tables are sized by max_position_embeddings (1M in the release config);
+#: keep them small on CPU. Only RoPE buffers depend on these values.
+SMALL_ROPE = {"max_position_embeddings": 4096,
+              "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
+                               "beta_fast": 32, "beta_slow": 1}}
+
+
+@pytest.fixture(scope="module")
+def sglang_ready():
+    init_sglang_cpu()
+    from sglang_ampere import plugin
+
+    plugin.register()
+    return plugin
+
+
+@pytest.fixture(scope="module", params=["block", "channel"])
+def int_ckpt(request, synth_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"dsv4int_{request.param}") / "ckpt"
+    return request.param, random_dsv4_int(synth_ckpt, out, request.param, seed=7)
+
+
+def load_real_model(path, draft: bool):
+    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between."""
+    from sglang.srt.configs.device_config import DeviceConfig
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.model_loader.loader import (
+        DefaultModelLoader,
+        _get_quantization_config,
+        _initialize_model,
+        set_default_torch_dtype,
+    )
+
+    mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft,
+                     model_override_args=json.dumps(SMALL_ROPE))
+    assert mc.quantization == "dsv4_int"
+    loader = DefaultModelLoader(LoadConfig())
+    quant_config = _get_quantization_config(mc, loader.load_config)
+    cpu = torch.device("cpu")
+    with set_default_torch_dtype(mc.dtype):
+        with cpu:
+            model = _initialize_model(mc, loader.load_config, quant_config)
+        sentinel_fill(model)
+        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), cpu)
+    return model, mc
+
+
+def check_exact(model, ckpt, config, strategy, fused, nextn):
+    params = dict(model.named_parameters())
+    covered = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
+    for name, pname, idx, value in expected_locations(ckpt, config, strategy, fused, nextn):
+        assert pname in params, f"{name}: expected parameter {pname} does not exist"
+        got = params[pname].data[idx] if idx else params[pname].data
+        assert tuple(got.shape) == tuple(value.shape), f"{name} -> {pname}{idx}: shape {tuple(got.shape)} != {tuple(value.shape)}"
+        if got.dtype != value.dtype:
+            # SGLang keeps some BF16 checkpoint tensors (norms) in float32: a lossless upcast.
+            assert got.dtype == torch.float32 and value.dtype == torch.bfloat16, \
+                f"{name} -> {pname}: dtype {got.dtype} != {value.dtype}"
+            value = value.float()
+        assert torch.equal(got, value), f"{name} -> {pname}{idx}: values differ"
+        covered[pname][idx if idx else ...] = True
+    shared = ("embed_tokens", "lm_head") if nextn else ()
+    for pname, mask in covered.items():
+        if any(s in pname for s in ("attn_mqa.k_scale", "attn_mqa.v_scale") + shared):
+            continue
+        assert bool(mask.all()), f"{pname}: {int((~mask).sum())} of {mask.numel()} elements not from the checkpoint"
+        assert not bool(is_sentinel(params[pname].data).any()), f"{pname} still holds sentinel values"
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fuse_wqa_wkv", "separate_wqa_wkv"])
+def test_target_and_mtp_load_exactly(sglang_ready, int_ckpt, fused, monkeypatch):
+    from sglang.srt.environ import envs
+    from sglang_ampere.quant.int4_moe import Dsv4Int4MoEMethod
+    from sglang_ampere.quant.int8_linear import Dsv4Int8LinearMethod
+
+    strategy, path = int_ckpt
+    envs.SGLANG_OPT_FUSE_WQA_WKV.set(fused)
+    try:
+        ckpt = read_checkpoint(path)
+        config = json.loads((path / "config.json").read_text())
+        model, mc = load_real_model(path, draft=False)
+        check_exact(model, ckpt, config, strategy, fused, nextn=False)
+
+        methods = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
+        assert {"Dsv4Int8LinearMethod", "Dsv4Int4MoEMethod", "UnquantizedLinearMethod"} <= methods
+        attn = model.model.layers[2].self_attn
+        assert isinstance((attn.wqkv_a if fused else attn.wq_a).quant_method, Dsv4Int8LinearMethod)
+        assert isinstance(attn.indexer.wq_b.quant_method, Dsv4Int8LinearMethod)
+        assert type(attn.indexer.weights_proj.quant_method).__name__ == "UnquantizedLinearMethod"
+        assert attn.wo_a.weight.dtype == torch.bfloat16
+        assert isinstance(model.model.layers[0].mlp.experts.quant_method, Dsv4Int4MoEMethod)
+
+        draft, _ = load_real_model(path, draft=True)
+        assert type(draft).__name__ == "DeepseekV4ForCausalLMNextN"
+        check_exact(draft, ckpt, config, strategy, fused, nextn=True)
+        assert isinstance(draft.model.e_proj.quant_method, Dsv4Int8LinearMethod)
+    finally:
+        envs.SGLANG_OPT_FUSE_WQA_WKV.set(True)
