@@ -53,7 +53,8 @@ def run_checks(checks) -> list[Result]:
         start = time.monotonic()
         try:
             detail = fn()
-            torch.cuda.synchronize()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # surface asynchronous kernel faults in this check
             results.append(Result(name, True, str(detail or ""), time.monotonic() - start))
         except Exception as exc:
             last = traceback.extract_tb(exc.__traceback__)[-1:]
@@ -88,18 +89,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", dest="match", metavar="TEXT", help="run only checks whose name contains TEXT")
 
 
-def run(args: argparse.Namespace) -> int:
-    device = cuda_device()
+def run_selftest(device: str | None, providers=PROVIDERS, match: str | None = None, out=None) -> int:
+    """Print the table; return 0 / 1 / :data:`EXIT_NO_GPU` (see module docstring)."""
+    import sys
+
+    out = out or sys.stdout
     if device is None:
         print("sglang-ampere selftest: no CUDA GPU available (torch.cuda.is_available() is False), so no "
-              f"kernel was checked. Run it on the serving machine. (exit code {EXIT_NO_GPU})")
+              f"kernel was checked. Run it on the serving machine. (exit code {EXIT_NO_GPU})", file=out)
         return EXIT_NO_GPU
-    checks, failures = collect_checks()
-    if getattr(args, "match", None):
-        checks = [(n, f) for n, f in checks if args.match in n]
+    checks, failures = collect_checks(providers)
+    if match:
+        checks = [(n, f) for n, f in checks if match in n]
     results = failures + run_checks(checks)
     if not results:
-        print("sglang-ampere selftest: no checks found")
+        print("sglang-ampere selftest: no checks found", file=out)
         return 1
-    print(render(results, device))
+    print(render(results, device), file=out)
     return 0 if all(r.passed for r in results) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_selftest(cuda_device(), match=getattr(args, "match", None))
