@@ -1,0 +1,149 @@
+"""The presets as data: shape, reasons, and no dead variables against the pinned SGLang source."""
+
+import re
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import sglang_ampere
+from sglang_ampere import envvars
+from sglang_ampere.launch.launcher import FORK_VARS, HACK_VAR
+from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sglang_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sglang")
+    if spec is None:
+        pytest.skip("SGLang is not installed (pip install '.[serve]')")
+    from importlib import metadata
+
+    assert metadata.version("sglang") == sglang_ampere.SGLANG_PIN, "tests must run against the pinned SGLang"
+    return Path(spec.origin).parent
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def sglang_sources() -> dict[str, str]:
+    """path -> text of every SGLang .py file (tests excluded), read once."""
+    if not _SOURCES:
+        root = sglang_root()
+        for p in root.rglob("*.py"):
+            rel = p.relative_to(root).as_posix()
+            if rel.startswith("test/") or "/tests/" in rel:
+                continue
+            _SOURCES[rel] = p.read_text(encoding="utf-8", errors="ignore")
+    return _SOURCES
+
+
+def sglang_read_sites(name: str) -> list[str]:
+    """Files (and lines) where SGLang reads `name` (not just defines or mentions it)."""
+    pattern = re.compile(
+        rf"envs\.{name}\.(get|is_set)\(|environ(\.get)?\s*[\(\[]\s*['\"]{name}['\"]|"
+        rf"getenv\(\s*['\"]{name}['\"]|get_(bool|int)_env_var\(\s*['\"]{name}['\"]")
+    sites = []
+    for rel, text in sglang_sources().items():
+        for i, line in enumerate(text.splitlines(), 1):
+            if pattern.search(line):
+                sites.append(f"{rel}:{i}:{line.strip()}")
+    return sites
+
+
+def package_read_sites(name: str) -> list[str]:
+    """Where this package reads `name`, outside the table and the launcher that writes it."""
+    skip = {"sglang_ampere/envvars.py", "sglang_ampere/doctor.py"}
+    sites = []
+    for base in ("sglang_ampere", "patches"):
+        for p in (REPO / base).rglob("*.py"):
+            rel = p.relative_to(REPO).as_posix()
+            if rel in skip:
+                continue
+            text = p.read_text(encoding="utf-8")
+            # the name as a string literal, in a module that reads variables (directly or via a constant)
+            if re.search(rf"['\"]{name}['\"]", text) and re.search(r"envvars\.get\(|os\.environ|getenv\(", text):
+                sites.append(rel)
+    return sites
+
+
+ALL = [(arch, load_builtin(arch)) for arch in KNOWN_ARCHES]
+
+
+def test_every_arch_has_a_preset_file_shipped_as_package_data():
+    files = {p.name for p in resources.files("sglang_ampere.env").iterdir() if p.name.endswith(".toml")}
+    assert files == {f"{a}.toml" for a in KNOWN_ARCHES}
+
+
+@pytest.mark.parametrize("arch, preset", ALL, ids=KNOWN_ARCHES)
+def test_preset_shape_and_reasons(arch, preset):
+    assert preset.arch == arch and preset.description
+    for entry in list(preset.env) + list(preset.args):
+        assert entry.reason and "\n" not in entry.reason and len(entry.reason) <= 200, entry
+    for e in preset.env:
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", e.name) and e.value != ""
+
+
+@pytest.mark.parametrize("arch", ["sm80", "sm86"])
+def test_ampere_presets_turn_off_hopper_only_paths(arch):
+    env = {e.name: e.value for e in load_builtin(arch).env}
+    assert env["SGLANG_OPT_DEEPGEMM_HC_PRENORM"] == "0"
+    assert env["SGLANG_OPT_USE_TOPK_V2"] == "0"
+    assert env["SGLANG_FP8_PAGED_MQA_LOGITS_TORCH"] == "1"
+    assert env["SGLANG_OPT_USE_TILELANG_INDEXER"] == "0"
+    assert env["SGLANG_OPT_FUSE_WQA_WKV"] == "0"
+    assert env["SGLANG_OPT_USE_TILELANG_MHC_PRE"] == env["SGLANG_OPT_USE_TILELANG_MHC_POST"] == "0"
+
+
+def preset_variables():
+    names = {}
+    for arch, preset in ALL:
+        for e in preset.env:
+            names.setdefault(e.name, []).append(arch)
+    return sorted(names.items())
+
+
+@pytest.mark.parametrize("name, arches", preset_variables(), ids=[n for n, _ in preset_variables()])
+def test_no_dead_variables(name, arches):
+    """Each variable a preset sets is read by the pinned SGLang or by this package."""
+    if name.startswith("SGLANG_AMPERE_"):
+        assert name in envvars.VARS, f"{name} must be declared in sglang_ampere/envvars.py"
+        preset_values = {e.value for _, p in ALL for e in p.env if e.name == name}
+        if envvars.VARS[name].choices:
+            assert preset_values <= set(envvars.VARS[name].choices)
+        assert package_read_sites(name), (
+            f"{name} (set by presets {arches}) is declared but nothing in sglang_ampere/ or patches/ reads it")
+    else:
+        environ_py = sglang_sources()["srt/environ.py"]
+        assert re.search(rf"^\s+{name}\s*=\s*Env\w+\(", environ_py, re.M), f"{name} is not an SGLang env var"
+        assert sglang_read_sites(name), f"{name} is defined in SGLang but never read"
+
+
+def test_fork_variable_claims_hold_in_pinned_source():
+    # SGLANG_APPLY_CONFIG_BACKUP: not mentioned anywhere.
+    assert not [r for r, t in sglang_sources().items() if "SGLANG_APPLY_CONFIG_BACKUP" in t]
+    # SGLANG_HACK_FLASHMLA_BACKEND: every read is on a ROCm-only path.
+    sites = sglang_read_sites(HACK_VAR)
+    assert sites
+    for s in sites:
+        rel, _, line = s.split(":", 2)
+        assert "hip" in rel or "is_hip()" in line, s
+    # SGLANG_OPT_FP8_WO_A_GEMM: the wo_a FP8 GEMM only engages for Fp8Config.
+    v4 = sglang_sources()["srt/models/deepseek_v4.py"]
+    fn = v4[v4.index("def wo_a_fp8_gemm_enabled"):][:600]
+    assert "isinstance(quant_config, Fp8Config)" in fn
+    # The two that do something are real SGLang variables.
+    for name in ("SGLANG_OPT_FUSE_WQA_WKV", "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH"):
+        assert sglang_read_sites(name)
+    assert set(FORK_VARS) == {HACK_VAR, "SGLANG_APPLY_CONFIG_BACKUP", "SGLANG_OPT_FP8_WO_A_GEMM",
+                              "SGLANG_OPT_FUSE_WQA_WKV", "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH"}
+
+
+def test_nsa_flags_really_are_gone_from_sglang():
+    """Why the launcher must take --nsa-*-backend: SGLang 0.5.23 has no such flags."""
+    text = "\n".join(t for r, t in sglang_sources().items() if r.startswith("srt/arg_groups/"))
+    assert "--nsa-prefill-backend" not in text and "nsa_prefill_backend" not in text
+    assert "dsa_prefill_backend" in text
