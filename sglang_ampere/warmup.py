@@ -140,7 +140,7 @@ def _resolve_arch(gpu: str) -> str:
     return arches[0]
 
 
-def build(arch: str, targets: Sequence[JitTarget], out=sys.stdout) -> list[tuple[JitTarget, str, float]]:
+def build(arch: str, targets: Sequence[JitTarget], out=sys.stderr) -> list[tuple[JitTarget, str, float]]:
     """Build each target for ``arch`` in this process. Returns (target, "ok"/error, seconds)."""
     import torch  # noqa: F401  (SGLang's builders take torch dtypes)
     import importlib
