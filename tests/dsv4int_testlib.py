@@ -239,3 +239,40 @@ def is_sentinel(t: torch.Tensor) -> torch.Tensor:
     if t.dtype.is_floating_point:
         return torch.isnan(t)
     return t == {torch.int8: -128, torch.uint8: 0, torch.int32: torch.iinfo(torch.int32).min}[t.dtype]
+
+
+# --- SGLang's real loader on CPU ---------------------------------------------------------------
+
+#: Per-layer RoPE tables are sized by max_position_embeddings (1M in the release config);
+#: keep them small on CPU. Only RoPE buffers depend on these values.
+SMALL_ROPE = {"max_position_embeddings": 4096,
+              "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
+                               "beta_fast": 32, "beta_slow": 1}}
+
+
+def load_real_model(path, draft: bool, sentinels: bool = True):
+    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between."""
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.model_loader.loader import (
+        DefaultModelLoader,
+        _get_quantization_config,
+        _initialize_model,
+        set_default_torch_dtype,
+    )
+
+    mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft,
+                     model_override_args=json.dumps(SMALL_ROPE))
+    assert mc.quantization == "dsv4_int"
+    loader = DefaultModelLoader(LoadConfig())
+    quant_config = _get_quantization_config(mc, loader.load_config)
+    cpu = torch.device("cpu")
+    with set_default_torch_dtype(mc.dtype):
+        with cpu:
+            model = _initialize_model(mc, loader.load_config, quant_config)
+        if sentinels:
+            sentinel_fill(model)
+        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), cpu)
+    return model, mc
+
+

@@ -18,15 +18,14 @@ import torch
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import expected_locations, is_sentinel, random_dsv4_int, read_checkpoint, sentinel_fill  # noqa: E402
+from dsv4int_testlib import (  # noqa: E402
+    expected_locations,
+    is_sentinel,
+    load_real_model,
+    random_dsv4_int,
+    read_checkpoint,
+)
 from sglang_cpu import init_sglang_cpu  # noqa: E402
-
-#: Per-layer RoPE tables are sized by max_position_embeddings (1M in the release config);
-#: keep them small on CPU. Only RoPE buffers depend on these values.
-SMALL_ROPE = {"max_position_embeddings": 4096,
-              "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1024,
-                               "beta_fast": 32, "beta_slow": 1}}
-
 
 @pytest.fixture(scope="module")
 def sglang_ready():
@@ -41,32 +40,6 @@ def sglang_ready():
 def int_ckpt(request, synth_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"dsv4int_{request.param}") / "ckpt"
     return request.param, random_dsv4_int(synth_ckpt, out, request.param, seed=7)
-
-
-def load_real_model(path, draft: bool):
-    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between."""
-    from sglang.srt.configs.device_config import DeviceConfig
-    from sglang.srt.configs.load_config import LoadConfig
-    from sglang.srt.configs.model_config import ModelConfig
-    from sglang.srt.model_loader.loader import (
-        DefaultModelLoader,
-        _get_quantization_config,
-        _initialize_model,
-        set_default_torch_dtype,
-    )
-
-    mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft,
-                     model_override_args=json.dumps(SMALL_ROPE))
-    assert mc.quantization == "dsv4_int"
-    loader = DefaultModelLoader(LoadConfig())
-    quant_config = _get_quantization_config(mc, loader.load_config)
-    cpu = torch.device("cpu")
-    with set_default_torch_dtype(mc.dtype):
-        with cpu:
-            model = _initialize_model(mc, loader.load_config, quant_config)
-        sentinel_fill(model)
-        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), cpu)
-    return model, mc
 
 
 def check_exact(model, ckpt, config, strategy, fused, nextn):
