@@ -95,3 +95,19 @@ def test_exec_with_detected_gpus(model, tmp_path, monkeypatch):
     assert {k: env[k] for k, _ in AMPERE_ENV} == dict(AMPERE_ENV)
     assert env["PATH"] == "/usr/bin"
     assert "12 x NVIDIA GeForce RTX 3090 (sm86, 24 GiB)" in err.getvalue()
+
+
+def test_dry_run_command_for_quickstart_is_runnable(model, capsys, tmp_path, monkeypatch):
+    from sglang_ampere.cli import main as cli_main
+    from sglang_ampere.launch import dry_run_command
+
+    odd = tmp_path / "my model"
+    odd.mkdir()
+    (odd / "config.json").write_text((model / "config.json").read_text())
+    cmd = dry_run_command(odd, extra_args=("--pp-size", "12"))
+    assert cmd == f"sglang-ampere launch --gpu sm86 --dry-run --model-path '{odd}' --pp-size 12"
+    words = shlex.split(cmd)
+    monkeypatch.setenv("SGLANG_JIT_CACHE_DIR", str(tmp_path / "jit"))
+    assert cli_main(words[1:]) == 0
+    assert shlex.split(capsys.readouterr().out.strip().splitlines()[-1])[3:7] == \
+        ["--model-path", str(odd), "--pp-size", "12"]

@@ -1,0 +1,115 @@
+"""`sglang-ampere doctor`: each check, its fix, and the exit code."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch_helpers import fake_nvidia_smi, smi
+from sglang_ampere import doctor
+
+CLI = Path(sys.executable).parent / "sglang-ampere"
+HEALTHY_PROBE = {"targets": [["sglang_ampere.patches.x", "sglang.srt.models.deepseek_v4.f", None]],
+                 "patch_errors": [], "registered": True, "cli_choice": True, "plugin_log": "",
+                 "error": None, "tilelang": "0.1.12"}
+
+
+def by_name(checks):
+    out = {}
+    for c in checks:
+        out.setdefault(c.name, []).append(c)
+    return out
+
+
+def collect(environ=None, recorded="rtx3090_x4", probe=None, gpu="auto"):
+    environ = {"PATH": os.environ["PATH"]} if environ is None else environ
+    return doctor.collect(environ=environ, smi_output=smi(recorded) if recorded else "",
+                          gpu=gpu, probe=HEALTHY_PROBE if probe is None else probe)
+
+
+def test_healthy_box():
+    checks = by_name(collect())
+    assert checks["gpus"][0].status == doctor.OK
+    assert checks["gpus"][0].detail.count("NVIDIA GeForce RTX 3090 (sm86, 24 GiB)") == 4
+    assert checks["preset"][0].status == doctor.OK and checks["preset"][0].detail.startswith("sm86")
+    assert checks["environment"][0].status == doctor.OK
+    assert checks["dsv4_int registered"][0].status == doctor.OK
+    assert checks["patch hook targets"][0].detail == "1 target(s) importable"
+
+
+def test_contradicting_environment_fails_with_fix():
+    env = {"PATH": os.environ["PATH"], "SGLANG_OPT_USE_TOPK_V2": "1", "SGLANG_OPT_DEEPGEMM_HC_PRENORM": "0"}
+    bad = [c for c in collect(env) if c.name == "environment"]
+    assert len(bad) == 1 and bad[0].status == doctor.FAIL
+    assert "SGLANG_OPT_USE_TOPK_V2=1 contradicts preset sm86" in bad[0].detail
+    assert bad[0].fix.startswith("unset SGLANG_OPT_USE_TOPK_V2")
+
+
+def test_fork_variable_is_explained():
+    env = {"PATH": os.environ["PATH"], "SGLANG_APPLY_CONFIG_BACKUP": "none"}
+    warn = [c for c in collect(env) if c.name == "fork-era variable"]
+    assert warn[0].status == doctor.WARN and "never reads it" in warn[0].detail
+
+
+def test_mixed_box_and_no_gpu():
+    assert [c.status for c in collect(recorded="mixed_3090_4090_a6000") if c.name == "preset"] == [doctor.FAIL]
+    checks = by_name(collect(recorded=None))
+    assert checks["gpus"][0].status == doctor.FAIL and checks["gpus"][0].fix
+    assert "preset" not in checks
+    assert [c.status for c in collect(recorded=None, gpu="sm86") if c.name == "preset"] == [doctor.OK]
+
+
+@pytest.mark.parametrize("probe, name, text", [
+    ({**HEALTHY_PROBE, "registered": False}, "dsv4_int registered", "missing from QUANTIZATION_METHODS"),
+    ({**HEALTHY_PROBE, "cli_choice": False}, "dsv4_int registered", "--quantization choices"),
+    ({**HEALTHY_PROBE, "targets": [["m", "sglang.srt.x.gone", "ModuleNotFoundError: gone"]]},
+     "patch hook target", "sglang.srt.x.gone (m): ModuleNotFoundError"),
+    ({**HEALTHY_PROBE, "patch_errors": [["m", "ImportError: boom"]]}, "patch module", "m: ImportError: boom"),
+    ({"error": "ImportError: no sglang"}, "sglang import + plugin load", "ImportError: no sglang"),
+    ({**HEALTHY_PROBE, "tilelang": None, "tilelang_error": "ImportError: x"}, "tilelang", "does not import"),
+])
+def test_probe_failures_have_fixes(probe, name, text):
+    hits = [c for c in collect(probe=probe) if c.name == name]
+    assert hits and hits[0].status == doctor.FAIL and text in hits[0].detail and hits[0].fix
+
+
+def test_plugin_filtered_by_sglang_plugins():
+    env = {"PATH": os.environ["PATH"], "SGLANG_PLUGINS": "smg-zmq"}
+    ep = [c for c in collect(env) if c.name == "plugin entry point"][0]
+    assert ep.status == doctor.FAIL and "does not list sglang_ampere" in ep.detail
+
+
+def test_render_and_exit_code(monkeypatch, capsys):
+    monkeypatch.setattr(doctor, "collect", lambda gpu: [doctor.Check("a", doctor.OK, "fine"),
+                                                        doctor.Check("b", doctor.FAIL, "broken", "do X")])
+    assert doctor.run(argparse.Namespace(json=False, gpu="auto")) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] b: broken\n       fix: do X" in out and out.rstrip().endswith("1 failure(s)")
+    monkeypatch.setattr(doctor, "collect", lambda gpu: [doctor.Check("a", doctor.WARN, "meh", "y")])
+    assert doctor.run(argparse.Namespace(json=True, gpu="auto")) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+@pytest.mark.slow
+def test_doctor_json_end_to_end(tmp_path):
+    """Fresh-process probe against the installed SGLang, with a recorded 4 x 3090 nvidia-smi."""
+    env = fake_nvidia_smi(tmp_path, "rtx3090_x4")
+    env["SGLANG_JIT_CACHE_DIR"] = str(tmp_path / "jit")
+    cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "sglang_ampere.cli"]
+    proc = subprocess.run(cmd + ["doctor", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    report = json.loads(proc.stdout)
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["sglang version"] == "ok"
+    assert status["plugin entry point"] == "ok"
+    assert status["patch hook targets"] == "ok", report
+    assert status["dsv4_int registered"] == "ok", report
+    assert status["tilelang"] == "ok"
+    assert status["gpus"] == "ok" and status["preset"] == "ok" and status["environment"] == "ok"
+    assert status["jit cache"] == "warn"
+    failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]
+    assert set(failed) <= {"nvcc", "CUDA_HOME"}          # depends on the host's CUDA toolkit only
+    assert proc.returncode == (1 if failed else 0) and report["ok"] == (not failed)
