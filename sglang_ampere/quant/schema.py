@@ -134,6 +134,8 @@ def parse_quantization_config(config: Mapping[str, Any]) -> Dsv4IntSchema:
     lpath = f"config_groups.{LINEARS_GROUP}"
     lg = _exact_keys(groups[LINEARS_GROUP], lpath, {"weights", "input_activations", "targets"})
     strategy = lg["weights"].get("strategy") if isinstance(lg["weights"], Mapping) else None
+    if strategy is not None and strategy not in STRATEGIES:
+        raise SchemaError(f"{lpath}.weights.strategy", f"is {strategy!r}; this package serves only {STRATEGIES!r}")
     base = {"num_bits", "type", "symmetric", "strategy"}
     lw = _exact_keys(lg["weights"], f"{lpath}.weights", base | ({"block_size"} if strategy == "block" else set()))
     _expect(lw, "num_bits", f"{lpath}.weights", 8)
