@@ -1,0 +1,139 @@
+"""Read safetensors headers (names, dtypes, shapes, offsets) without reading tensor data.
+
+A safetensors file is: 8 bytes little-endian header length ``L``, ``L`` bytes of JSON
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
+data; offsets are relative to the end of the header. Everything a header claims is checked
+against the file's size, so a truncated download or a damaged header is caught here, before
+the converter writes anything, with the shard named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: safetensors dtype string -> bytes per element.
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+#: Refuse absurd header lengths instead of allocating them (real headers are < 10 MB).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be converted or audited as it is. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int            # absolute file offset of the first data byte
+    end: int              # absolute file offset one past the last data byte
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass
+class ShardHeader:
+    path: Path
+    file_size: int
+    header_sha256: str     # of the 8 length bytes + the JSON header: the shard's identity
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def identity(self) -> dict:
+        """What the manifest records to recognise this source shard later (no data read)."""
+        return {"size": self.file_size, "header_sha256": self.header_sha256}
+
+
+def _bad(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"shard {path.name}: {problem} (re-download or re-copy this file)")
+
+
+def read_header(path: str | os.PathLike) -> ShardHeader:
+    """Parse and check one shard's header. Raises :class:`CheckpointError` naming the shard."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise _bad(path, f"file is {size} bytes, too short to hold a safetensors header (truncated)")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
+                raise _bad(path, f"header length {hlen} does not fit the file size {size} (truncated or not a safetensors file)")
+            raw = f.read(hlen)
+    except OSError as e:
+        raise CheckpointError(f"shard {path.name}: cannot read: {e}") from e
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(path, f"header is not valid JSON ({e}); the file is corrupt") from e
+    if not isinstance(obj, dict):
+        raise _bad(path, "header is not a JSON object; the file is corrupt")
+    data_start = 8 + hlen
+    meta = obj.pop("__metadata__", {}) or {}
+    hdr = ShardHeader(path, size, hashlib.sha256(head + raw).hexdigest(), {}, meta if isinstance(meta, dict) else {})
+    spans = []
+    for name, info in obj.items():
+        try:
+            dtype, shape, (b, e) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            b, e = int(b), int(e)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(path, f"tensor {name}: malformed header entry {info!r}") from exc
+        if dtype not in DTYPE_SIZES:
+            raise CheckpointError(f"shard {path.name}: tensor {name}: unknown safetensors dtype {dtype!r}; "
+                                  "this converter handles native DeepSeek-V4-Flash checkpoints only")
+        want = math.prod(shape) * DTYPE_SIZES[dtype]
+        if any(d < 0 for d in shape) or b < 0 or e - b != want:
+            raise _bad(path, f"tensor {name}: offsets [{b}, {e}] do not match dtype {dtype} shape {list(shape)} ({want} bytes)")
+        if data_start + e > size:
+            raise _bad(path, f"tensor {name} ends at byte {data_start + e} but the file has {size} bytes (truncated)")
+        hdr.tensors[name] = TensorInfo(name, dtype, shape, data_start + b, data_start + e)
+        spans.append((b, e, name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise _bad(path, f"tensors {n0} and {n1} overlap in the data section; the header is corrupt")
+    return hdr
+
+
+def read_tensor_bytes(path: Path, info: TensorInfo, f=None) -> bytearray:
+    """The raw bytes of one tensor (one ``readinto``; no mmap of the whole shard)."""
+    buf = bytearray(info.nbytes)
+    own = f is None
+    f = open(path, "rb") if own else f
+    try:
+        f.seek(info.begin)
+        view = memoryview(buf)
+        got = 0
+        while got < len(buf):
+            n = f.readinto(view[got:])
+            if not n:
+                raise CheckpointError(f"shard {path.name}: tensor {info.name}: file ended early (truncated)")
+            got += n
+    finally:
+        if own:
+            f.close()
+    return buf
+
+
+def list_shards(src: Path) -> list[Path]:
+    """The ``*.safetensors`` files of a checkpoint folder, in name order."""
+    return sorted(p for p in Path(src).iterdir() if p.suffix == ".safetensors" and p.is_file() and not p.name.startswith("."))
