@@ -1,0 +1,399 @@
+"""``sglang-ampere audit PATH [--json] [--against SRC]``.
+
+* On a **native** checkpoint: the conversion plan from the safetensors headers alone (no
+  tensor data is read, so it answers in seconds on the 157 GB release): tensors per class,
+  per-shard bytes in and out, the output size, or the list of problems that ``convert`` would
+  refuse.
+* On a **dsv4_int** checkpoint: tensors per class (expert INT4, dense INT8 block/channel,
+  dense BF16, preserved), missing scales, wrong dtypes/shapes, names the model does not have or
+  lacks, index and config consistency. Exit status 1 with the list of problems if any.
+* ``--against SRC`` (dsv4_int only): fidelity, SNR in dB per class (min / median / mean over
+  all or ``--sample N`` tensors per class) of the dequantized INT values against the native
+  dequantized values; preserved tensors must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from ..inventory import DENSE, EXPERT, PRESERVED, classify, native_inventory
+from .config import ROUTED_EXPERTS_QUANT_METHOD
+from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
+from .options import Options
+from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, PRESERVED_DTYPES, make_plan, read_config
+
+C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED = "expert_int4", "dense_int8_block", "dense_uint8_channel", "dense_bf16", "preserved"
+
+
+# ------------------------------------------------------------------------------------------
+# Native: the plan
+
+
+def audit_native(path: Path) -> tuple[dict, list[str]]:
+    report: dict = {"kind": "native", "path": str(path)}
+    try:
+        plan = make_plan(path, Options())
+    except CheckpointError as e:
+        return report, [line.strip()[2:] if line.strip().startswith("- ") else line.strip()
+                        for line in str(e).splitlines()[1:] if line.strip().startswith("- ")] or [str(e)]
+    counts = {"expert_weight": 0, "expert_scale": 0, "dense_weight": 0, "dense_scale": 0, "preserved": 0}
+    for h in plan.headers.values():
+        for name in h.tensors:
+            r = classify(name)
+            key = "preserved" if r.role == PRESERVED else f"{r.role}_{r.part}"
+            counts[key] += 1
+    report.update({
+        "tensors": plan.source_tensor_count(),
+        "counts": counts,
+        "plan": plan.counts(),
+        "shards": [{"name": sp.name, "tensors": len(plan.headers[sp.name].tensors),
+                    "bytes": plan.headers[sp.name].file_size, "out_bytes": sp.out_bytes if sp.jobs else 0}
+                   for sp in plan.shards],
+        "source_bytes": plan.source_bytes,
+        "output_bytes": plan.output_bytes,
+        "options": plan.options.as_dict(),
+    })
+    return report, []
+
+
+# ------------------------------------------------------------------------------------------
+# Converted
+
+
+def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) -> tuple[dict, dict]:
+    infos: dict[str, tuple[str, TensorInfo]] = {}
+    for sname, h in headers.items():
+        for n, info in h.tensors.items():
+            if n in infos:
+                problems.append(f"{sname}: {n}: also stored in {infos[n][0]} (duplicate)")
+            infos[n] = (sname, info)
+    classes: dict[str, list[str]] = {c: [] for c in (C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED)}
+    counts = {"missing_scales": 0, "orphan_scales": 0}
+    for n, (sname, info) in sorted(infos.items()):
+        r = classify(n)
+        where = f"{sname}: {n}"
+        if r is None:
+            problems.append(f"{where}: unknown tensor name (not part of DeepSeek-V4-Flash)")
+            continue
+        if r.role == PRESERVED:
+            if info.dtype not in PRESERVED_DTYPES:
+                problems.append(f"{where}: dtype {info.dtype} is not valid for a preserved tensor")
+            else:
+                classes[C_PRESERVED].append(n)
+            continue
+        if r.part == "scale":
+            if f"{r.base}.weight" not in infos:
+                counts["orphan_scales"] += 1
+                problems.append(f"{where}: scale without its weight")
+            continue
+        s = infos.get(f"{r.base}.scale")
+        sinfo = s[1] if s else None
+        shape = info.shape
+        if r.role == EXPERT:
+            if info.dtype != "I8" or len(shape) != 2:
+                problems.append(f"{where}: routed expert weight must be I8 [N, K/2] (uint4b8), got {info.dtype} {list(shape)}")
+                continue
+            if sinfo is None:
+                counts["missing_scales"] += 1
+                problems.append(f"{where}: missing scale {r.base}.scale")
+                continue
+            want = [shape[0], 2 * shape[1] // 32]
+            if sinfo.dtype != "BF16" or list(sinfo.shape) != want:
+                problems.append(f"{where}: expert scale must be BF16 {want}, got {sinfo.dtype} {list(sinfo.shape)}")
+                continue
+            classes[C_EXPERT].append(n)
+        else:
+            if info.dtype == "BF16" and sinfo is None:
+                classes[C_BF16].append(n)
+                continue
+            if info.dtype == "F8_E4M3":
+                problems.append(f"{where}: dense weight is still FP8 (not converted)")
+                continue
+            if sinfo is None:
+                counts["missing_scales"] += 1
+                problems.append(f"{where}: missing scale {r.base}.scale")
+                continue
+            n_, k_ = shape if len(shape) == 2 else (0, 0)
+            if info.dtype == "I8" and sinfo.dtype == "BF16" and list(sinfo.shape) == [-(-n_ // 128), -(-k_ // 128)]:
+                classes[C_BLOCK].append(n)
+            elif info.dtype == "U8" and sinfo.dtype == "BF16" and list(sinfo.shape) == [n_]:
+                classes[C_CHANNEL].append(n)
+            else:
+                problems.append(f"{where}: dense weight {info.dtype} {list(shape)} with scale {sinfo.dtype} "
+                                f"{list(sinfo.shape)} is neither block INT8 nor channel UINT8")
+    return {n: v for n, v in infos.items()}, {"classes": classes, **counts}
+
+
+def _check_config(config: dict, classes: dict, problems: list[str]) -> None:
+    qc = config.get("quantization_config") or {}
+    if config.get("expert_dtype") != "int4":
+        problems.append(f"config.json: expert_dtype is {config.get('expert_dtype')!r}, must be 'int4' (loaders would take the MXFP4 path)")
+    rq = qc.get("routed_experts_quant_method")
+    if rq is None or rq == "mxfp4":
+        problems.append(f"config.json: quantization_config.routed_experts_quant_method is {rq!r}; set it to "
+                        f"{ROUTED_EXPERTS_QUANT_METHOD!r} or SGLang 0.5.23 takes the INT4 experts for MXFP4")
+    groups = qc.get("config_groups") or {}
+    for g in ("experts_w4a16", "linears_w8a16"):
+        if g not in groups:
+            problems.append(f"config.json: quantization_config.config_groups.{g} is missing")
+    if "ignore" not in qc:
+        problems.append("config.json: quantization_config.ignore is missing")
+    ew = (groups.get("experts_w4a16") or {}).get("weights") or {}
+    if ew and (ew.get("num_bits") != 4 or ew.get("group_size") != 32 or ew.get("format") != "int4"):
+        problems.append(f"config.json: experts_w4a16.weights {ew} is not INT4 group 32")
+    strategy = ((groups.get("linears_w8a16") or {}).get("weights") or {}).get("strategy")
+    if classes[C_BLOCK] and strategy != "block":
+        problems.append(f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_BLOCK])} dense tensors are block INT8")
+    if classes[C_CHANNEL] and strategy != "channel":
+        problems.append(f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_CHANNEL])} dense tensors are channel UINT8")
+
+
+def _check_index(path: Path, headers: dict[str, ShardHeader], problems: list[str]) -> None:
+    ipath = path / "model.safetensors.index.json"
+    if not ipath.is_file():
+        problems.append("model.safetensors.index.json is missing")
+        return
+    try:
+        index = json.loads(ipath.read_text())
+        wm, total = index["weight_map"], index["metadata"]["total_size"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problems.append(f"model.safetensors.index.json is unreadable ({e})")
+        return
+    actual = {n: s for s, h in headers.items() for n in h.tensors}
+    for n, s in wm.items():
+        if actual.get(n) != s:
+            problems.append(f"index: {n} is mapped to {s} but is {'in ' + actual[n] if n in actual else 'in no shard'}")
+    for n, s in actual.items():
+        if n not in wm:
+            problems.append(f"index: {n} (in {s}) is not in weight_map")
+    real = sum(i.nbytes for h in headers.values() for i in h.tensors.values())
+    if total != real:
+        problems.append(f"index: metadata.total_size is {total}, the tensors hold {real} bytes")
+
+
+def _check_inventory(config: dict, infos: dict, classes: dict, problems: list[str]) -> None:
+    try:
+        expected = native_inventory(config)
+    except (KeyError, TypeError, IndexError):
+        problems.append("config.json lacks DeepSeek-V4-Flash geometry keys; cannot check the tensor list")
+        return
+    kept = {n.rsplit(".", 1)[0] for n in classes[C_BF16]}
+    for n, spec in expected.items():
+        if n not in infos and not (n.endswith(".scale") and n.rsplit(".", 1)[0] in kept):
+            problems.append(f"{n}: missing (the model with this config.json has it)")
+    for n in infos:
+        if n not in expected and classify(n) is not None:
+            problems.append(f"{n}: present but not part of the model this config.json describes")
+
+
+def audit_converted(path: Path, config: dict, headers: dict[str, ShardHeader]) -> tuple[dict, list[str], dict]:
+    problems: list[str] = []
+    infos, cls = _classify_converted(headers, problems)
+    classes = cls["classes"]
+    _check_config(config, classes, problems)
+    _check_index(path, headers, problems)
+    _check_inventory(config, infos, classes, problems)
+    report = {
+        "kind": "dsv4_int", "path": str(path),
+        "shards": [{"name": s, "tensors": len(h.tensors), "bytes": h.file_size} for s, h in headers.items()],
+        "bytes": sum(h.file_size for h in headers.values()),
+        "tensors": len(infos),
+        "counts": {c: len(v) for c, v in classes.items()} | {"missing_scales": cls["missing_scales"], "orphan_scales": cls["orphan_scales"]},
+        "scale_mode": (((config.get("quantization_config") or {}).get("config_groups") or {}).get("experts_w4a16") or {}).get("weights", {}).get("scale_mode"),
+    }
+    return report, problems, {"infos": infos, "classes": classes}
+
+
+# ------------------------------------------------------------------------------------------
+# Fidelity against the native source
+
+_TORCH_DTYPES = None
+
+
+def _load(path: Path, shard: str, info: TensorInfo):
+    import torch
+
+    global _TORCH_DTYPES
+    if _TORCH_DTYPES is None:
+        _TORCH_DTYPES = {"I8": torch.int8, "U8": torch.uint8, "BF16": torch.bfloat16, "F16": torch.float16,
+                         "F32": torch.float32, "I32": torch.int32, "I64": torch.int64,
+                         "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
+    buf = read_tensor_bytes(path / shard, info)
+    t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
+    return t.view(_TORCH_DTYPES[info.dtype]).reshape(info.shape)
+
+
+def _sample(names: list[str], n: int) -> list[str]:
+    names = sorted(names)
+    if n <= 0 or len(names) <= n:
+        return names
+    return [names[round(i * (len(names) - 1) / (n - 1))] if n > 1 else names[0] for i in range(n)]
+
+
+def _snr(ref, got) -> float:
+    sig = float((ref.double() ** 2).sum())
+    noise = float(((ref.double() - got.double()) ** 2).sum())
+    return math.inf if noise == 0 else (10 * math.log10(sig / noise) if sig > 0 else -math.inf)
+
+
+def fidelity(path: Path, src: Path, state: dict, sample: int, problems: list[str]) -> dict:
+    from ..formats import (fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize,
+                           uint8_channel_dequantize)
+    from ..formats.errors import FormatError
+
+    src_headers = {p.name: read_header(p) for p in list_shards(src)}
+    src_where = {n: (s, i) for s, h in src_headers.items() for n, i in h.tensors.items()}
+    infos = state["infos"]
+    out: dict = {}
+    for cls, names in state["classes"].items():
+        chosen = _sample(names, sample)
+        snrs, identical = [], 0
+        for n in chosen:
+            base = n.rsplit(".", 1)[0]
+            if n not in src_where:
+                problems.append(f"--against: {n} is not in {src}")
+                continue
+            try:
+                if cls == C_PRESERVED:
+                    a = read_tensor_bytes(src / src_where[n][0], src_where[n][1])
+                    b = read_tensor_bytes(path / infos[n][0], infos[n][1])
+                    if a == b:
+                        identical += 1
+                    else:
+                        problems.append(f"{n}: preserved tensor differs from the source")
+                    continue
+                sw, ss = src_where[n], src_where.get(f"{base}.scale")
+                if ss is None:
+                    problems.append(f"--against: {base}.scale is not in {src}")
+                    continue
+                w_src, s_src = _load(src, *sw), _load(src, *ss)
+                w_out = _load(path, *infos[n])
+                if cls == C_EXPERT:
+                    ref = mxfp4_dequantize(w_src, s_src, n)
+                    got = int4_group_dequantize(w_out, _load(path, *infos[f"{base}.scale"]), n)
+                else:
+                    ref = fp8_block_dequantize(w_src, s_src, n)
+                    if cls == C_BLOCK:
+                        got = int8_block_dequantize(w_out, _load(path, *infos[f"{base}.scale"]), n)
+                    elif cls == C_CHANNEL:
+                        got = uint8_channel_dequantize(w_out, _load(path, *infos[f"{base}.scale"]), n)
+                    else:
+                        got = w_out.float()
+                if tuple(ref.shape) != tuple(got.shape):
+                    problems.append(f"{n}: shape {list(got.shape)} differs from the source's {list(ref.shape)}")
+                    continue
+                snrs.append(_snr(ref, got))
+            except (FormatError, CheckpointError) as e:
+                problems.append(f"--against: {e}")
+        entry: dict = {"tensors": len(chosen), "of": len(names)}
+        if cls == C_PRESERVED:
+            entry["identical"] = identical
+        elif snrs:
+            finite = [s for s in snrs if math.isfinite(s)]
+            entry.update({"snr_db_min": min(snrs), "snr_db_median": statistics.median(snrs),
+                          "snr_db_mean": statistics.fmean(finite) if finite else math.inf})
+        out[cls] = entry
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Entry points
+
+
+def audit(path, against=None, sample: int = 64) -> tuple[dict, list[str]]:
+    """Audit a native or dsv4_int checkpoint; returns (report, problems)."""
+    path = Path(path)
+    if not path.is_dir():
+        return {"kind": "unknown", "path": str(path)}, [f"{path} is not a folder"]
+    try:
+        config = read_config(path)
+    except CheckpointError as e:
+        return {"kind": "unknown", "path": str(path)}, [str(e)]
+    if (config.get("quantization_config") or {}).get("quant_method") != "dsv4_int":
+        if against is not None:
+            return {"kind": "native", "path": str(path)}, ["--against needs a dsv4_int checkpoint as PATH (this one is native)"]
+        return audit_native(path)
+    try:
+        shards = list_shards(path)
+        if not shards:
+            raise CheckpointError(f"{path}: no *.safetensors shards found")
+        headers = {p.name: read_header(p) for p in shards}
+    except CheckpointError as e:
+        return {"kind": "dsv4_int", "path": str(path)}, [str(e)]
+    report, problems, state = audit_converted(path, config, headers)
+    if against is not None:
+        report["against"] = str(against)
+        report["fidelity"] = fidelity(path, Path(against), state, sample, problems)
+    return report, problems
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3f} GB"
+
+
+def format_report(report: dict, problems: list[str]) -> str:
+    lines = []
+    kind = report.get("kind")
+    if kind == "native" and "counts" in report:
+        c, p = report["counts"], report["plan"]
+        lines.append(f"{report['path']}: native DeepSeek-V4-Flash checkpoint, {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['source_bytes'])}")
+        lines.append(f"  routed experts MXFP4: {c['expert_weight']} weights + {c['expert_scale']} E8M0 scales -> INT4 uint4b8 + BF16 g32")
+        lines.append(f"  dense FP8:            {c['dense_weight']} weights + {c['dense_scale']} block scales -> INT8 W8A16 (block)")
+        lines.append(f"  preserved:            {c['preserved']} tensors (copied byte for byte)")
+        lines.append(f"  plan: {p[K_EXPERT]} expert pairs, {p[K_DENSE]} dense pairs, {p[K_KEEP]} dense kept BF16, {p[K_COPY]} copies")
+        lines.append(f"  output size: {_gb(report['output_bytes'])} (source {_gb(report['source_bytes'])})")
+        lines.append("  shards (in -> out):")
+        for s in report["shards"]:
+            lines.append(f"    {s['name']}: {s['tensors']} tensors, {_gb(s['bytes'])} -> {_gb(s['out_bytes'])}")
+    elif kind == "dsv4_int":
+        lines.append(f"{report['path']}: dsv4_int checkpoint")
+        if "counts" in report:
+            c = report["counts"]
+            lines.append(f"  {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['bytes'])}; expert scale mode {report.get('scale_mode')}")
+            lines.append(f"  expert INT4 pairs: {c[C_EXPERT]}   dense INT8 block: {c[C_BLOCK]}   dense UINT8 channel: {c[C_CHANNEL]}   "
+                         f"dense BF16: {c[C_BF16]}   preserved: {c[C_PRESERVED]}   missing scales: {c['missing_scales']}")
+        for cls, f in (report.get("fidelity") or {}).items():
+            if cls == C_PRESERVED:
+                lines.append(f"  fidelity {cls}: {f['identical']}/{f['tensors']} byte-identical to the source")
+            elif "snr_db_min" in f:
+                lines.append(f"  fidelity {cls}: SNR dB min {f['snr_db_min']:.2f} / median {f['snr_db_median']:.2f} / mean {f['snr_db_mean']:.2f} "
+                             f"over {f['tensors']} of {f['of']} tensors")
+    else:
+        lines.append(f"{report.get('path')}: not a checkpoint")
+    if problems:
+        lines.append(f"PROBLEMS ({len(problems)}):")
+        lines.extend(f"  - {p}" for p in problems[:200])
+        if len(problems) > 200:
+            lines.append(f"  ... and {len(problems) - 200} more (use --json for all)")
+    else:
+        lines.append("OK: no problems found")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Audit a checkpoint. Native: print the conversion plan from the shard headers alone (seconds, no "
+        "tensor data read). dsv4_int: count tensors per class, check scales, dtypes, index and config; "
+        "with --against SRC also measure SNR per class against the native source. Exit 1 if there are problems."
+    )
+    p.add_argument("path", type=Path, help="checkpoint folder (native or dsv4_int)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--against", type=Path, default=None, metavar="SRC",
+                   help="native checkpoint PATH was converted from: adds SNR per class")
+    p.add_argument("--sample", type=int, default=64,
+                   help="with --against: tensors per class to compare (evenly spread; 0 = all; default 64)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report, problems = audit(args.path, args.against, args.sample)
+    if args.json:
+        print(json.dumps({**report, "problems": problems, "ok": not problems}, indent=2,
+                         default=lambda x: None))
+    else:
+        print(format_report(report, problems))
+    return 1 if problems else 0
