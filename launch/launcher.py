@@ -84,6 +84,8 @@ class Plan:
     node_argvs: list[list[str]] = field(default_factory=list)   # --dry-run with --nnodes N
     notes: list[str] = field(default_factory=list)
     help_only: bool = False
+    preset_args_used: list = field(default_factory=list)     # ArgEntry added to argv
+    preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -455,8 +457,12 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
 
     user_args = list(server_args)
     preset_args: list[str] = []
+    used, kept = [], []
     for a in preset.args:
-        if not _has_flag(user_args, a.flag):
+        if _has_flag(user_args, a.flag):
+            kept.append(a)
+        else:
+            used.append(a)
             preset_args += a.argv()
     python = python or sys.executable
     base = [python, "-m", "sglang.launch_server"]
@@ -476,7 +482,8 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                 node_argvs.append(base + _replace_node_rank(user_args, r) + preset_args)
 
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=argv_out,
-                node_argvs=node_argvs, notes=notes, help_only=help_only)
+                node_argvs=node_argvs, notes=notes, help_only=help_only,
+                preset_args_used=used, preset_args_kept=kept)
     if not help_only:
         plan.notes += _jit_cache_notes(arch, env)
     return plan
@@ -530,15 +537,16 @@ def format_plan(plan: Plan) -> str:
             out.append(f"#   {c.name}={c.new}  [{c.source}; {was}] {c.reason}")
     else:
         out.append("# environment changes: none")
-    preset_flags = {a.flag: a for a in plan.preset.args}
-    used = [a for a in plan.preset.args if a.flag in plan.argv]
-    if used:
+    if plan.preset_args_used or plan.preset_args_kept:
         out.append("# preset server arguments (yours win):")
-        for a in used:
+        for a in plan.preset_args_used:
             out.append(f"#   {' '.join(a.argv())}  {a.reason}")
-    skipped = [f for f in preset_flags if f not in plan.argv and _has_flag(plan.argv, f)]
-    for f in skipped:
-        out.append(f"#   {f}: your value kept over the preset's")
+        for a in plan.preset_args_kept:
+            out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
+    if _arch_number(plan.arch) < 90:
+        out.append(f"# sparse MLA below sm_90: prefill={plan.env.get(PREFILL_VAR, envvars.VARS[PREFILL_VAR].default)} "
+                   f"decode={plan.env.get(DECODE_VAR, envvars.VARS[DECODE_VAR].default)} "
+                   "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
     for n in plan.notes:
         out.append(f"# {n}")
     if plan.node_argvs:

@@ -17,8 +17,6 @@ AMPERE_ENV = [
     ("SGLANG_OPT_USE_TILELANG_MHC_PRE", "0"),
     ("SGLANG_OPT_USE_TILELANG_MHC_POST", "0"),
     ("SGLANG_OPT_FUSE_MHC_POST_PRE", "0"),
-    ("SGLANG_AMPERE_PREFILL_BACKEND", "tilelang"),
-    ("SGLANG_AMPERE_DECODE_BACKEND", "tilelang"),
 ]
 ARGS_24GB = ["--mem-fraction-static", "0.85", "--context-length", "65536", "--max-running-requests", "16",
              "--swa-full-tokens-ratio", "0.05", "--chunked-prefill-size", "4096"]

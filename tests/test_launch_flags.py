@@ -6,7 +6,7 @@ import json
 import pytest
 
 from launch_helpers import PY, make_model, smi
-from sglang_ampere.launch.launcher import LaunchError, build_plan, main
+from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan, main
 
 PREFILL, DECODE = "SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND"
 
@@ -55,6 +55,7 @@ def test_nsa_flag_bad_choice_after_double_dash(model):
 
 def test_hack_flashmla_backend_torch_selects_torch_for_both_phases(model):
     plan = plan_for(model, environ={"SGLANG_HACK_FLASHMLA_BACKEND": "torch"})
+    assert "# sparse MLA below sm_90: prefill=torch decode=torch" in format_plan(plan)
     assert changes(plan)[PREFILL] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
     assert changes(plan)[DECODE] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
     assert any("SGLANG_HACK_FLASHMLA_BACKEND=torch: SGLang 0.5.23 reads it only on ROCm" in n for n in plan.notes)
@@ -68,7 +69,8 @@ def test_hack_via_env_flag_and_nsa_flag_wins_over_it(model):
 
 def test_hack_other_values_do_nothing_and_say_so(model):
     plan = plan_for(model, environ={"SGLANG_HACK_FLASHMLA_BACKEND": "aiter_sparse"})
-    assert changes(plan)[PREFILL][0] == "tilelang"
+    assert PREFILL not in plan.env and DECODE not in plan.env      # package defaults (tilelang) apply
+    assert "# sparse MLA below sm_90: prefill=tilelang decode=tilelang" in format_plan(plan)
     assert any("does nothing here; use --nsa-prefill-backend" in n for n in plan.notes)
 
 
@@ -117,6 +119,10 @@ def test_user_server_args_beat_preset_args(model):
     plan = plan_for(model, "--context-length", "8192", "--mem-fraction-static=0.8")
     assert plan.argv.count("--context-length") == 1 and plan.argv[plan.argv.index("--context-length") + 1] == "8192"
     assert "--mem-fraction-static=0.8" in plan.argv and "--mem-fraction-static" not in plan.argv
+    text = format_plan(plan)
+    assert "#   --context-length: your value kept over the preset's 65536" in text
+    assert "#   --mem-fraction-static: your value kept over the preset's 0.85" in text
+    assert "#   --context-length 65536" not in text
     assert plan.argv[3:] == ["--model-path", str(model), "--context-length", "8192", "--mem-fraction-static=0.8",
                              "--max-running-requests", "16", "--swa-full-tokens-ratio", "0.05",
                              "--chunked-prefill-size", "4096"]

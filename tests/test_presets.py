@@ -8,7 +8,7 @@ import pytest
 
 import sglang_ampere
 from sglang_ampere import envvars
-from sglang_ampere.launch.launcher import FORK_VARS, HACK_VAR
+from sglang_ampere.launch.launcher import DECODE_VAR, FORK_VARS, HACK_VAR, PREFILL_VAR
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def sglang_read_sites(name: str) -> list[str]:
 
 def package_read_sites(name: str) -> list[str]:
     """Where this package reads `name`, outside the table and the launcher that writes it."""
-    skip = {"sglang_ampere/envvars.py", "sglang_ampere/doctor.py"}
+    skip = {"sglang_ampere/envvars.py", "sglang_ampere/doctor.py"}   # launch/ is not scanned: it writes them
     sites = []
     for base in ("sglang_ampere", "patches"):
         for p in (REPO / base).rglob("*.py"):
@@ -120,6 +120,13 @@ def test_no_dead_variables(name, arches):
         environ_py = sglang_sources()["srt/environ.py"]
         assert re.search(rf"^\s+{name}\s*=\s*Env\w+\(", environ_py, re.M), f"{name} is not an SGLang env var"
         assert sglang_read_sites(name), f"{name} is defined in SGLang but never read"
+
+
+@pytest.mark.parametrize("name", [PREFILL_VAR, DECODE_VAR])
+def test_variables_the_launcher_writes_are_read(name):
+    """--nsa-*-backend and SGLANG_HACK_FLASHMLA_BACKEND become these; the sparse-MLA patch must read them."""
+    assert name in envvars.VARS and set(envvars.VARS[name].choices) == {"torch", "tilelang"}
+    assert package_read_sites(name), f"{name} is written by the launcher but nothing in sglang_ampere/ or patches/ reads it"
 
 
 def test_fork_variable_claims_hold_in_pinned_source():
