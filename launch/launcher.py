@@ -8,6 +8,10 @@ Precedence (documented in ``--help`` and tested):
 
 Everything that is not a launcher option is handed to ``python -m sglang.launch_server``
 unchanged (either after ``--`` or mixed in with the launcher options).
+
+Without a GPU, ``launch`` refuses to run unless ``--dry-run`` is given with an explicit ``--gpu``;
+``launch --gpu ARCH -- --help`` is the one other exception (it only prints SGLang's help, so the
+model and topology checks are skipped too).
 """
 
 from __future__ import annotations
