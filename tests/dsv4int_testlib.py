@@ -95,7 +95,6 @@ def random_dsv4_int(native: Path, out: Path, strategy: str, seed: int = 0) -> Pa
     config = json.loads((native / "config.json").read_text())
     config["quantization_config"] = published_quant_config(strategy)
     config["expert_dtype"] = "int4"
-    config["routed_experts_quant_method"] = "int4"
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for extra in native.iterdir():
         if extra.suffix == ".json" and not (out / extra.name).exists():

@@ -63,6 +63,13 @@ def test_schema_errors_name_the_key(path, value, delete, key):
     assert f"'{key}'" in str(e.value)
 
 
+def test_routed_experts_quant_method_key():
+    ok = {**published_quant_config("block"), "routed_experts_quant_method": "int4"}
+    assert parse_quantization_config(ok).dense_strategy == "block"
+    with pytest.raises(SchemaError, match="routed_experts_quant_method"):
+        parse_quantization_config({**published_quant_config("block"), "routed_experts_quant_method": "mxfp4"})
+
+
 def test_channel_variant_rejects_block_size():
     cfg = published_quant_config("channel")
     cfg["config_groups"]["linears_w8a16"]["weights"]["block_size"] = [128, 128]

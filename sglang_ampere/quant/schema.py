@@ -31,6 +31,9 @@ from ..formats.constants import BLOCK, INT4_GROUP
 
 #: Keys SGLang adds to the dict it hands to ``from_config`` (weight_utils.get_quant_config).
 SGLANG_INJECTED_KEYS = frozenset({"packed_modules_mapping", "hf_config", "requantization_method"})
+#: Optional key SGLang's ModelConfig reads from quantization_config: when present it skips the
+#: DeepSeek-V4 routed-expert dtype probe (which calls I8 experts "MXFP4"); must not be "mxfp4".
+ROUTED_EXPERTS_KEY = "routed_experts_quant_method"
 
 EXPERTS_GROUP = "experts_w4a16"
 LINEARS_GROUP = "linears_w8a16"
@@ -109,7 +112,10 @@ def _activations(group: Mapping, path: str) -> None:
 
 def parse_quantization_config(config: Mapping[str, Any]) -> Dsv4IntSchema:
     """Validate ``quantization_config`` (plus SGLang's injected keys) and return the schema."""
-    top = _exact_keys(config, "", {"quant_method", "format", "config_groups", "ignore"}, set(SGLANG_INJECTED_KEYS))
+    top = _exact_keys(config, "", {"quant_method", "format", "config_groups", "ignore"},
+                      set(SGLANG_INJECTED_KEYS) | {ROUTED_EXPERTS_KEY})
+    if top.get(ROUTED_EXPERTS_KEY, "int4") in ("mxfp4", None) or not isinstance(top.get(ROUTED_EXPERTS_KEY, ""), str):
+        raise SchemaError(ROUTED_EXPERTS_KEY, "dsv4_int routed experts are INT4 (uint4b8); use \"int4\" or leave the key out")
     if top["quant_method"] != QUANT_METHOD:
         raise SchemaError("quant_method", f"is {top['quant_method']!r}, expected {QUANT_METHOD!r}")
     _expect(top, "format", "", "int_packed")
