@@ -2,6 +2,7 @@
 non-zero exit, and no output left behind."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -172,4 +173,7 @@ def test_source_identity_is_the_header_not_the_data(native, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     copy.write_bytes(bytes(data))
+    os.utime(copy, ns=(h.mtime_ns, h.mtime_ns))
     assert read_header(copy).identity() == h.identity()
+    os.utime(copy, ns=(h.mtime_ns + 10**9, h.mtime_ns + 10**9))   # touched/re-downloaded: a new identity
+    assert read_header(copy).identity() != h.identity()

@@ -49,7 +49,8 @@ class TensorInfo:
 class ShardHeader:
     path: Path
     file_size: int
-    header_sha256: str     # of the 8 length bytes + the JSON header: the shard's identity
+    header_sha256: str     # of the 8 length bytes + the JSON header
+    mtime_ns: int = 0
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
@@ -58,8 +59,10 @@ class ShardHeader:
         return self.path.name
 
     def identity(self) -> dict:
-        """What the manifest records to recognise this source shard later (no data read)."""
-        return {"size": self.file_size, "header_sha256": self.header_sha256}
+        """What the manifest records to recognise this source shard later, without reading its
+        data: size, header SHA-256 and modification time (a re-downloaded or edited shard gets
+        a new one; ``cp -a``/``mv`` keep it)."""
+        return {"size": self.file_size, "header_sha256": self.header_sha256, "mtime_ns": self.mtime_ns}
 
 
 def _bad(path: Path, problem: str) -> CheckpointError:
@@ -70,7 +73,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     """Parse and check one shard's header. Raises :class:`CheckpointError` naming the shard."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
@@ -89,7 +93,7 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         raise _bad(path, "header is not a JSON object; the file is corrupt")
     data_start = 8 + hlen
     meta = obj.pop("__metadata__", {}) or {}
-    hdr = ShardHeader(path, size, hashlib.sha256(head + raw).hexdigest(), {}, meta if isinstance(meta, dict) else {})
+    hdr = ShardHeader(path, size, hashlib.sha256(head + raw).hexdigest(), st.st_mtime_ns, {}, meta if isinstance(meta, dict) else {})
     spans = []
     for name, info in obj.items():
         try:
