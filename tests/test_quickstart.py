@@ -1,0 +1,22 @@
+"""``sglang-ampere quickstart [DIR]``: synth -> convert -> audit with SNR, then what to run next."""
+
+import json
+
+from convert_testlib import run_cli
+
+
+def test_quickstart_end_to_end_and_rerun(tmp_path):
+    root = tmp_path / "qs"
+    res = run_cli("quickstart", root, "--quiet")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    ckpt = (root / "dsv4_int").resolve()
+    assert f"dsv4_int checkpoint: {ckpt}" in out
+    assert "fidelity expert_int4: SNR dB" in out and "OK: no problems found" in out
+    assert "sglang-ampere launch --gpu sm86" in out and str(ckpt) in out.split("next:", 1)[1]
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "dsv4_int"
+    # Running it again reuses the synthetic model and resumes (nothing to convert).
+    again = run_cli("quickstart", root, "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "reusing" in again.stdout and "0 shard(s) converted, 4 kept" in again.stdout
