@@ -44,8 +44,8 @@ FORK_VARS: dict[str, str] = {
     "SGLANG_APPLY_CONFIG_BACKUP": "does nothing: SGLang 0.5.23 never reads it (safe to drop)",
     "SGLANG_OPT_FP8_WO_A_GEMM": "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum); "
                                 "a dsv4_int wo_a is BF16 after load, so it changes nothing here",
-    "SGLANG_OPT_FUSE_WQA_WKV": "read by SGLang: fuses wq_a+wkv into one GEMM; dsv4_int needs 0 "
-                               "(the sm80/86/89/90/120 presets set it)",
+    "SGLANG_OPT_FUSE_WQA_WKV": "read by SGLang: 1 fuses wq_a+wkv into one GEMM; dsv4_int loads either way "
+                               "unless the two differ in dtype, and the presets set 0",
     "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH": "read by SGLang: 1 computes indexer logits in torch instead "
                                          "of DeepGEMM (Hopper-only); the Ampere/Ada presets set 1",
 }

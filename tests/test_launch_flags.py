@@ -77,7 +77,7 @@ def test_hack_other_values_do_nothing_and_say_so(model):
 @pytest.mark.parametrize("name, value, says", [
     ("SGLANG_APPLY_CONFIG_BACKUP", "none", "does nothing: SGLang 0.5.23 never reads it"),
     ("SGLANG_OPT_FP8_WO_A_GEMM", "0", "affects only the native FP8 checkpoint"),
-    ("SGLANG_OPT_FUSE_WQA_WKV", "0", "dsv4_int needs 0"),
+    ("SGLANG_OPT_FUSE_WQA_WKV", "0", "unless the two differ in dtype"),
     ("SGLANG_FP8_PAGED_MQA_LOGITS_TORCH", "1", "computes indexer logits in torch"),
 ])
 def test_fork_variables_get_one_line_each(model, name, value, says):
