@@ -240,3 +240,10 @@ def test_errors_print_and_exit_2(model):
     rc = main(["--gpu", "sm86", "--dry-run", "--model-path", str(model), "--env", "oops"], environ={},
               stdout=io.StringIO(), stderr=err)
     assert rc == 2 and err.getvalue().startswith("sglang-ampere launch: error: --env 'oops' is not KEY=VALUE")
+
+
+def test_model_alias_and_equals_form(model):
+    plan = build_plan(["--gpu", "sm86", "--dry-run", f"--model={model}"], environ={}, smi_output="")
+    assert plan.argv[3] == f"--model={model}"
+    with pytest.raises(LaunchError, match="no such directory"):
+        build_plan(["--gpu", "sm86", "--dry-run", "--model", str(model) + "-nope"], environ={}, smi_output="")
