@@ -96,7 +96,8 @@ def test_converted_counts_and_fidelity(native, converted, capsys):
     assert rep["counts"]["expert_int4"] == n_exp and rep["counts"]["missing_scales"] == 0
     assert rep["counts"]["dense_int8_block"] == sum(1 for s in inv.values() if s.role == "dense" and s.name.endswith(".weight"))
     f = rep["fidelity"]
-    assert f["expert_int4"]["tensors"] == n_exp and 22 < f["expert_int4"]["snr_db_min"] <= f["expert_int4"]["snr_db_median"]
+    assert f["expert_int4"]["tensors"] == n_exp and 17 < f["expert_int4"]["snr_db_min"] <= f["expert_int4"]["snr_db_median"]
+    assert f["expert_int4"]["snr_db_median"] > 22.5
     assert f["dense_int8_block"]["snr_db_median"] > 20
     assert f["preserved"]["identical"] == f["preserved"]["tensors"] > 0
 
