@@ -1,0 +1,346 @@
+"""Build exactly the Marlin kernels dsv4_int runs, for one Ampere arch, and read their SASS.
+
+SGLang JIT-compiles Marlin on first use, and every module compiles the whole dispatch table
+(188-272 kernels, several minutes each on 2 cores). CI only needs the specialisations our
+methods dispatch to, so this writes one translation unit with the same preamble SGLang's JIT
+generates (tvm-ffi headers + the ``.cuh``) that takes the address of just those
+``Marlin<...>`` kernels, and compiles it with the JIT's flags for the target arch
+(``-gencode=arch=compute_XX,code=sm_XX -DSGL_CUDA_ARCH=XX0 -std=c++20 -O3
+--expt-relaxed-constexpr``). The per-kernel SASS equals the full module's (reference
+marlin-jit.md section 2).
+
+Instantiations (BF16 activations, ``pipe_stages`` = 4; tile tables = SGLang's
+``COMMON_GET_IF`` for the type):
+
+* ``dense``: ``gptq_marlin.cuh`` ``Marlin<__nv_bfloat16, kU8B128, threads, m, n, k, m8, 4, G, false>``
+  with G = 8 (group 128, block variant) and -1 (per-channel variant): 30 kernels.
+* ``moe``: ``moe_wna16_marlin.cuh`` ``Marlin<__nv_bfloat16, kU4B8, kBFloat16, threads, m, n, k, m8, 4,
+  2 (group 32), false, EP=false, bias=false, sorted=true, zero_inactive=Z, prefix=true>``
+  with Z = false (GEMM1, gate/up) and true (GEMM2, down), as ``fused_marlin_moe`` calls
+  them without expert parallelism: 20 kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: (threads, thread_n_blocks, thread_k_blocks) per table, m=1 and m=2..4 (SGLang 0.5.23).
+DENSE_M1 = [(256, 8, 8), (128, 8, 4), (128, 4, 8)]
+DENSE_M234 = [(256, 16, 4), (128, 8, 4), (128, 4, 8)]
+MOE_M1 = [(256, 8, 8), (128, 8, 4)]
+MOE_M234 = [(256, 16, 4), (128, 8, 4)]
+
+
+def _tiles(m1, m234):
+    for threads, n, k in m1:
+        for m8 in (True, False):
+            yield threads, 1, n, k, m8
+    for threads, n, k in m234:
+        for m in (2, 3, 4):
+            yield threads, m, n, k, False
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def instantiations(kind: str) -> list[str]:
+    """C++ template-ids of every kernel of ``kind`` ("dense" or "moe")."""
+    out = []
+    if kind == "dense":
+        for group_blocks in (8, -1):
+            for threads, m, n, k, m8 in _tiles(DENSE_M1, DENSE_M234):
+                out.append(f"sglang::device::marlin::Marlin<__nv_bfloat16, sglang::host::kU8B128.id(), {threads}, {m}, {n}, {k}, "
+                           f"{_b(m8)}, sglang::device::marlin::pipe_stages, {group_blocks}, false>")
+    elif kind == "moe":
+        for zero_inactive in (False, True):
+            for threads, m, n, k, m8 in _tiles(MOE_M1, MOE_M234):
+                out.append(f"sglang::device::marlin_moe::Marlin<__nv_bfloat16, sglang::host::kU4B8.id(), sglang::host::kBFloat16.id(), "
+                           f"{threads}, {m}, {n}, {k}, {_b(m8)}, sglang::device::marlin::pipe_stages, 2, false, "
+                           f"false, false, true, {_b(zero_inactive)}, true>")
+    else:
+        raise ValueError(f"kind must be 'dense' or 'moe', got {kind!r}")
+    return out
+
+
+def _jit_root() -> Path:
+    import sglang.kernels.jit as jit
+
+    return Path(jit.__file__).parent
+
+
+def translation_unit(kind: str) -> str:
+    header = {"dense": "gemm/marlin/gptq_marlin.cuh", "moe": "gemm/marlin_moe/moe_wna16_marlin.cuh"}[kind]
+    lines = [
+        "#include <tvm/ffi/container/tensor.h>",
+        "#include <tvm/ffi/dtype.h>",
+        "#include <tvm/ffi/error.h>",
+        "#include <tvm/ffi/extra/c_env_api.h>",
+        "#include <tvm/ffi/function.h>",
+        f'#include "{_jit_root() / "csrc" / header}"',
+        "// Taking each kernel's address instantiates exactly these specialisations.",
+        f"extern \"C\" void* sglang_ampere_{kind}_kernels[] = {{",
+    ]
+    lines += [f"    (void*)&{inst}," for inst in instantiations(kind)]
+    lines.append("};")
+    return "\n".join(lines) + "\n"
+
+
+def cuda_home() -> Path:
+    """The real toolkit root (``nvcc`` on PATH may be a wrapper script elsewhere)."""
+    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [Path(env)] if env else []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(nvcc).resolve()
+        candidates.append(real.parent.parent)
+        text = real.read_text(errors="ignore") if real.stat().st_size < 4096 else ""
+        m = re.search(r"(/\S+)/bin/nvcc", text)
+        if m:
+            candidates.append(Path(m.group(1)))
+    candidates.append(Path("/usr/local/cuda"))
+    for c in candidates:
+        if (c / "bin" / "nvcc").exists() and (c / "include" / "cuda_runtime.h").exists():
+            return c
+    raise FileNotFoundError("no CUDA toolkit found (set CUDA_HOME to the folder with bin/nvcc and include/)")
+
+
+def nvidia_tool(name: str) -> str:
+    """cuobjdump/nvdisasm: the toolkit's, else the copy bundled with Triton."""
+    for c in (cuda_home() / "bin" / name, ):
+        if c.exists():
+            return str(c)
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if bundled.exists():
+        return str(bundled)
+    raise FileNotFoundError(f"{name} not found in the CUDA toolkit or Triton's bundle")
+
+
+@dataclass
+class KernelStats:
+    name: str
+    registers: int = 0
+    stack: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    hmma: int = 0
+    hmma_bf16: int = 0
+    imma: int = 0
+    traps: int = 0
+    ldl: int = 0
+    stl: int = 0
+
+
+@dataclass
+class BuildResult:
+    kind: str
+    arch: int
+    obj: Path
+    elf_archs: list[str] = field(default_factory=list)
+    has_ptx: bool = False
+    kernels: dict[str, KernelStats] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def build(kind: str, arch: int, out_dir: Path, timeout: int = 900) -> BuildResult:
+    """Compile the TU for ``sm_<arch>`` (e.g. 86) into ``out_dir`` and inspect it."""
+    import time
+
+    import tvm_ffi
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / f"{kind}_sm{arch}.cu"
+    obj = out_dir / f"{kind}_sm{arch}.o"
+    src.write_text(translation_unit(kind))
+    home = cuda_home()
+    cmd = [str(home / "bin" / "nvcc"), "-Xcompiler", "-fPIC", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+           f"-DSGL_CUDA_ARCH={arch * 10}", "-std=c++20", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v",
+           f"-I{Path(tvm_ffi.__file__).parent / 'include'}", f"-I{_jit_root() / 'include'}",
+           "-c", str(src), "-o", str(obj)]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for {kind} sm_{arch}:\n{proc.stderr[-4000:]}")
+    res = BuildResult(kind, arch, obj, seconds=time.time() - t0)
+    _parse_ptxas(proc.stderr, res)
+    _inspect(res)
+    return res
+
+
+def _parse_ptxas(log: str, res: BuildResult) -> None:
+    current = None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)' for 'sm_(\d+)'", line)
+        if m:
+            current = res.kernels.setdefault(m.group(1), KernelStats(m.group(1)))
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current.stack, current.spill_stores, current.spill_loads = map(int, m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current.registers = int(m.group(1))
+
+
+def _inspect(res: BuildResult) -> None:
+    cuobjdump = nvidia_tool("cuobjdump")
+    elf = subprocess.run([cuobjdump, "--list-elf", str(res.obj)], capture_output=True, text=True, check=True).stdout
+    res.elf_archs = sorted(set(re.findall(r"sm_(\d+)", elf)))
+    ptx = subprocess.run([cuobjdump, "--list-ptx", str(res.obj)], capture_output=True, text=True).stdout
+    res.has_ptx = ".ptx" in ptx
+    sass = subprocess.run([cuobjdump, "-sass", str(res.obj)], capture_output=True, text=True, check=True).stdout
+    current = None
+    for line in sass.splitlines():
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            current = res.kernels.setdefault(m.group(1), KernelStats(m.group(1)))
+            continue
+        if current is None:
+            continue
+        if re.search(r"\bHMMA\.", line):
+            current.hmma += 1
+            if ".BF16" in line:
+                current.hmma_bf16 += 1
+        if re.search(r"\bIMMA\b", line):
+            current.imma += 1
+        if "BPT.TRAP" in line:
+            current.traps += 1
+        if re.search(r"\bLDL\b", line):
+            current.ldl += 1
+        if re.search(r"\bSTL\b", line):
+            current.stl += 1
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+        return dict(zip(names, out.splitlines()))
+    except (OSError, subprocess.CalledProcessError):
+        return {n: n for n in names}
+
+
+def short_name(demangled: str) -> str:
+    """``Marlin<..., 256, 1, 8, 8, true, 4, 8, false ...>`` -> ``t256 m1 n8 k8 m8 g128``."""
+    m = re.search(r"Marlin<(.*)>\(", demangled)
+    if not m:
+        return demangled[:80]
+    args = [a.strip() for a in m.group(1).split(",")]
+    ints = [a for a in args if re.fullmatch(r"-?\d+|true|false|\(\w+\)\d+|\d+u", a)]
+    return " ".join(ints)
+
+
+def template_args(demangled: str) -> list[str]:
+    m = re.search(r"Marlin<(.*)>\(", demangled)
+    return [a.strip() for a in m.group(1).split(",")] if m else []
+
+
+def config_of(kind: str, demangled: str) -> dict:
+    """Tile config and variant of one Marlin kernel, from its demangled template arguments."""
+    a = template_args(demangled)
+    if kind == "dense":   # scalar, w_type, threads, m, n, k, m8, stages, group_blocks, zp_float
+        threads, m, n, k, m8, _, group = a[2:9]
+        variant = "g128 (block)" if group == "8" else "per-channel"
+    else:                 # scalar, w_type, s_type, threads, m, n, k, m8, stages, group, zp, ep, bias, sorted, zero, prefix
+        threads, m, n, k, m8, _, group = a[3:10]
+        variant = "GEMM2 (down)" if a[14] == "true" else "GEMM1 (gate/up)"
+    return {"variant": variant, "threads": int(threads), "m": int(m), "n": int(n), "k": int(k), "m8": m8 == "true"}
+
+
+def marlin_kernels(res: BuildResult) -> list[tuple[dict, KernelStats]]:
+    names = [n for n in res.kernels if "Marlin" in n and "MarlinDefault" not in n]
+    dm = demangle(names)
+    rows = [(config_of(res.kind, dm[n]), res.kernels[n]) for n in names if "Marlin<" in dm[n]]
+    return sorted(rows, key=lambda r: (r[0]["variant"], r[0]["m"], r[0]["threads"], r[0]["n"], not r[0]["m8"]))
+
+
+SECTION = "## Marlin kernels"
+
+
+def section_markdown(results: list[BuildResult], when: str) -> str:
+    arches = ", ".join(f"sm_{a}" for a in sorted({r.arch for r in results}))
+    lines = [
+        SECTION, "",
+        f"Measured {when} by `python -m sglang_ampere.quant.marlin_sass --arch 86 --write benchmarks/RESULTS.md`",
+        f"(the same build as `tests/test_marlin_build.py`), on the CPU machine above, with nvcc "
+        f"{_nvcc_version()}, for {arches}.",
+        "It compiles only the Marlin specialisations dsv4_int dispatches to, with SGLang's JIT preamble and flags",
+        "(`sglang_ampere/quant/marlin_sass.py`), and reads the machine code with `cuobjdump`.",
+        "Stack and spill figures come from `ptxas -v`; LDL/STL are local-memory instructions in the SASS.",
+        "Whether a tile config fits sm_86's 99 KB of shared memory per block is decided at launch, so it is",
+        "not checked here (`sglang-ampere selftest` runs the kernels on a GPU).",
+        "",
+    ]
+    for r in results:
+        rows = marlin_kernels(r)
+        title = {"dense": "W8A16 dense (`gptq_marlin`, uint8b128, BF16)",
+                 "moe": "W4A16 MoE (`moe_wna16_marlin`, uint4b8 group 32, BF16 scales; EP off, sorted ids, inactive-prefix count)"}[r.kind]
+        total_hmma = sum(s.hmma for _, s in rows)
+        lines += [
+            f"### {title}, sm_{r.arch}", "",
+            f"{len(rows)} kernels, built in {r.seconds:.0f} s. ELF: {', '.join('sm_' + a for a in r.elf_archs)}; "
+            f"PTX embedded: {'yes' if r.has_ptx else 'no'}. HMMA: {total_hmma} (all BF16: "
+            f"{'yes' if all(s.hmma == s.hmma_bf16 for _, s in rows) else 'NO'}). IMMA: {sum(s.imma for _, s in rows)}. "
+            f"BPT.TRAP (all kernels in the object): {sum(s.traps for s in r.kernels.values())}.",
+            "",
+            "| variant | threads | m blocks | n blocks | k blocks | m=8 | registers | stack B | spill st/ld B | HMMA | LDL/STL |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c, s in rows:
+            lines.append(f"| {c['variant']} | {c['threads']} | {c['m']} | {c['n']} | {c['k']} | {'yes' if c['m8'] else 'no'} | "
+                         f"{s.registers} | {s.stack} | {s.spill_stores}/{s.spill_loads} | {s.hmma} | {s.ldl}/{s.stl} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _nvcc_version() -> str:
+    try:
+        out = subprocess.run([str(cuda_home() / "bin" / "nvcc"), "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release ([\d.]+), V([\d.]+)", out)
+        return m.group(2) if m else "?"
+    except (OSError, FileNotFoundError):
+        return "?"
+
+
+def update_results(path: Path, section: str) -> None:
+    """Replace (or append) only the "## Marlin kernels" section of RESULTS.md."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        end = len(text) if nxt < 0 else nxt + 1
+        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt >= 0 else "")
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import datetime
+    import tempfile
+
+    p = argparse.ArgumentParser(description="build dsv4_int's Marlin kernels for one arch and report their SASS")
+    p.add_argument("--arch", type=int, default=86)
+    p.add_argument("--write", type=Path, help="update the 'Marlin kernels' section of this RESULTS.md")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [build(kind, args.arch, Path(tmp)) for kind in ("dense", "moe")]
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    section = section_markdown(results, when)
+    if args.write:
+        update_results(args.write, section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
