@@ -117,6 +117,9 @@ class Dsv4Int4MoEMethod(FusedMoEMethodBase):
         layer.dsv4_int4_sizes = (h, i)
 
     def create_moe_runner(self, layer: torch.nn.Module, moe_runner_config) -> None:
+        # Importing the runner modules registers their fused functions with FusedOpPool.
+        import sglang.srt.layers.moe.moe_runner.marlin  # noqa: F401
+        import sglang.srt.layers.moe.moe_runner.triton  # noqa: F401
         from sglang.srt.layers.moe.moe_runner import MoeRunner
         from sglang.srt.layers.moe.utils import MoeRunnerBackend
 
