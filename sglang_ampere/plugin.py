@@ -8,11 +8,12 @@ either step. So ``register`` itself:
    ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1``): the patches are written against its source;
 2. registers ``dsv4_int`` in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
 3. registers every hook of every module in ``sglang_ampere.patches.PATCH_MODULES``;
-4. applies the hooks (``HookRegistry.apply_hooks`` is idempotent; SGLang's own call after the
-   plugins then skips them) and checks each one is really in place on its target;
+4. applies its own hook targets (SGLang's ``apply_hooks`` after all plugins then skips them)
+   and checks each hook function is really in the wrapper chain on its target;
 5. reports any hook that is not, by module and target, as an error: logged at ERROR, raised
-   as :class:`PluginError`, and remembered in :data:`FAILED_HOOKS`, which makes
-   ``Dsv4IntConfig`` refuse to build the model (an error SGLang does not swallow).
+   as :class:`PluginError`, and remembered in :data:`FAILED_HOOKS`. ``Dsv4IntConfig`` re-runs
+   :func:`verify_hooks` when the model is built (after SGLang applied every plugin's hooks)
+   and refuses to build it if any hook is missing -- an error SGLang does not swallow.
 
 Calling it again in the same process does nothing new (idempotent).
 """
@@ -110,20 +111,59 @@ def hook_in_effect(target: str, fn) -> bool:
     return False
 
 
+#: Every hook this process registered, as (patch module, Hook); re-verified by verify_hooks().
+_INSTALLED: list = []
+
+
+def _apply_targets(targets: list[str]) -> None:
+    """Apply the hooks of these targets only, as ``HookRegistry.apply_hooks`` does per target.
+
+    Applying every registered target here would mark other plugins' targets as patched before
+    plugins that load after us could add their hooks to them; so only our targets are applied
+    now, and SGLang's own ``apply_hooks`` (right after all plugins ran) does the rest. A target
+    that fails is left unpatched, and verification reports it.
+    """
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    items = [(t, HookRegistry._hooks[t]) for t in dict.fromkeys(targets) if t not in HookRegistry._patched]
+    for target, hooks in sorted(items, key=HookRegistry._target_sort_key):
+        try:
+            HookRegistry._apply_target(target, hooks)
+            HookRegistry._patched.add(target)
+        except Exception as e:  # noqa: BLE001 - reported by verification, by name
+            logger.error("sglang_ampere: applying hooks to %s failed: %s: %s", target, type(e).__name__, e)
+
+
+def verify_hooks() -> list[str]:
+    """Re-check every hook registered by this process; updates and returns FAILED_HOOKS.
+
+    ``Dsv4IntConfig`` calls this when the model is built, i.e. after SGLang applied all
+    plugins' hooks, so a hook undone later (e.g. another plugin's class REPLACE) is caught too.
+    """
+    failed = list(_LOAD_FAILURES)
+    for mod_name, hook in _INSTALLED:
+        if not hook_in_effect(hook.target, hook.fn):
+            failed.append(f"{mod_name}: {hook.target} ({hook.hook_type}: {hook.why})")
+    FAILED_HOOKS[:] = failed
+    return failed
+
+
+_LOAD_FAILURES: list[str] = []
+
+
 def install_hooks(module_names: list[str] | None = None) -> tuple[int, list[str]]:
     """Register, apply and verify the hooks; returns (number of hooks, failures)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    hooks, failed = collect_hooks(module_names)
+    hooks, load_failures = collect_hooks(module_names)
     for _, hook in hooks:
         already = any(h is hook.fn for _, h, _ in HookRegistry._hooks.get(hook.target, ()))
         if not already:
             HookRegistry.register(hook.target, hook.fn, HookType[hook.hook_type])
-    HookRegistry.apply_hooks()
-    for mod_name, hook in hooks:
-        if not hook_in_effect(hook.target, hook.fn):
-            failed.append(f"{mod_name}: {hook.target} ({hook.hook_type}: {hook.why})")
-    return len(hooks), failed
+    _apply_targets([hook.target for _, hook in hooks])
+    _INSTALLED[:] = hooks
+    _LOAD_FAILURES[:] = load_failures
+    return len(hooks), verify_hooks()
 
 
 def register(module_names: list[str] | None = None) -> None:
@@ -135,7 +175,6 @@ def register(module_names: list[str] | None = None) -> None:
         raise
     register_quantization()
     n_hooks, failed = install_hooks(module_names)
-    FAILED_HOOKS[:] = failed
     if failed:
         msg = (
             f"sglang_ampere: {len(failed)} hook(s) did not take effect on SGLang {version}:\n  "

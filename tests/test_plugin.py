@@ -148,3 +148,26 @@ def test_every_patch_module_states_target_hook_why_and_version():
         for word in ("Target", "Hook", "Why", "SGLang"):
             assert word.lower() in doc.lower(), f"{name}: docstring lacks '{word}'"
         assert "0.5.23" in doc, f"{name}: docstring does not name the SGLang version"
+
+
+def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
+    """Verification is repeated by Dsv4IntConfig, i.e. after SGLang applied every plugin's
+    hooks: a hook removed later (e.g. by another plugin's REPLACE) still stops the load."""
+    import sglang.srt.models.deepseek_v4 as dsv4
+
+    from dsv4int_testlib import published_quant_config
+    from sglang_ampere import plugin
+    from sglang_ampere.patches import dsv4_loader
+    from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError
+    from sglang_ampere.quant.schema import parse_quantization_config
+
+    plugin.register()
+    wrapped = dsv4._prepare_deepseek_v4_weights
+    dsv4._prepare_deepseek_v4_weights = wrapped.__wrapped__          # someone undoes our hook
+    try:
+        with pytest.raises(Dsv4IntError, match=dsv4_loader.TARGET.replace(".", r"\.")):
+            Dsv4IntConfig(parse_quantization_config(published_quant_config("block")), {})
+    finally:
+        dsv4._prepare_deepseek_v4_weights = wrapped
+    assert plugin.verify_hooks() == []
+    Dsv4IntConfig(parse_quantization_config(published_quant_config("block")), {})

@@ -287,8 +287,9 @@ def _refuse_if_hooks_failed() -> None:
     """SGLang swallows plugin errors; refusing here (model load) makes a failed patch fatal."""
     from .. import plugin
 
-    if plugin.FAILED_HOOKS:
+    failed = plugin.verify_hooks()
+    if failed:
         raise Dsv4IntError(
-            "sglang_ampere hooks did not take effect: " + ", ".join(plugin.FAILED_HOOKS)
+            "sglang_ampere hooks did not take effect: " + ", ".join(failed)
             + ". The model would load or run incorrectly; see the earlier sglang_ampere error in the log."
         )
