@@ -33,8 +33,9 @@ def _fp8(gen, n, k, spread=1.0):
     return w, s, fp8_block_dequantize(w, s)
 
 
-def test_block_matches_the_plain_rule_on_odd_shapes(gen):
-    w, s, x = _fp8(gen, 300, 200)
+@pytest.mark.parametrize("shape", [(300, 200), (256, 384)])   # padded blocks / whole blocks (view path)
+def test_block_matches_the_plain_rule(gen, shape):
+    w, s, x = _fp8(gen, *shape)
     x[:128, 128:] = 0                                   # one all-zero block
     q, sc = int8_block(x)
     pq, ps = _plain_block(x)
@@ -64,8 +65,11 @@ def test_channel_rule(gen):
     assert bool((u[7] == 128).all()) and int(u.min()) >= 1
 
 
-def test_row_chunks_do_not_change_bytes(gen):
+def test_row_chunks_do_not_change_bytes_and_match_the_formats_codec(gen):
     w, s, x = _fp8(gen, 640, 256)
+    parts = dict(convert_dense(w, s, "block", "t"))
+    q, sc = _plain_block(fp8_block_dequantize(w, s))
+    assert torch.equal(parts["weight"], q) and torch.equal(parts["scale"].view(torch.int16), sc.view(torch.int16))
     for mode in ("block", "channel", "bf16"):
         a = list(convert_dense(w, s, mode, "t", rows=128))
         b = list(convert_dense(w, s, mode, "t", rows=4096))
@@ -84,8 +88,8 @@ def test_stats_are_the_dequantized_error(gen):
     st = []
     parts = dict(convert_dense(w, s, "block", "t", stats=st))
     y = int8_block_dequantize(parts["weight"], parts["scale"])
-    assert st[1] == pytest.approx(float(((x.double() - y.double()) ** 2).sum()), rel=1e-9)
-    assert st[0] == pytest.approx(float((x.double() ** 2).sum()), rel=1e-9)
+    assert st[1] == pytest.approx(float(((x.double() - y.double()) ** 2).sum()), rel=1e-4)
+    assert st[0] == pytest.approx(float((x.double() ** 2).sum()), rel=1e-4)
 
 
 def test_nan_fp8_byte_is_an_error_naming_the_tensor(gen):

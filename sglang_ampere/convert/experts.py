@@ -129,18 +129,15 @@ class _Tables:
     ncand: int
     err_t: torch.Tensor     # float64 [combos, 16, ncand]: squared error of each code, units of 4^e
     scale: torch.Tensor     # float64 [combos * ncand]: candidate scale, units of 2^e
-    lut: torch.Tensor       # int64 [combos * ncand * 256]: output byte of each input byte
+    lut: torch.Tensor       # uint8 [combos * ncand * 256]: output byte of each input byte
     n_mse: int              # how many leading candidates are the mse ones
 
 
-#: Byte -> largest magnitude code of its two nibbles.
-_BYTE_MAXMAG = torch.maximum(torch.arange(256) & 7, (torch.arange(256) >> 4) & 7)
+def _pair_hist_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """Byte pair (uint16, first byte low) -> its four codes counted in 8-bit fields of an int64
+    (one table for codes 0..7, one for 8..15).
 
-
-def _byte_hist_tables() -> tuple[torch.Tensor, torch.Tensor]:
-    """Byte -> its two codes counted in 8-bit fields of an int64 (codes 0..7, codes 8..15).
-
-    Summing these over a group's 16 bytes gives its 16-bin histogram packed in two int64s
+    Summing these over a group's 8 byte pairs gives its 16-bin histogram packed in two int64s
     (a count is at most 32, so fields never carry).
     """
     low, high = torch.zeros(256, dtype=torch.int64), torch.zeros(256, dtype=torch.int64)
@@ -150,11 +147,14 @@ def _byte_hist_tables() -> tuple[torch.Tensor, torch.Tensor]:
                 low[b] += 1 << (8 * c)
             else:
                 high[b] += 1 << (8 * (c - 8))
-    return low, high
+    pair = torch.arange(65536)
+    return low[pair & 0xFF] + low[pair >> 8], high[pair & 0xFF] + high[pair >> 8]
 
 
-_HIST_LOW, _HIST_HIGH = _byte_hist_tables()
+_HIST_LOW, _HIST_HIGH = _pair_hist_tables()
 _FIELD_SHIFTS = torch.arange(8, dtype=torch.int64) * 8
+#: 2^k for k = -254..254 (float64, exact): index k + 254.
+_POW2 = torch.tensor([2.0**k for k in range(-254, 255)], dtype=torch.float64)
 
 
 def _combo_params(combo: int) -> tuple[float, float]:
@@ -180,7 +180,8 @@ def _tables(mode: str) -> _Tables:
     b = torch.arange(256)
     lut = nib[..., b & 0xF] | (nib[..., b >> 4] << 4)
     n_mse = len(_divisors(mode))
-    return _Tables(ncand, err.transpose(1, 2).contiguous(), scale.reshape(-1).contiguous(), lut.reshape(-1).contiguous(), n_mse)
+    return _Tables(ncand, err.transpose(1, 2).contiguous(), scale.reshape(-1).contiguous(),
+                   lut.reshape(-1).to(torch.uint8).contiguous(), n_mse)
 
 
 @dataclass
@@ -223,7 +224,7 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
     if bool((sb == E8M0_NAN).any()):
         bad = int((sb == E8M0_NAN).sum())
         raise FormatError(name, f"{bad} E8M0 scale byte(s) are 255 (NaN); the checkpoint is damaged (re-download this shard)")
-    tabs = tuple(x.to(dev) for x in (t.err_t, t.scale, t.lut, _BYTE_MAXMAG, _HIST_LOW, _HIST_HIGH, _FIELD_SHIFTS))
+    tabs = tuple(x.to(dev) for x in (t.err_t, t.scale, t.lut, _HIST_LOW, _HIST_HIGH, _FIELD_SHIFTS, _POW2))
     out = torch.empty_like(b)
     s_out = torch.empty(b.shape[0], dtype=torch.bfloat16, device=dev)
     for i in range(0, b.shape[0], CHUNK_GROUPS):
@@ -233,19 +234,23 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
 
 
 def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
-    err_t, scale_t, lut, maxmag, hist_low, hist_high, shifts = tabs
-    b64 = b.to(torch.int64)
-    mcode = torch.take(maxmag, b64).amax(dim=1)                        # [G] largest magnitude code
+    err_t, scale_t, lut, hist_low, hist_high, shifts, pow2 = tabs
+    g = b.shape[0]
+    # Byte pairs as 0..65535 (first byte low, little-endian), 8 per group.
+    pairs = b.view(torch.int16).to(torch.int64) & 0xFFFF                 # [G, 8]
+    flat = pairs.reshape(-1)                                              # index_select beats take on CPU
+    h_lo = hist_low.index_select(0, flat).view(g, -1).sum(dim=1, keepdim=True)
+    h_hi = hist_high.index_select(0, flat).view(g, -1).sum(dim=1, keepdim=True)
+    f_lo, f_hi = (h_lo >> shifts) & 255, (h_hi >> shifts) & 255          # [G, 8] counts of codes 0..7 / 8..15
+    present = (f_lo + f_hi) > 0                                           # magnitude code present
+    mcode = (present * torch.arange(8, device=b.device)).amax(dim=1)     # [G] largest magnitude code
     e = sb.to(torch.int64) - E8M0_BIAS
     # |x| >= 2^128 overflows BF16: magnitude 2 (code 4) at e=127, 4 (code 6) at e=126.
     over = ((e == 127) & (mcode >= 4)) | ((e == 126) & (mcode >= 6))
     if bool(over.any()):
         raise FormatError(name, f"{int(over.sum())} group(s) hold values that overflow BF16; cannot store INT4 scales for them")
     combo = (torch.clamp(e, max=_EXACT_E_MIN) + E8M0_BIAS) * 8 + mcode
-    h_lo = torch.take(hist_low, b64).sum(dim=1, keepdim=True)
-    h_hi = torch.take(hist_high, b64).sum(dim=1, keepdim=True)
-    hist = torch.cat(((h_lo >> shifts) & 255, (h_hi >> shifts) & 255), dim=1).double()   # [G, 16]
-    g = b.shape[0]
+    hist = torch.cat((f_lo, f_hi), dim=1).double()                        # [G, 16]
     choice = torch.empty(g, dtype=torch.int64, device=b.device)
     best_err = torch.empty(g, dtype=torch.float64, device=b.device) if stats is not None else None
     mse_err = torch.empty(g, dtype=torch.float64, device=b.device) if stats is not None else None
@@ -260,17 +265,17 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
         else:
             choice[rows] = best_i
         if stats is not None:
-            m_v = errs[:, : t.n_mse].amin(dim=1)
+            m_v = errs[:, : t.n_mse].amin(dim=1) if t.n_mse < t.ncand else best_v
             if whole:
                 best_err, mse_err = best_v, m_v
             else:
                 best_err[rows], mse_err[rows] = best_v, m_v
     sel = combo * t.ncand + choice                                         # [G]
-    out = torch.take(lut, b64 | (sel << 8).unsqueeze(1)).to(torch.uint8)
+    out = lut.index_select(0, (b.to(torch.int64) | (sel << 8).unsqueeze(1)).reshape(-1)).view(g, -1)
     s_units = scale_t[sel]                                                 # float64, units of 2^e
-    s_abs = torch.where(mcode == 0, torch.full_like(s_units, ABSMAX_FLOOR), torch.ldexp(s_units, e))
+    s_abs = torch.where(mcode == 0, torch.full_like(s_units, ABSMAX_FLOOR), s_units * pow2[e + 254])
     if stats is not None:
-        four_e = torch.ldexp(torch.ones_like(s_units), 2 * e)
+        four_e = pow2[2 * e + 254]                                         # e in -127..127
         vals2 = e2m1_table(torch.float64).to(b.device) ** 2
         stats.add(ExpertStats(float(((hist @ vals2) * four_e).sum()), float((best_err * four_e).sum()),
                               float((mse_err * four_e).sum())))
