@@ -18,6 +18,7 @@ from typing import Callable
 #: Import paths of the patch modules, in registration order.
 PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_loader",
+    "sglang_ampere.patches.dsv4_attention",
 ]
 
 
