@@ -254,7 +254,7 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
     choice = torch.empty(g, dtype=torch.int64, device=b.device)
     best_err = torch.empty(g, dtype=torch.float64, device=b.device) if stats is not None else None
     mse_err = torch.empty(g, dtype=torch.float64, device=b.device) if stats is not None else None
-    for c in torch.unique(combo).tolist():
+    for c in torch.bincount(combo, minlength=_N_EBINS * 8).nonzero().squeeze(1).tolist():
         mask = combo == c
         whole = bool(mask.all())
         rows = None if whole else mask.nonzero().squeeze(1)
@@ -271,7 +271,8 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
             else:
                 best_err[rows], mse_err[rows] = best_v, m_v
     sel = combo * t.ncand + choice                                         # [G]
-    out = lut.index_select(0, (b.to(torch.int64) | (sel << 8).unsqueeze(1)).reshape(-1)).view(g, -1)
+    idx = b.to(torch.int32) | (sel.to(torch.int32) << 8).unsqueeze(1)        # < 2^19: int32 is enough
+    out = lut.index_select(0, idx.reshape(-1)).view(g, -1)
     s_units = scale_t[sel]                                                 # float64, units of 2^e
     s_abs = torch.where(mcode == 0, torch.full_like(s_units, ABSMAX_FLOOR), s_units * pow2[e + 254])
     if stats is not None:
