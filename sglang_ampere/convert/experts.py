@@ -271,7 +271,7 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
             else:
                 best_err[rows], mse_err[rows] = best_v, m_v
     sel = combo * t.ncand + choice                                         # [G]
-    idx = b.to(torch.int32) | (sel.to(torch.int32) << 8).unsqueeze(1)        # < 2^19: int32 is enough
+    idx = b.to(torch.int32) | (sel.to(torch.int32) << 8).unsqueeze(1)        # < 2^23: int32 is enough
     out = lut.index_select(0, idx.reshape(-1)).view(g, -1)
     s_units = scale_t[sel]                                                 # float64, units of 2^e
     s_abs = torch.where(mcode == 0, torch.full_like(s_units, ABSMAX_FLOOR), s_units * pow2[e + 254])
