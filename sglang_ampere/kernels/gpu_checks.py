@@ -1,0 +1,157 @@
+"""GPU self-checks of the TileLang sparse-MLA kernels against the torch fallback (real shapes).
+
+``gpu_checks()`` returns ``[(name, check)]``; each ``check()`` runs on the current CUDA device,
+returns a one-line detail (the error it measured) and raises ``AssertionError`` when the
+TileLang result is off. ``sglang-ampere selftest`` and ``tests/gpu/`` call them.
+
+Shapes are DeepSeek-V4-Flash's: 64 heads, 512-wide rows, a 128-token window plus the top-512
+compressed entries (ratio-4 layers) or every compressed entry (ratio-128 layers), contexts of
+4k to 64k tokens; decode (a few tokens, split-K kernel) and prefill (many tokens, one CTA per
+token and head block). Paged checks write SGLang's FP8 cache layout with the independent
+encoder in :mod:`.kv_layout`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from . import kv_layout as L
+from . import sparse_mla as S
+
+HEADS = 64
+WINDOW = 128
+TOPK = 512
+SCALE = L.HEAD_DIM ** -0.5
+#: Largest allowed max|tilelang - torch| / max|torch| of any head. The kernel rounds the softmax weights
+#: and K/V to bf16 for the tensor cores (relative 2^-9 each) and returns bf16.
+TOL = 2e-2
+
+
+def _require_cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        raise AssertionError("no CUDA device: the TileLang sparse-MLA checks need an sm_80+ GPU")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        raise AssertionError(f"sm_{major}{minor} is below sm_80; these kernels need Ampere or newer")
+    return torch.device("cuda")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor, head_dim: int) -> float:
+    """Worst head's max|a - b| / max|b| (a head whose sink dominates has small outputs)."""
+    err = (a.float() - b.float()).abs().transpose(0, head_dim).flatten(1).amax(1)
+    ref = b.float().abs().transpose(0, head_dim).flatten(1).amax(1).clamp(min=1e-30)
+    return float((err / ref).max())
+
+
+def _sinks(g, device) -> torch.Tensor:
+    """Per-head sinks from negligible to dominant (so a kernel that drops the sink fails)."""
+    return torch.randn(HEADS, generator=g, device=device) + torch.linspace(-4, 12, HEADS, device=device)
+
+
+def _gen(seed: int, device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _dense_case(tokens: int, ctx: int, seed: int, device):
+    g = _gen(seed, device)
+    n = max(ctx // 4, TOPK) + WINDOW
+    q = (torch.randn(tokens, HEADS, L.HEAD_DIM, generator=g, device=device) * 2).to(torch.bfloat16)
+    kv = torch.randn(n, L.HEAD_DIM, generator=g, device=device).to(torch.bfloat16)
+    k = TOPK + WINDOW
+    idx = torch.randint(0, n, (tokens, k), generator=g, device=device, dtype=torch.int32)
+    idx[:, -7:] = -1                                                    # padding slots
+    lens = torch.randint(k // 2, k + 1, (tokens,), generator=g, device=device, dtype=torch.int32)
+    sink = _sinks(g, device)
+    return q, kv, idx, sink, lens
+
+
+def check_dense(tokens: int, ctx: int, seed: int = 1) -> str:
+    device = _require_cuda()
+    q, kv, idx, sink, lens = _dense_case(tokens, ctx, seed, device)
+    got = S.sparse_mla_tilelang(q, kv, idx, sink, SCALE, topk_length=lens)
+    want = S.sparse_mla_torch(q.float(), kv.float(), idx, sink, SCALE, topk_length=lens)
+    err = _rel(got, want, 1)
+    assert err <= TOL, f"dense T={tokens} ctx={ctx}: max rel err {err:.3g} > {TOL}"
+    return f"max rel err {err:.2e}"
+
+
+def paged_case(tokens: int, ctx: int, ratio: int, seed: int, device, decode: bool = True) -> dict:
+    """FlashMLA keyword arguments shaped like the DeepSeek-V4 backend's, on fresh FP8 caches.
+
+    decode: every token sits at position ``ctx - 1`` of its own sequence; prefill: the tokens
+    are consecutive positions ending at ``ctx - 1`` of one sequence.
+    """
+    g = _gen(seed, device)
+    pos = (torch.full((tokens,), ctx - 1, device=device) if decode
+           else torch.arange(ctx - tokens, ctx, device=device)).long()
+    seq_len = pos + 1
+    # window cache: one page set big enough for every token's window
+    swa_slots = (tokens if decode else 1) * WINDOW + tokens
+    swa_pages = -(-swa_slots // L.SWA_PAGE_SIZE) + 1
+    swa = L.new_pool(swa_pages, L.SWA_PAGE_SIZE, device)
+    n_swa = swa_pages * L.SWA_PAGE_SIZE
+    L.write_rows(swa, torch.arange(n_swa, device=device),
+                 torch.randn(n_swa, L.HEAD_DIM, generator=g, device=device), L.SWA_PAGE_SIZE)
+    swa_len = seq_len.clamp(max=WINDOW).int()
+    swa_idx = torch.randint(0, n_swa, (tokens, WINDOW), generator=g, device=device, dtype=torch.int32)
+    swa_idx[torch.arange(WINDOW, device=device)[None, :] >= swa_len[:, None]] = -1
+    kw = dict(q=(torch.randn(tokens, 1, HEADS, L.HEAD_DIM, generator=g, device=device) * 2).to(torch.bfloat16),
+              k_cache=L.pool_view(swa, L.SWA_PAGE_SIZE), block_table=None, cache_seqlens=None,
+              head_dim_v=L.HEAD_DIM, tile_scheduler_metadata=None, softmax_scale=SCALE, is_fp8_kvcache=True,
+              indices=swa_idx[:, None], topk_length=swa_len,
+              attn_sink=_sinks(g, device), use_legacy=True)
+    if ratio:
+        ps = L.SWA_PAGE_SIZE // ratio
+        n_comp = ctx // ratio
+        seqs = tokens if decode else 1
+        pages = -(-(seqs * max(n_comp, 1)) // ps) + 1
+        pool = L.new_pool(pages, ps, device)
+        n = pages * ps
+        L.write_rows(pool, torch.arange(n, device=device),
+                     torch.randn(n, L.HEAD_DIM, generator=g, device=device), ps)
+        if ratio == 4:
+            width = TOPK
+            ext_len = (seq_len // 4).clamp(min=1, max=TOPK).int()
+        else:
+            width = 64 * -(-(2 * -(-ctx // 256)) // 64)
+            ext_len = (seq_len // 128).clamp(min=1).int()
+        ext_idx = torch.randint(0, n, (tokens, width), generator=g, device=device, dtype=torch.int32)
+        ext_idx[torch.arange(width, device=device)[None, :] >= ext_len[:, None]] = -1
+        kw.update(extra_k_cache=L.pool_view(pool, ps), extra_indices_in_kvcache=ext_idx[:, None],
+                  extra_topk_length=ext_len)
+    return kw
+
+
+def check_paged(tokens: int, ctx: int, ratio: int, decode: bool = True, seed: int = 2) -> str:
+    device = _require_cuda()
+    kw = paged_case(tokens, ctx, ratio, seed, device, decode)
+    got, got_lse = S.sparse_mla_paged_tilelang(**kw)
+    want, want_lse = S.sparse_mla_paged_torch(**{**kw, "q": kw["q"].float()})
+    err = _rel(got, want, 2)
+    lse_err = float((got_lse - want_lse).abs().max())
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    assert err <= TOL, f"paged ratio {ratio} T={tokens} ctx={ctx}: max rel err {err:.3g} > {TOL}"
+    assert lse_err <= 5e-2, f"paged ratio {ratio} T={tokens} ctx={ctx}: lse off by {lse_err:.3g}"
+    return f"max rel err {err:.2e}, lse err {lse_err:.2e}"
+
+
+def gpu_checks() -> list[tuple[str, Callable[[], str]]]:
+    checks: list[tuple[str, Callable[[], str]]] = [
+        ("sparse-mla dense decode (4 tokens, ctx 16k)", lambda: check_dense(4, 16384)),
+        ("sparse-mla dense prefill (512 tokens, ctx 4k)", lambda: check_dense(512, 4096)),
+    ]
+    for ctx in (4096, 16384, 65536):
+        checks.append((f"sparse-mla paged decode c4 (8 seqs, ctx {ctx // 1024}k)",
+                       lambda ctx=ctx: check_paged(8, ctx, 4)))
+        checks.append((f"sparse-mla paged decode c128 (8 seqs, ctx {ctx // 1024}k)",
+                       lambda ctx=ctx: check_paged(8, ctx, 128)))
+    checks += [
+        ("sparse-mla paged decode window only (1 seq, ctx 4k)", lambda: check_paged(1, 4096, 0)),
+        ("sparse-mla paged prefill c4 (256 tokens, ctx 16k)", lambda: check_paged(256, 16384, 4, decode=False)),
+        ("sparse-mla paged prefill c128 (256 tokens, ctx 64k)", lambda: check_paged(256, 65536, 128, decode=False)),
+    ]
+    return checks

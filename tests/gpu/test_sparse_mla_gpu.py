@@ -1,0 +1,27 @@
+"""TileLang sparse-MLA kernels vs the torch fallback on a real GPU (skipped without CUDA sm_80+)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_ampere.kernels.gpu_checks import gpu_checks
+
+
+def _has_ampere_or_newer() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _has_ampere_or_newer(), reason="needs a CUDA GPU of sm_80 or newer"),
+]
+
+CHECKS = gpu_checks()
+
+
+@pytest.mark.parametrize("name,check", CHECKS, ids=[n for n, _ in CHECKS])
+def test_tilelang_matches_torch(name, check):
+    pytest.importorskip("tilelang")
+    detail = check()
+    print(f"{name}: {detail}")
