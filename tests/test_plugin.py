@@ -171,3 +171,15 @@ def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
         dsv4._prepare_deepseek_v4_weights = wrapped
     assert plugin.verify_hooks() == []
     Dsv4IntConfig(parse_quantization_config(published_quant_config("block")), {})
+
+
+def test_patches_readme_lists_every_hooked_target():
+    from pathlib import Path
+
+    from sglang_ampere import plugin
+
+    readme = (Path(__file__).resolve().parents[1] / "patches" / "README.md").read_text()
+    hooks, failed = plugin.collect_hooks()
+    assert not failed, failed
+    missing = [h.target for _, h in hooks if f"`{h.target}`" not in readme]
+    assert not missing, f"patches/README.md does not list: {missing}"
