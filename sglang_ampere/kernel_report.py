@@ -43,6 +43,7 @@ class KernelResult:
     spill_stores: int = -1
     spill_loads: int = -1
     hmma: int = -1
+    ldl_stl: int = -1     # local-memory load/store instructions in the SASS
     traps: int = -1
     compile_s: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -129,6 +130,7 @@ def inspect_cubin(cubin: Path, r: KernelResult, ptxas_log: str = "") -> None:
     text = sass.stdout
     r.hmma = len(re.findall(r"\bHMMA\.", text))
     r.traps = len(re.findall(r"\bBPT\.TRAP\b", text))
+    r.ldl_stl = len(re.findall(r"\b(?:LDL|STL)(?:\.[A-Z0-9]+)*\s", text))
     stores = re.findall(r"(\d+) bytes spill stores", ptxas_log)
     loads = re.findall(r"(\d+) bytes spill loads", ptxas_log)
     r.spill_stores = sum(int(x) for x in stores) if stores else (0 if r.local_bytes == 0 else -1)
@@ -141,9 +143,10 @@ def check(r: KernelResult, arch: int) -> None:
         r.problems.append("no tensor-core (HMMA) instruction in the SASS")
     if r.traps != 0:
         r.problems.append(f"{r.traps} BPT.TRAP instruction(s): the code uses something sm_{arch} lacks")
-    if r.local_bytes != 0 or r.spill_stores not in (0,) or r.spill_loads not in (0,):
+    if r.local_bytes != 0 or r.spill_stores != 0 or r.spill_loads != 0 or r.ldl_stl > 0:
         r.problems.append(f"register spills / local memory ({r.local_bytes} B local, "
-                          f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads)")
+                          f"{r.spill_stores} B spill stores, {r.spill_loads} B spill loads, "
+                          f"{r.ldl_stl} LDL/STL instructions)")
     if r.shared_total > limit:
         r.problems.append(f"{r.shared_total} B shared memory > sm_{arch} limit {limit} B")
 
@@ -178,7 +181,7 @@ def report(arch: int, out_dir: Path, only: str | None = None, log=None) -> list[
 def _line(r: KernelResult) -> str:
     status = "ok" if r.ok else "FAIL: " + "; ".join(r.problems)
     return (f"{r.name:<38} {r.arch}  reg {r.registers:>3}  smem {r.shared_total:>6} B  "
-            f"local {r.local_bytes:>3} B  HMMA {r.hmma:>4}  traps {r.traps}  {r.compile_s:>5.1f}s  {status}")
+            f"local {r.local_bytes:>3} B  LDL/STL {r.ldl_stl}  HMMA {r.hmma:>4}  traps {r.traps}  {r.compile_s:>5.1f}s  {status}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

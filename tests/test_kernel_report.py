@@ -45,7 +45,7 @@ def test_every_kernel_is_clean(report):
         assert k["problems"] == [], f"{k['name']} ({arch}): {k['problems']}"
         assert k["hmma"] > 0, k
         assert k["traps"] == 0, k
-        assert k["local_bytes"] == 0 and k["spill_stores"] == 0 and k["spill_loads"] == 0, k
+        assert k["local_bytes"] == 0 and k["spill_stores"] == 0 and k["spill_loads"] == 0 and k["ldl_stl"] == 0, k
         assert 0 < k["shared_total"] <= K.SMEM_LIMIT[int(arch[3:])], k
         assert k["registers"] <= 255, k
         assert Path(k["cubin"]).stat().st_size > 1000 and arch in k["cubin"]
@@ -64,13 +64,13 @@ def test_cubins_are_for_the_requested_arch(report):
 
 def test_checks_can_fail():
     r = K.KernelResult("x", "sm_86", registers=255, shared_static=0, shared_dynamic=120 * 1024,
-                       local_bytes=16, spill_stores=16, spill_loads=8, hmma=0, traps=3)
+                       local_bytes=16, spill_stores=16, spill_loads=8, ldl_stl=4, hmma=0, traps=3)
     K.check(r, 86)
     text = " ".join(r.problems)
     assert not r.ok
     assert "HMMA" in text and "BPT.TRAP" in text and "spills" in text and "shared memory" in text
     good = K.KernelResult("y", "sm_80", registers=128, shared_static=0, shared_dynamic=120 * 1024,
-                          local_bytes=0, spill_stores=0, spill_loads=0, hmma=64, traps=0)
+                          local_bytes=0, spill_stores=0, spill_loads=0, ldl_stl=0, hmma=64, traps=0)
     K.check(good, 80)
     assert good.ok                                   # 120 KB fits sm_80's 163 KB, not sm_86's 99 KB
 
