@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,14 @@ def temp_path(final: Path) -> Path:
 
 
 class ShardWriter:
-    """Streams the tensors of one output shard into ``temp_path(final)``; :meth:`finish` renames."""
+    """Streams the tensors of one output shard into ``temp_path(final)``; :meth:`finish` renames.
+
+    Writing and hashing run on a background thread (both release the GIL), so they overlap the
+    conversion of the next tensor; the queue is bounded, so memory stays bounded. Callers must
+    not modify a buffer after handing it to :meth:`write`.
+    """
+
+    QUEUE_ITEMS = 8
 
     def __init__(self, final: Path, tensors: list[OutTensor], metadata: dict | None = None):
         self.final = Path(final)
@@ -65,13 +74,35 @@ class ShardWriter:
         self._hash = hashlib.sha256()
         self._f = open(self.tmp, "wb")
         self.bytes = 0
+        self._error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue(self.QUEUE_ITEMS)
+        self._thread = threading.Thread(target=self._drain, name=f"write {self.final.name}", daemon=True)
+        self._thread.start()
         self._put(build_header(self._order, metadata))
 
+    def _drain(self) -> None:
+        while True:
+            mv = self._q.get()
+            if mv is None:
+                return
+            if self._error is None:
+                try:
+                    self._f.write(mv)
+                    self._hash.update(mv)
+                except BaseException as e:  # reported by the next write()/finish()
+                    self._error = e
+
     def _put(self, data) -> None:
+        if self._error is not None:
+            raise self._error
         mv = memoryview(data).cast("B")
-        self._f.write(mv)
-        self._hash.update(mv)
+        self._q.put(mv)
         self.bytes += len(mv)
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
 
     def write(self, name: str, data) -> None:
         """Append (part of) tensor ``name``'s bytes; tensors must come in header order."""
@@ -93,6 +124,9 @@ class ShardWriter:
         """Check completeness, fsync, rename into place; returns the file's SHA-256."""
         if self._left or self._i + 1 < len(self._order):
             raise RuntimeError(f"internal error: {self.final.name} finished before all tensors were written")
+        self._stop()
+        if self._error is not None:
+            raise self._error
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
@@ -102,6 +136,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         try:
+            self._stop()
             self._f.close()
         finally:
             self.tmp.unlink(missing_ok=True)
