@@ -173,10 +173,12 @@ def phase_of(forward_batch) -> str:
     return "decode"
 
 
-def forward_hook(original, self, q, k, v, layer, forward_batch, *args, **kwargs):
+def forward_hook(original, self, *args, **kwargs):
+    """``forward(q, k, v, layer, forward_batch, ...)``; forward_batch may come by keyword."""
     if needs_ampere_path():
-        setattr(self, PHASE_ATTR, phase_of(forward_batch))
-    return original(self, q, k, v, layer, forward_batch, *args, **kwargs)
+        fb = kwargs.get("forward_batch", args[4] if len(args) > 4 else None)
+        setattr(self, PHASE_ATTR, phase_of(fb))
+    return original(self, *args, **kwargs)
 
 
 def hooks() -> list[Hook]:

@@ -121,7 +121,8 @@ def test_hooks_route_backend_calls_on_ampere(ampere, monkeypatch):
     assert D.is_applied(be)
     for mode in ("EXTEND", "MIXED", "DECODE", "TARGET_VERIFY"):
         D.forward_hook(_FakeBackend.forward, be, {"use_legacy": True}, None, None, None, _mode(mode))
-    assert seen == [("torch", True), ("torch", True), ("tilelang", True), ("tilelang", True)]
+    D.forward_hook(_FakeBackend.forward, be, {"use_legacy": False}, None, None, None, forward_batch=_mode("EXTEND"))
+    assert seen == [("torch", True), ("torch", True), ("tilelang", True), ("tilelang", True), ("torch", False)]
     assert D.use_sparse_prefill_hook(_FakeBackend._use_sparse_prefill, be, None, num_qo_tokens=20000) is False
     assert D.create_flashmla_metadata_hook(lambda: pytest.fail("needs flash_mla")) is None
 
