@@ -118,3 +118,26 @@ def test_stale_partial_file_is_removed_on_resume(native, reference, tmp_path):
     convert(native, dst, Options(), progress=False)
     assert not list(dst.glob(".*.partial"))
     assert files_of(dst) == files_of(reference)
+
+
+def test_interrupt_keeps_finished_shards_for_resume(native, reference, tmp_path, monkeypatch):
+    import sglang_ampere.convert.engine as engine
+
+    real = engine.convert_shard
+    calls = []
+
+    def flaky(src, dst, sp, options, device="cpu", report=None):
+        calls.append(sp.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(src, dst, sp, options, device, report)
+
+    monkeypatch.setattr(engine, "convert_shard", flaky)
+    dst = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        convert(native, dst, Options(), progress=False)
+    assert len(list(dst.glob("*.safetensors"))) == 2 and not (dst / "config.json").exists()
+    monkeypatch.setattr(engine, "convert_shard", real)
+    s = convert(native, dst, Options(), progress=False)
+    assert len(s.skipped) == 2 and len(s.converted) == 2
+    assert files_of(dst) == files_of(reference)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import dsv4_int_config, dumps, index_json, index_sha256, provenance
+from ..formats.errors import FormatError
 from .headers import CheckpointError, read_tensor_bytes
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
 from .options import Options
@@ -240,10 +241,13 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
             log(f"resuming {dst}: {len(summary.skipped)} shard(s) verified and kept, {len(todo)} to convert")
         _run_shards(src, dst, plan, todo, options, workers, device, progress, new, summary)
         _finish(src, dst, plan, options, new)
-    except BaseException:
+    except BaseException as e:
         for p in dst.glob(".*.partial"):
             p.unlink(missing_ok=True)
-        if created:
+        # A refused input (damaged data found while converting) leaves nothing behind in a
+        # destination this run created. An interruption (Ctrl-C, disk full, a crash) keeps the
+        # finished, recorded shards so that re-running the command resumes.
+        if created and isinstance(e, (FormatError, CheckpointError)):
             shutil.rmtree(dst, ignore_errors=True)
         raise
     summary.seconds = time.time() - t0
