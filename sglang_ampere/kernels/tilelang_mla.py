@@ -307,9 +307,10 @@ def _combine(po: torch.Tensor, pl: torch.Tensor, sink: torch.Tensor) -> tuple[to
     """Merge split partials (normalised fp32 outputs + log2-sum-exp) with the sink."""
     sk = (sink.float() * LOG2E)[None, :]                     # [1, H]
     big = torch.maximum(pl.amax(1), sk)                      # [T, H]
-    w = torch.exp2(pl - big[:, None, :])                     # [T, NS, H]; 0 for empty splits
+    w = torch.where(pl > _NEG / 2, torch.exp2(pl - big[:, None, :]), torch.zeros_like(pl))  # 0: empty split
     tot = w.sum(1)
     den = tot + torch.exp2(sk - big)
+    den = torch.where(den > 0, den, torch.ones_like(den))   # no sink and nothing valid: out = 0
     out = (w[..., None] * po).sum(1) / den[..., None]
     lse = torch.where(tot > 0, (torch.log2(tot.clamp(min=1e-38)) + big) / LOG2E, torch.full_like(tot, float("inf")))
     return out, lse
