@@ -208,3 +208,14 @@ def test_native_module_mapping():
     assert native_modules("model.decoder.mlp.shared_experts.gate_up_proj") == ["mtp.0.ffn.shared_experts.w1", "mtp.0.ffn.shared_experts.w3"]
     assert native_modules("model.h_proj") == ["mtp.0.h_proj"]
     assert native_modules("model.layers.4.self_attn.indexer.wq_b") == ["layers.4.attn.indexer.wq_b"]
+
+
+def test_fused_block_pair_with_ragged_rows_is_refused():
+    from sglang.srt.layers.linear import LinearBase
+    from sglang_ampere.quant.config import Dsv4IntError
+
+    t = _tensors()
+    t["layers.2.attn.wkv.weight"] = ("I8", (320, 256))
+    t["layers.2.attn.wkv.scale"] = ("BF16", (3, 2))
+    with pytest.raises(Dsv4IntError, match="SGLANG_OPT_FUSE_WQA_WKV=0"):
+        _config(tensors=t).get_quant_method(LinearBase(1, 1), "model.layers.2.self_attn.wqkv_a")

@@ -227,6 +227,13 @@ class Dsv4IntConfig(QuantizationConfig):
                 f"SGLang fuses {parts} into one layer ({prefix}), but their dtypes differ: {kinds}.{hint}"
             )
         is_int8 = bool(kinds) and next(iter(kinds.values())) == "int8"
+        if is_int8 and self.strategy == "block" and len(kinds) > 1:
+            ragged = {m: self._lookup(f"{m}.weight")[1][0] for m in kinds if self._lookup(f"{m}.weight")[1][0] % 128}
+            if ragged:
+                raise Dsv4IntError(
+                    f"SGLang fuses {parts} into one layer ({prefix}), but {ragged} rows are not whole "
+                    "128-row scale blocks, so the concatenated block scales would not line up."
+                    + (" Run with SGLANG_OPT_FUSE_WQA_WKV=0." if prefix.endswith("wqkv_a") else ""))
         if is_int8:
             self.int8_layers[prefix] = parts
         return is_int8
