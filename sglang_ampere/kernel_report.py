@@ -198,6 +198,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernel-report: sm_{arch} is not a target of these kernels; use --arch sm_86 or sm_80",
               file=sys.stderr)
         return 2
+    try:
+        import tilelang  # noqa: F401
+    except ImportError:
+        print("kernel-report needs TileLang 0.1.12 (it comes with SGLang 0.5.23: "
+              "pip install 'sglang-ampere[serve]')", file=sys.stderr)
+        return 2
+    try:
+        find_tool("nvcc"), find_tool("cuobjdump"), find_tool("nvdisasm")
+    except FileNotFoundError as e:
+        print(f"kernel-report: {e}", file=sys.stderr)
+        return 2
     tmp = None
     if args.out:
         out = Path(args.out)
