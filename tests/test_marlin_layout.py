@@ -177,3 +177,71 @@ def test_int4_moe_hands_marlin_the_expected_tensors(model_ckpt, recorders):
         assert torch.equal(p13["s"], s13.t()) and p13["s"].dtype == torch.bfloat16
         assert (p2["size_k"], p2["size_n"], p2["group_size"]) == (i, h, 32)
         assert torch.equal(p2["s"], ckpt[f"layers.3.ffn.experts.{e}.w2.scale"].t())
+
+
+# --- what the GPU apply paths hand to SGLang (observed on CPU) ------------------------------
+
+def test_int8_marlin_apply_passes_the_right_gemm_arguments(model_ckpt, recorders, monkeypatch):
+    import sglang.srt.layers.quantization.marlin_utils as mu
+    from sglang.srt.layers.quantization.utils import scalar_types
+
+    strategy, model, _ = model_ckpt
+    lin = model.model.layers[2].self_attn.wo_b
+    n, k = lin.dsv4_int8_shape
+    lin.quant_method._prepare_marlin(lin)
+    gemm = Recorder()
+    monkeypatch.setattr(mu, "apply_gptq_marlin_linear", gemm)
+    x = torch.randn(3, k).to(torch.bfloat16)
+    bias = torch.randn(n).to(torch.bfloat16)
+    lin.quant_method.apply(lin, x, bias)
+    (call,) = gemm.calls
+    kw = call[1]
+    assert kw["input"] is x and kw["bias"] is bias
+    assert kw["weight"] is lin.weight and kw["weight_scale"] is lin.weight_scale_inv
+    assert kw["weight_scale"].dtype == torch.bfloat16
+    assert kw["wtype"] == scalar_types.uint8b128
+    assert (kw["output_size_per_partition"], kw["input_size_per_partition"]) == (n, k)
+    assert kw["is_k_full"] is True
+    assert kw["weight_zp"].numel() == kw["g_idx"].numel() == kw["g_idx_sort_indices"].numel() == 0
+    expected_scale_rows = k // 128 if strategy == "block" else 1
+    assert tuple(kw["weight_scale"].shape) == (expected_scale_rows, n)
+
+
+@pytest.mark.parametrize("backend", ["marlin", "triton"])
+def test_int4_moe_gpu_apply_passes_the_right_quant_info(model_ckpt, recorders, backend):
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    strategy, model, ckpt = model_ckpt
+    experts = model.model.layers[1 if backend == "marlin" else 0].mlp.experts   # layers not repacked by other tests
+    method = experts.quant_method
+    before = experts.w13_weight.data.clone()
+    if backend == "marlin":
+        method._prepare_marlin(experts)
+    else:   # what SGLANG_AMPERE_MOE_BACKEND=triton gives at construction
+        method.backend = "triton"
+        method.create_moe_runner(experts, method.moe_runner_config)
+        method._prepare_triton(experts)
+    method.active = backend
+    run = Recorder()
+    method.runner.run = run
+    x = torch.randn(4, experts.dsv4_int4_sizes[0]).to(torch.bfloat16)
+    topk = StandardTopKOutput(torch.full((4, 2), 0.5), torch.zeros(4, 2, dtype=torch.int32), torch.zeros(4, 8))
+    dispatch = StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk)
+    method.apply(experts, dispatch)
+    (call,) = run.calls
+    assert call[0][0] is dispatch
+    info = call[0][1]
+    assert method.runner.runner_backend.value == backend
+    assert method.fuse_routed_scaling_factor_in_topk is False
+    assert method.runner.config.routed_scaling_factor == 1.5 and method.runner.config.swiglu_limit == 10.0
+    if backend == "marlin":
+        assert type(info).__name__ == "MarlinMoeQuantInfo"
+        assert info.weight_bits == 4 and info.is_k_full and info.expert_map is None
+        assert info.w13_qweight is experts.w13_weight and info.w2_scales is experts.w2_weight_scale_inv
+        assert info.w13_scales.dtype == torch.bfloat16 and info.w13_qzeros is None
+    else:
+        assert type(info).__name__ == "TritonMoeQuantInfo"
+        assert info.use_int4_w4a16 and not info.use_int8_w8a16 and info.block_shape == [0, 32]
+        assert info.w13_weight.dtype == torch.uint8 and torch.equal(info.w13_weight.view(torch.int8), before)
+        assert info.w13_scale is experts.w13_weight_scale_inv and info.w13_zp is None

@@ -135,13 +135,16 @@ class Dsv4Int4MoEMethod(FusedMoEMethodBase):
         if torch.cuda.get_device_capability(dev) < (8, 0):
             raise RuntimeError(f"{self.prefix}: dsv4_int INT4 experts need CUDA sm_80+ (Marlin / Triton WNA16)")
         if self.backend == "triton":
-            # Same bytes, read as unsigned nibbles by fused_moe_kernel_gptq_awq.
-            layer.w13_weight = Parameter(layer.w13_weight.data.view(torch.uint8), requires_grad=False)
-            layer.w2_weight = Parameter(layer.w2_weight.data.view(torch.uint8), requires_grad=False)
+            self._prepare_triton(layer)
             self.active = "triton"
             return
         self._prepare_marlin(layer)
         self.active = "marlin"
+
+    def _prepare_triton(self, layer: torch.nn.Module) -> None:
+        # Same bytes, read as unsigned nibbles by SGLang's fused_moe_kernel_gptq_awq.
+        layer.w13_weight = Parameter(layer.w13_weight.data.view(torch.uint8), requires_grad=False)
+        layer.w2_weight = Parameter(layer.w2_weight.data.view(torch.uint8), requires_grad=False)
 
     def _prepare_marlin(self, layer: torch.nn.Module) -> None:
         from sglang.kernels.ops.quantization.gptq_marlin_repack import gptq_marlin_repack
