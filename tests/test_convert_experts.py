@@ -68,29 +68,48 @@ def _same(a, b):
     assert torch.equal(a[1].view(torch.int16), b[1].view(torch.int16)), "scales differ"
 
 
+KERNELS = ("c", "torch")     # the compiled CPU loop and the torch table path
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_fast_path_equals_reference_on_random_groups(gen, mode):
+def test_fast_paths_equal_reference_on_random_groups(gen, mode):
     n = 48 if mode == "optimal" else 160
     packed, scale = _no_overflow(*_random_mxfp4(gen, n, 96))          # K=96: three groups per row
-    _same(requantize(packed, scale, mode), reference_requantize(packed, scale, mode))
+    ref = reference_requantize(packed, scale, mode)
+    for kernel in KERNELS:
+        _same(requantize(packed, scale, mode, kernel=kernel), ref)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_fast_path_equals_reference_on_realistic_and_edge_groups(gen, mode):
+def test_fast_paths_equal_reference_on_realistic_and_edge_groups(gen, mode):
     x = torch.randn(64, 128, generator=gen) * torch.exp(2 * torch.randn(64, 1, generator=gen))
     packed, scale = mxfp4_quantize(x)
-    _same(requantize(packed, scale, mode), reference_requantize(packed, scale, mode))
     ep, es = _edge_groups()
-    _same(requantize(ep, es, mode), reference_requantize(ep, es, mode))
+    ref, eref = reference_requantize(packed, scale, mode), reference_requantize(ep, es, mode)
+    for kernel in KERNELS:
+        _same(requantize(packed, scale, mode, kernel=kernel), ref)
+        _same(requantize(ep, es, mode, kernel=kernel), eref)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_compiled_and_torch_paths_agree_on_a_large_tensor_with_stats(gen, mode):
+    n = 256 if mode == "optimal" else 1024
+    packed, scale = _no_overflow(*_random_mxfp4(gen, n, 512, emin=90, emax=160))
+    x = torch.randn(n, 512, generator=gen) * torch.exp(torch.randn(n, 1, generator=gen))
+    rp, rs = mxfp4_quantize(x)
+    packed[: n // 2], scale[: n // 2] = rp[: n // 2], rs[: n // 2].view(torch.uint8)
+    sc, st = ExpertStats(), ExpertStats()
+    _same(requantize(packed, scale, mode, stats=sc, kernel="c"), requantize(packed, scale, mode, stats=st, kernel="torch"))
+    assert (sc.signal, sc.noise, sc.noise_mse) == pytest.approx((st.signal, st.noise, st.noise_mse), rel=1e-12)
 
 
 def test_fast_path_chunking_does_not_change_bytes(gen, monkeypatch):
     import sglang_ampere.convert.experts as ex
 
     packed, scale = _no_overflow(*_random_mxfp4(gen, 96, 64, emin=100, emax=150))
-    whole = requantize(packed, scale, "mse")
+    whole = requantize(packed, scale, "mse", kernel="torch")
     monkeypatch.setattr(ex, "CHUNK_GROUPS", 7)
-    _same(requantize(packed, scale, "mse"), whole)
+    _same(requantize(packed, scale, "mse", kernel="torch"), whole)
 
 
 def test_int8_view_of_packed_bytes_is_accepted(gen):
@@ -181,7 +200,8 @@ def test_bf16_overflow_is_an_error_naming_the_tensor():
     packed = torch.zeros(1, 16, dtype=torch.uint8)
     packed[0, 3] = 0x04                                                 # magnitude 2.0 at e = 127 -> 2^128
     scale = torch.tensor([[254]], dtype=torch.uint8)
-    for f in (requantize, reference_requantize):
+    for f in (lambda *a, **k: requantize(*a, kernel="c", **k), lambda *a, **k: requantize(*a, kernel="torch", **k),
+              reference_requantize):
         with pytest.raises(FormatError, match=r"w1\.weight.*overflow"):
             f(packed, scale, "mse", name="layers.2.ffn.experts.0.w1.weight")
     packed[0, 3] = 0x05                                                 # 3.0 * 2^126 fits

@@ -182,6 +182,12 @@ def test_two_workers_write_the_same_bytes(native, block, tmp_path):
     assert files_of(dst) == files_of(block)        # shards, index, config and manifest alike
 
 
+def test_torch_expert_kernel_writes_the_same_bytes(native, block, tmp_path):
+    dst = tmp_path / "torch"
+    assert cli("convert", native, dst, "--quiet", "--expert-kernel", "torch") == 0
+    assert files_of(dst) == files_of(block)
+
+
 def test_plan_sizes_equal_written_sizes(native, block):
     from sglang_ampere.convert.plan import make_plan
 

@@ -126,11 +126,11 @@ def test_interrupt_keeps_finished_shards_for_resume(native, reference, tmp_path,
     real = engine.convert_shard
     calls = []
 
-    def flaky(src, dst, sp, options, device="cpu", report=None):
+    def flaky(src, dst, sp, options, device="cpu", report=None, **kw):
         calls.append(sp.name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(src, dst, sp, options, device, report)
+        return real(src, dst, sp, options, device, report, **kw)
 
     monkeypatch.setattr(engine, "convert_shard", flaky)
     dst = tmp_path / "out"

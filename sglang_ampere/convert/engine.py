@@ -89,7 +89,8 @@ def _shard_is_done(dst: Path, entry: dict | None, want_sources: dict) -> bool:
 # One shard (runs in a worker process or in-process)
 
 
-def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device: str = "cpu", report=None) -> dict:
+def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device: str = "cpu", report=None,
+                  expert_kernel: str = "auto") -> dict:
     """Convert one planned shard; returns {"name", "sha256", "bytes", "stats"}."""
     import torch
 
@@ -132,7 +133,7 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
                 packed = tensor(w, job.weight_shard, torch.uint8).to(device)
                 scale = tensor(job.scale, job.scale_shard, torch.uint8).to(device)
                 st = ExpertStats()
-                q, s = requantize(packed, scale, options.expert_mode, job.name, stats=st)
+                q, s = requantize(packed, scale, options.expert_mode, job.name, stats=st, kernel=expert_kernel)
                 put(writer, job.outputs[0].name, q)
                 put(writer, job.outputs[1].name, s)
                 acc = stats.setdefault(K_EXPERT, [0, 0.0, 0.0, 0.0])
@@ -174,8 +175,8 @@ def _worker_init(queue, threads):
     torch.set_num_threads(threads)
 
 
-def _worker_run(src, dst, sp, options, device):
-    return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n))
+def _worker_run(src, dst, sp, options, device, expert_kernel):
+    return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n), expert_kernel=expert_kernel)
 
 
 # ------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def _worker_run(src, dst, sp, options, device):
 
 
 def convert(src, dst, options: Options = Options(), workers: int = 1, device: str = "cpu",
-            overwrite: bool = False, progress: bool = True, log=None) -> Summary:
+            overwrite: bool = False, progress: bool = True, log=None, expert_kernel: str = "auto") -> Summary:
     """Convert native SRC into dsv4_int DST (resuming DST if it is an unfinished conversion)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.time()
@@ -192,6 +193,12 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
         raise ValueError("--workers must be at least 1")
     if device != "cpu":
         _check_device(device)
+    if expert_kernel == "c":
+        from .native_kernel import load
+
+        if device != "cpu" or load() is None:
+            raise CheckpointError("--expert-kernel c needs --device cpu and a working C compiler (cc/gcc); "
+                                  "use --expert-kernel torch")
     plan = make_plan(src, options)   # refuses bad inputs before anything is written
 
     manifest = None
@@ -239,7 +246,7 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
         new.save(dst)
         if summary.skipped:
             log(f"resuming {dst}: {len(summary.skipped)} shard(s) verified and kept, {len(todo)} to convert")
-        _run_shards(src, dst, plan, todo, options, workers, device, progress, new, summary)
+        _run_shards(src, dst, plan, todo, options, workers, device, progress, new, summary, expert_kernel)
         _finish(src, dst, plan, options, new)
     except BaseException as e:
         for p in dst.glob(".*.partial"):
@@ -269,7 +276,7 @@ def _record(new: Manifest, dst: Path, plan: Plan, sp: ShardPlan, res: dict, summ
         summary.stats.setdefault(kind, ClassStats()).add(n, sig, noise, noise_mse)
 
 
-def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, summary) -> None:
+def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, summary, expert_kernel) -> None:
     from tqdm import tqdm
 
     total = sum(sp.in_bytes for sp in todo)
@@ -282,7 +289,7 @@ def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, s
             if device == "cpu":
                 torch.set_num_threads(1 if workers == 1 else workers)
             for sp in todo:
-                res = convert_shard(src, dst, sp, options, device, report=bar.update)
+                res = convert_shard(src, dst, sp, options, device, report=bar.update, expert_kernel=expert_kernel)
                 _record(new, dst, plan, sp, res, summary)
             return
         import multiprocessing as mp
@@ -294,7 +301,7 @@ def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, s
         threads = 1 if device == "cpu" else 1
         n = min(workers, len(todo))
         with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(q, threads)) as ex:
-            futs = {ex.submit(_worker_run, src, dst, sp, options, device): sp for sp in todo}
+            futs = {ex.submit(_worker_run, src, dst, sp, options, device, expert_kernel): sp for sp in todo}
             pending = set(futs)
             try:
                 while pending:

@@ -202,12 +202,17 @@ class ExpertStats:
 CHUNK_GROUPS = 16384
 
 
+KERNELS = ("auto", "c", "torch")
+
+
 def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", name: str | None = None,
-               stats: ExpertStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               stats: ExpertStats | None = None, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Fast path of the rule; bit-identical to :func:`reference_requantize`.
 
     ``packed`` uint8/int8 ``[N, K/2]`` and ``scale`` float8_e8m0fnu/uint8 ``[N, K/32]`` on any
     device -> (uint8 ``[N, K/2]`` uint4b8, bfloat16 ``[N, K/32]``) on the same device.
+    ``kernel``: ``"c"`` the compiled CPU loop (:mod:`.native_kernel`), ``"torch"`` the table
+    path in torch ops (any device), ``"auto"`` the compiled loop on CPU when it can be built.
     """
     if packed.dtype not in (torch.uint8, torch.int8):
         raise FormatError(name, f"MXFP4 weight must be I8/U8 bytes, got {packed.dtype}")
@@ -224,6 +229,19 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
     if bool((sb == E8M0_NAN).any()):
         bad = int((sb == E8M0_NAN).sum())
         raise FormatError(name, f"{bad} E8M0 scale byte(s) are 255 (NaN); the checkpoint is damaged (re-download this shard)")
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown expert kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    if kernel != "torch" and dev.type == "cpu":
+        from . import native_kernel
+
+        fn = native_kernel.load()
+        if fn is None and kernel == "c":
+            raise RuntimeError("the compiled INT4 kernel cannot be built here (no working C compiler); use the torch kernel")
+        if fn is not None:
+            out, s_out = _requantize_c(fn, b, sb, t, name, stats)
+            return out.view(n, half_k), s_out.view(n, 2 * half_k // MXFP4_GROUP)
+    elif kernel == "c":
+        raise ValueError("the compiled INT4 kernel runs on the CPU only")
     tabs = tuple(x.to(dev) for x in (t.err_t, t.scale, t.lut, _HIST_LOW, _HIST_HIGH, _FIELD_SHIFTS, _POW2))
     out = torch.empty_like(b)
     s_out = torch.empty(b.shape[0], dtype=torch.bfloat16, device=dev)
@@ -231,6 +249,28 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
         j = min(i + CHUNK_GROUPS, b.shape[0])
         out[i:j], s_out[i:j] = _requantize_groups(b[i:j], sb[i:j], t, tabs, name, stats)
     return out.view(n, half_k), s_out.view(n, 2 * half_k // MXFP4_GROUP)
+
+
+_VALS2 = e2m1_table(torch.float64) ** 2
+
+
+def _requantize_c(fn, b, sb, t: _Tables, name, stats):
+    g = b.shape[0]
+    b = b.contiguous()
+    sb = sb.contiguous()
+    out = torch.empty_like(b)
+    s_out = torch.empty(g, dtype=torch.float64)
+    st = torch.zeros(3, dtype=torch.float64)
+    if t.ncand > 1024:
+        raise AssertionError("internal error: too many candidates for the compiled kernel")
+    bad = fn(b.data_ptr(), sb.data_ptr(), g, t.ncand, t.n_mse, _EXACT_E_MIN, t.err_t.data_ptr(), t.scale.data_ptr(),
+             t.lut.data_ptr(), _POW2.data_ptr(), _VALS2.data_ptr(), out.data_ptr(), s_out.data_ptr(),
+             st.data_ptr() if stats is not None else None)
+    if bad:
+        raise FormatError(name, f"group {bad - 1} holds values that overflow BF16; cannot store INT4 scales for it")
+    if stats is not None:
+        stats.add(ExpertStats(float(st[0]), float(st[1]) , float(st[2])))
+    return out, s_out.to(torch.bfloat16)
 
 
 def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
