@@ -107,3 +107,27 @@ def test_target_and_mtp_load_exactly(sglang_ready, int_ckpt, fused, monkeypatch)
         assert isinstance(draft.model.e_proj.quant_method, Dsv4Int8LinearMethod)
     finally:
         envs.SGLANG_OPT_FUSE_WQA_WKV.set(True)
+
+
+def test_negative_control_a_missing_expert_scale_is_caught(sglang_ready, synth_ckpt, tmp_path):
+    """SGLang loads a checkpoint missing one expert's w2 scale without a word (the fused
+    parameter counts as loaded); this test's coverage check must catch it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = random_dsv4_int(synth_ckpt, tmp_path / "full", "block", seed=9)
+    dst = tmp_path / "missing"
+    shutil.copytree(src, dst)
+    victim = "layers.3.ffn.experts.1.w2.scale"
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"].pop(victim)
+    tensors = load_file(str(dst / shard))
+    del tensors[victim]
+    save_file(tensors, str(dst / shard), metadata={"format": "pt"})
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    model, _ = load_real_model(dst, draft=False)
+    config = json.loads((dst / "config.json").read_text())
+    with pytest.raises(AssertionError, match=r"model\.layers\.3\.mlp\.experts\.w2_weight_scale_inv: \d+ of \d+ elements not from the checkpoint"):
+        check_exact(model, read_checkpoint(dst), config, "block", True, nextn=False)
