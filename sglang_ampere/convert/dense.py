@@ -24,8 +24,8 @@ from ..formats.blocks import block_absmax, expand_block_scale
 from ..formats.constants import ABSMAX_FLOOR, BLOCK, INT8_CHANNEL_BIAS, INT8_MAX
 from ..formats.fp8 import fp8_block_dequantize
 
-#: Rows converted at a time (multiple of BLOCK).
-CHUNK_ROWS = 1024
+#: Rows converted at a time (one block row: the temporaries stay in cache, measured fastest).
+CHUNK_ROWS = 128
 
 
 def _scale_from_absmax(amax: torch.Tensor) -> torch.Tensor:
