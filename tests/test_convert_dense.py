@@ -27,6 +27,14 @@ def _plain_block(x):
     return q, s
 
 
+def _run(w, s, mode, **kw):
+    """convert_dense's chunks joined: (weight, scale or None)."""
+    parts = list(convert_dense(w, s, mode, "t", **kw))
+    weight = torch.cat([t for p, t in parts if p == "weight"])
+    scales = [t for p, t in parts if p == "scale"]
+    return weight, (scales[0] if scales else None)
+
+
 def _fp8(gen, n, k, spread=1.0):
     x = torch.randn(n, k, generator=gen) * torch.exp(spread * torch.randn(n, 1, generator=gen))
     w, s = fp8_block_quantize(x)
@@ -67,9 +75,9 @@ def test_channel_rule(gen):
 
 def test_row_chunks_do_not_change_bytes_and_match_the_formats_codec(gen):
     w, s, x = _fp8(gen, 640, 256)
-    parts = dict(convert_dense(w, s, "block", "t"))
+    qw, qs = _run(w, s, "block")
     q, sc = _plain_block(fp8_block_dequantize(w, s))
-    assert torch.equal(parts["weight"], q) and torch.equal(parts["scale"].view(torch.int16), sc.view(torch.int16))
+    assert torch.equal(qw, q) and torch.equal(qs.view(torch.int16), sc.view(torch.int16))
     for mode in ("block", "channel", "bf16"):
         a = list(convert_dense(w, s, mode, "t", rows=128))
         b = list(convert_dense(w, s, mode, "t", rows=4096))
@@ -86,8 +94,8 @@ def test_row_chunks_do_not_change_bytes_and_match_the_formats_codec(gen):
 def test_stats_are_the_dequantized_error(gen):
     w, s, x = _fp8(gen, 256, 256)
     st = []
-    parts = dict(convert_dense(w, s, "block", "t", stats=st))
-    y = int8_block_dequantize(parts["weight"], parts["scale"])
+    qw, qs = _run(w, s, "block", stats=st)
+    y = int8_block_dequantize(qw, qs)
     assert st[1] == pytest.approx(float(((x.double() - y.double()) ** 2).sum()), rel=1e-4)
     assert st[0] == pytest.approx(float((x.double() ** 2).sum()), rel=1e-4)
 
