@@ -40,7 +40,8 @@ def test_every_kernel_is_clean(report):
     names = {k["name"] for k in kernels}
     # decode and prefill, dense and paged (window + each compressed cache kind)
     assert any("dense_prefill" in n for n in names) and any("dense_decode" in n for n in names)
-    assert any("paged_c4_prefill" in n for n in names) and any("paged_c128_decode" in n for n in names)
+    for kind in ("c4", "c128", "swa"):
+        assert any(f"paged_{kind}_prefill" in n for n in names) and any(f"paged_{kind}_decode" in n for n in names)
     for k in kernels:
         assert k["problems"] == [], f"{k['name']} ({arch}): {k['problems']}"
         assert k["hmma"] > 0, k

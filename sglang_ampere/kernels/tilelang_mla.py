@@ -408,7 +408,9 @@ def sparse_mla_paged(q, k_cache, indices, topk_length, attn_sink, sm_scale, extr
 
 
 def report_specs(arch: int) -> list[KernelSpec]:
-    """The kernels ``sglang-ampere kernel-report`` compiles: what serving DeepSeek-V4-Flash uses."""
+    """The kernels ``sglang-ampere kernel-report`` compiles: every code path (dense, paged with
+    each cache combination; prefill epilogue and split-K decode epilogue). The split counts
+    2..16 differ from the 8-split kernel only in one grid constant."""
     plan = plan_for(arch)
     swa = (L.SWA_PAGE_SIZE, L.page_bytes(L.SWA_PAGE_SIZE))
     c4 = (L.C4_PAGE_SIZE, L.page_bytes(L.C4_PAGE_SIZE))
@@ -418,6 +420,35 @@ def report_specs(arch: int) -> list[KernelSpec]:
         KernelSpec(paged=False, num_splits=8, plan=plan),
         KernelSpec(paged=True, num_splits=1, plan=plan, page1=swa, page2=c4),
         KernelSpec(paged=True, num_splits=8, plan=plan, page1=swa, page2=c4),
+        KernelSpec(paged=True, num_splits=1, plan=plan, page1=swa, page2=c128),
         KernelSpec(paged=True, num_splits=8, plan=plan, page1=swa, page2=c128),
+        KernelSpec(paged=True, num_splits=1, plan=plan, page1=swa, page2=None),
         KernelSpec(paged=True, num_splits=8, plan=plan, page1=swa, page2=None),
     ]
+
+
+def serving_specs(arch: int, heads: int = 64) -> list[KernelSpec]:
+    """Every paged kernel a DeepSeek-V4-Flash server can launch: each split count x each cache
+    combination (window only, window + c4, window + c128), softmax scale 1/sqrt(512)."""
+    plan = plan_for(arch)
+    swa = (L.SWA_PAGE_SIZE, L.page_bytes(L.SWA_PAGE_SIZE))
+    extras = (None, (L.C4_PAGE_SIZE, L.page_bytes(L.C4_PAGE_SIZE)),
+              (L.C128_PAGE_SIZE, L.page_bytes(L.C128_PAGE_SIZE)))
+    return [KernelSpec(paged=True, heads=heads, num_splits=ns, plan=plan, page1=swa, page2=e)
+            for ns in SPLITS for e in extras]
+
+
+def precompile(arch: int | None = None, heads: int = 64, log=None) -> int:
+    """JIT-compile :func:`serving_specs` now (before CUDA-graph capture); returns the count.
+
+    TileLang keeps the binaries in its disk cache (``~/.tilelang/cache``), so only the first
+    start of a machine pays the ~10-20 s per kernel.
+    """
+    if arch is None:
+        arch, _ = _device_arch(torch.device("cuda"))
+    specs = serving_specs(arch, heads)
+    for spec in specs:
+        compiled(spec, arch)
+        if log:
+            log(f"compiled {spec.name} for sm_{arch}")
+    return len(specs)
