@@ -146,6 +146,20 @@ def create_flashmla_metadata_hook(original, *args, **kwargs):
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def precompile_tilelang() -> int:
+    """Build every paged TileLang kernel once per process, before CUDA-graph capture."""
+    from sglang_ampere.kernels import tilelang_mla
+
+    try:
+        return tilelang_mla.precompile(log=logger.info)
+    except Exception as e:
+        raise RuntimeError(
+            f"TileLang could not build the sparse-MLA kernels ({type(e).__name__}: {e}). Install "
+            "the CUDA toolkit's nvcc (TileLang compiles with it), or run attention on the torch "
+            "fallback: SGLANG_AMPERE_DECODE_BACKEND=torch SGLANG_AMPERE_PREFILL_BACKEND=torch") from e
+
+
 def backend_init_hook(original, self, *args, **kwargs):
     if not needs_ampere_path():
         return original(self, *args, **kwargs)
@@ -155,6 +169,8 @@ def backend_init_hook(original, self, *args, **kwargs):
     setattr(self, BACKENDS_ATTR, backends)
     setattr(self, PHASE_ATTR, None)
     self._flash_mla_with_kvcache = make_paged_callable(self)
+    if backends["decode"] == "tilelang":
+        precompile_tilelang()      # decode runs in CUDA graphs: no JIT compile during capture
     if not hasattr(self, "_flashmla_split_kv_min_topk"):
         self._flashmla_split_kv_min_topk = 641
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -113,11 +114,14 @@ def test_hooks_route_backend_calls_on_ampere(ampere, monkeypatch):
     monkeypatch.setenv("SGLANG_AMPERE_PREFILL_BACKEND", "torch")
     monkeypatch.setenv("SGLANG_AMPERE_DECODE_BACKEND", "tilelang")
     monkeypatch.setattr(D, "ensure_flash_mla_interface", lambda: True)
+    built = []
+    monkeypatch.setattr(D, "precompile_tilelang", lambda: built.append(1))
     seen = []
     monkeypatch.setattr(D, "paged_impl", lambda name: (lambda **kw: seen.append((name, kw.get("use_legacy"))) or "o"))
     be = _FakeBackend.__new__(_FakeBackend)
     D.backend_init_hook(_FakeBackend.__init__, be, "runner", skip_prefill=False)
     assert be.init_args == (("runner",), {"skip_prefill": False})
+    assert built == [1]                               # decode = tilelang: kernels built before capture
     assert D.is_applied(be)
     for mode in ("EXTEND", "MIXED", "DECODE", "TARGET_VERIFY"):
         D.forward_hook(_FakeBackend.forward, be, {"use_legacy": True}, None, None, None, _mode(mode))
@@ -125,6 +129,15 @@ def test_hooks_route_backend_calls_on_ampere(ampere, monkeypatch):
     assert seen == [("torch", True), ("torch", True), ("tilelang", True), ("tilelang", True), ("torch", False)]
     assert D.use_sparse_prefill_hook(_FakeBackend._use_sparse_prefill, be, None, num_qo_tokens=20000) is False
     assert D.create_flashmla_metadata_hook(lambda: pytest.fail("needs flash_mla")) is None
+
+
+def test_torch_decode_builds_no_tilelang_kernels(ampere, monkeypatch):
+    monkeypatch.setenv("SGLANG_AMPERE_DECODE_BACKEND", "torch")
+    monkeypatch.setattr(D, "ensure_flash_mla_interface", lambda: True)
+    monkeypatch.setattr(D, "precompile_tilelang", lambda: pytest.fail("must not compile"))
+    be = _FakeBackend.__new__(_FakeBackend)
+    D.backend_init_hook(_FakeBackend.__init__, be)
+    assert D.is_applied(be)
 
 
 def test_hooks_leave_hopper_alone(hopper):
@@ -162,7 +175,8 @@ print("RESULT" + json.dumps(res))
 def test_hooks_apply_to_sglang_0_5_23():
     """Register through SGLang's own HookRegistry and call the real (hooked) backend members."""
     pytest.importorskip("sglang")
-    p = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "SGLANG_AMPERE_DECODE_BACKEND": "torch"}     # no kernel builds here
+    p = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, timeout=300, env=env)
     line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT")), None)
     assert line, p.stdout[-2000:] + p.stderr[-4000:]
     res = json.loads(line[len("RESULT"):])
