@@ -123,3 +123,18 @@ def test_cpu_tensors_get_a_clear_error():
     q = torch.randn(2, 64, 512)
     with pytest.raises(RuntimeError, match="SGLANG_AMPERE_PREFILL_BACKEND"):
         S.sparse_mla_tilelang(q, torch.randn(10, 512), torch.zeros(2, 4, dtype=torch.int32), None, 0.1)
+
+
+@pytest.mark.slow
+def test_runtime_jit_path_builds_without_a_gpu():
+    """What serving calls (tilelang.compile with the tvm_ffi backend), not just lower + nvcc."""
+    import shutil
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    spec = M.KernelSpec(paged=True, num_splits=4, plan=M.plan_for(86), page2=(64, L.page_bytes(64)))
+    kernel = M.compiled(spec, 86)
+    src = kernel.get_kernel_source()
+    assert "mma_sync<tl::DataType::kBFloat16" in src
+    assert "fp8" not in src.lower() and "e4m3" not in src.lower()          # FP8 decoded with integer ops only
+    assert "149760" in src and "37440" in src                               # both page strides baked in
