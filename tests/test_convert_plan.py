@@ -177,3 +177,49 @@ def test_source_identity_is_the_header_not_the_data(native, tmp_path):
     assert read_header(copy).identity() == h.identity()
     os.utime(copy, ns=(h.mtime_ns + 10**9, h.mtime_ns + 10**9))   # touched/re-downloaded: a new identity
     assert read_header(copy).identity() != h.identity()
+
+
+def test_unknown_safetensors_dtype_is_refused(broken, tmp_path, capsys):
+    import struct
+
+    shard = sorted(broken.glob("*.safetensors"))[0]
+    raw = shard.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    name = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "BF16")
+    header[name]["dtype"] = "Q4_K"
+    new = json.dumps(header, separators=(",", ":")).encode()
+    new += b" " * (n - len(new))                      # same length, so offsets stay valid
+    assert len(new) == n
+    shard.write_bytes(raw[:8] + new + raw[8 + n:])
+    _refused(broken, tmp_path, capsys, name, shard.name, "unknown safetensors dtype 'Q4_K'")
+
+
+def test_pair_split_across_shards_is_converted_from_both(native, tmp_path):
+    from safetensors.torch import load_file
+
+    from sglang_ampere.convert.engine import convert
+
+    src = copy_ckpt(native, tmp_path / "src")
+    scale = first_name(src, lambda n: ".experts.4.w1.scale" in n)
+    home = shard_of(src, scale)
+    other = next(p for p in sorted(src.glob("*.safetensors")) if p != home)
+    moved = {}
+    mutate_shard(home, lambda t: moved.update({scale: t.pop(scale)}))
+    mutate_shard(other, lambda t: t.update(moved))
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"][scale] = other.name
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    plan = make_plan(src, Options())
+    sp = next(s for s in plan.shards if s.name == home.name)
+    assert sp.sources == sorted([home.name, other.name])
+    a, b = tmp_path / "a", tmp_path / "b"
+    convert(src, a, Options(), progress=False)
+    convert(native, b, Options(), progress=False)
+    ta, tb = load_file(str(a / home.name)), load_file(str(b / home.name))
+    assert scale in ta                                # emitted with its weight
+    for k in tb:
+        assert torch.equal(ta[k].view(torch.uint8), tb[k].view(torch.uint8)), k
+    manifest = json.loads((a / "sglang-ampere-convert.json").read_text())
+    assert sorted(manifest["shards"][home.name]["sources"]) == sorted([home.name, other.name])
