@@ -221,6 +221,7 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
         if overwrite:
             manifest = None
     created = not dst.exists()
+    was_empty = created or not any(dst.iterdir())
     dst.mkdir(parents=True, exist_ok=True)
     summary = Summary(dst, plan)
     try:
@@ -254,8 +255,12 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
         # A refused input (damaged data found while converting) leaves nothing behind in a
         # destination this run created. An interruption (Ctrl-C, disk full, a crash) keeps the
         # finished, recorded shards so that re-running the command resumes.
-        if created and isinstance(e, (FormatError, CheckpointError)):
-            shutil.rmtree(dst, ignore_errors=True)
+        if isinstance(e, (FormatError, CheckpointError)):
+            if created:
+                shutil.rmtree(dst, ignore_errors=True)
+            elif was_empty:               # the user's empty folder: empty it again, keep it
+                for p in dst.iterdir():
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         raise
     summary.seconds = time.time() - t0
     return summary
