@@ -292,7 +292,7 @@ def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, s
             import torch
 
             if device == "cpu":
-                torch.set_num_threads(1 if workers == 1 else workers)
+                torch.set_num_threads(1 if workers == 1 else min(workers, os.cpu_count() or 1))
             for sp in todo:
                 res = convert_shard(src, dst, sp, options, device, report=bar.update, expert_kernel=expert_kernel)
                 _record(new, dst, plan, sp, res, summary)
@@ -303,9 +303,10 @@ def _run_shards(src, dst, plan, todo, options, workers, device, progress, new, s
 
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        threads = 1 if device == "cpu" else 1
         n = min(workers, len(todo))
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(q, threads)) as ex:
+        # One torch thread per worker process: the workers are the parallelism (and two OpenMP
+        # threads per process on a busy machine are slower than one).
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init, initargs=(q, 1)) as ex:
             futs = {ex.submit(_worker_run, src, dst, sp, options, device, expert_kernel): sp for sp in todo}
             pending = set(futs)
             try:
