@@ -112,9 +112,9 @@ def cuda_home() -> Path:
 
 def nvidia_tool(name: str) -> str:
     """cuobjdump/nvdisasm: the toolkit's, else the copy bundled with Triton."""
-    for c in (cuda_home() / "bin" / name, ):
-        if c.exists():
-            return str(c)
+    own = cuda_home() / "bin" / name
+    if own.exists():
+        return str(own)
     import triton
 
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
@@ -226,16 +226,6 @@ def demangle(names: list[str]) -> dict[str, str]:
         return dict(zip(names, out.splitlines()))
     except (OSError, subprocess.CalledProcessError):
         return {n: n for n in names}
-
-
-def short_name(demangled: str) -> str:
-    """``Marlin<..., 256, 1, 8, 8, true, 4, 8, false ...>`` -> ``t256 m1 n8 k8 m8 g128``."""
-    m = re.search(r"Marlin<(.*)>\(", demangled)
-    if not m:
-        return demangled[:80]
-    args = [a.strip() for a in m.group(1).split(",")]
-    ints = [a for a in args if re.fullmatch(r"-?\d+|true|false|\(\w+\)\d+|\d+u", a)]
-    return " ".join(ints)
 
 
 def template_args(demangled: str) -> list[str]:
