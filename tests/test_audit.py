@@ -138,3 +138,29 @@ def test_preserved_tensor_changed_is_a_fidelity_problem(native, converted, tmp_p
 def test_against_requires_a_converted_path(native, capsys):
     assert cli("audit", native, "--against", native) == 1
     assert "--against needs a dsv4_int checkpoint" in capsys.readouterr().out
+
+
+def test_verify_rehashes_shards_against_the_manifest(converted, tmp_path, capsys):
+    assert cli("audit", converted, "--verify") == 0
+    assert "verified: 3/3 shard(s)" in capsys.readouterr().out
+    bad = copy_ckpt(converted, tmp_path / "bad")
+    shard = sorted(bad.glob("*.safetensors"))[2]
+    with open(shard, "r+b") as f:
+        f.seek(shard.stat().st_size - 3)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    assert cli("audit", bad, "--verify") == 1
+    assert f"{shard.name} does not match its recorded SHA-256" in capsys.readouterr().out
+
+
+def test_convert_audit_and_quickstart_never_import_sglang():
+    import subprocess
+    import sys
+
+    code = ("import sys, sglang_ampere.convert.engine, sglang_ampere.convert.audit, sglang_ampere.convert.cli, "
+            "sglang_ampere.convert.native_kernel, sglang_ampere.quickstart; "
+            "bad = sorted(m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')); print(bad); "
+            "sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

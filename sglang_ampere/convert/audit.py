@@ -305,7 +305,32 @@ def fidelity(path: Path, src: Path, state: dict, sample: int, problems: list[str
 # Entry points
 
 
-def audit(path, against=None, sample: int = 64) -> tuple[dict, list[str]]:
+def _verify_manifest(path: Path, headers: dict[str, ShardHeader], problems: list[str]) -> int:
+    """Re-hash every shard against the SHA-256 that ``convert`` recorded (reads all data)."""
+    from .manifest import ManifestError, load_manifest
+    from .safetensors_out import sha256_file
+
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as e:
+        problems.append(str(e))
+        return 0
+    if manifest is None:
+        problems.append("--verify: no sglang-ampere-convert.json in this checkpoint (not written by `sglang-ampere convert`)")
+        return 0
+    ok = 0
+    for name in headers:
+        entry = manifest.shards.get(name)
+        if entry is None:
+            problems.append(f"--verify: {name} is not in the manifest")
+        elif sha256_file(path / name) != entry["sha256"]:
+            problems.append(f"--verify: {name} does not match its recorded SHA-256 (damaged; re-run convert to redo it)")
+        else:
+            ok += 1
+    return ok
+
+
+def audit(path, against=None, sample: int = 64, verify: bool = False) -> tuple[dict, list[str]]:
     """Audit a native or dsv4_int checkpoint; returns (report, problems)."""
     path = Path(path)
     if not path.is_dir():
@@ -326,6 +351,8 @@ def audit(path, against=None, sample: int = 64) -> tuple[dict, list[str]]:
     except CheckpointError as e:
         return {"kind": "dsv4_int", "path": str(path)}, [str(e)]
     report, problems, state = audit_converted(path, config, headers)
+    if verify:
+        report["verified_shards"] = _verify_manifest(path, headers, problems)
     if against is not None:
         report["against"] = str(against)
         report["fidelity"] = fidelity(path, Path(against), state, sample, problems)
@@ -357,6 +384,8 @@ def format_report(report: dict, problems: list[str]) -> str:
             lines.append(f"  {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['bytes'])}; expert scale mode {report.get('scale_mode')}")
             lines.append(f"  expert INT4 pairs: {c[C_EXPERT]}   dense INT8 block: {c[C_BLOCK]}   dense UINT8 channel: {c[C_CHANNEL]}   "
                          f"dense BF16: {c[C_BF16]}   preserved: {c[C_PRESERVED]}   missing scales: {c['missing_scales']}")
+        if "verified_shards" in report:
+            lines.append(f"  verified: {report['verified_shards']}/{len(report['shards'])} shard(s) match their recorded SHA-256")
         for cls, f in (report.get("fidelity") or {}).items():
             if cls == C_PRESERVED:
                 lines.append(f"  fidelity {cls}: {f['identical']}/{f['tensors']} byte-identical to the source")
@@ -385,12 +414,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--against", type=Path, default=None, metavar="SRC",
                    help="native checkpoint PATH was converted from: adds SNR per class")
+    p.add_argument("--verify", action="store_true",
+                   help="dsv4_int: re-hash every shard against the SHA-256 recorded by convert (reads all data)")
     p.add_argument("--sample", type=int, default=64,
                    help="with --against: tensors per class to compare (evenly spread; 0 = all; default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
-    report, problems = audit(args.path, args.against, args.sample)
+    report, problems = audit(args.path, args.against, args.sample, args.verify)
     if args.json:
         print(json.dumps({**report, "problems": problems, "ok": not problems}, indent=2,
                          default=lambda x: None))
