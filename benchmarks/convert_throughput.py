@@ -170,7 +170,7 @@ def main() -> int:
         plan = make_plan(src, Options())
         src_bytes, out_bytes = plan.source_bytes, plan.output_bytes
         floors, runs = [], {}
-        for rep in range(2):
+        for rep in range(3):
             floors.append(io_floor(src, work / f"floor{rep}", plan))
             shutil.rmtree(work / f"floor{rep}")
             for workers in (1, 2):
@@ -202,7 +202,7 @@ def main() -> int:
         "",
         f"Synthetic native checkpoint with the real expert shapes (hidden 4096, moe_inter 2048): "
         f"{n_exp} routed-expert tensors, {src_bytes / 1e6:.0f} MB in, {out_bytes / 1e6:.0f} MB out, {args.shards} shards. "
-        "Best of 2 runs each; source in page cache, output written with fsync.",
+        "Best of 3 runs each; source in page cache, output written with fsync.",
         "",
         "| what | seconds | MB/s (source) | x I/O floor |",
         "|---|---|---|---|",

@@ -232,6 +232,8 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
         new = Manifest(options.as_dict(), {"path": str(src), "index_sha256": index_sha256(src)})
         todo = []
         planned = [sp for sp in plan.shards if sp.jobs]
+        if old:
+            log(f"verifying the {len(old)} shard(s) an earlier run recorded in {dst} (SHA-256) ...")
         for sp in planned:
             entry = old.get(sp.name)
             if _shard_is_done(dst, entry, _source_ids(plan, sp)):
