@@ -176,7 +176,11 @@ def _worker_init(queue, threads):
 
 
 def _worker_run(src, dst, sp, options, device, expert_kernel):
-    return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n), expert_kernel=expert_kernel)
+    try:
+        return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n), expert_kernel=expert_kernel)
+    except FormatError as e:
+        # FormatError does not survive pickling back to the parent; CheckpointError does.
+        raise CheckpointError(f"shard {sp.name}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------
