@@ -144,6 +144,7 @@ def test_nan_scale_byte_is_refused_without_partial_output(broken, tmp_path, caps
     rc = cli("convert", broken, dst, "--quiet")
     err = capsys.readouterr().err
     assert rc != 0 and "NaN" in err and name.replace(".scale", ".weight") in err and "re-download" in err
+    assert shard.name in err
     assert not dst.exists()
     assert cli("convert", broken, dst, "--quiet", "--workers", "2") != 0          # raised in a worker process
     err = capsys.readouterr().err

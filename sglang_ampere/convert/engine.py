@@ -155,6 +155,11 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
                 acc[2] += sn[1]
             report(job.in_bytes)
         sha = writer.finish()
+    except FormatError as e:
+        writer.abort()
+        # Name the shard too (and CheckpointError, unlike FormatError, survives the trip back
+        # from a worker process).
+        raise CheckpointError(f"shard {job.weight_shard}: {e}") from None
     except BaseException:
         writer.abort()
         raise
@@ -176,11 +181,7 @@ def _worker_init(queue, threads):
 
 
 def _worker_run(src, dst, sp, options, device, expert_kernel):
-    try:
-        return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n), expert_kernel=expert_kernel)
-    except FormatError as e:
-        # FormatError does not survive pickling back to the parent; CheckpointError does.
-        raise CheckpointError(f"shard {sp.name}: {e}") from None
+    return convert_shard(src, dst, sp, options, device, report=lambda n: _QUEUE.put(n), expert_kernel=expert_kernel)
 
 
 # ------------------------------------------------------------------------------------------
