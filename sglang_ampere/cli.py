@@ -1,8 +1,9 @@
 """The ``sglang-ampere`` console script.
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``. Only the chosen command's module is imported, so ``--help`` and the
-launcher never pay for torch or SGLang imports they do not need.
+``run(args) -> int``, or ``OWN_ARGV = True`` and ``main(argv) -> int`` for a command that
+parses its own arguments. Only the chosen command's module is imported, so ``--help`` and
+the launcher never pay for torch or SGLang imports they do not need.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _build_parser(selected: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected in COMMANDS:
+        module = importlib.import_module(COMMANDS[selected][0])
+        if getattr(module, "OWN_ARGV", False):
+            # The command parses its own arguments (launch forwards the ones it does not
+            # know to SGLang, which argparse's parse_args would reject).
+            return int(module.main(argv[argv.index(selected) + 1:]) or 0)
     parser = _build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
