@@ -141,3 +141,15 @@ def test_interrupt_keeps_finished_shards_for_resume(native, reference, tmp_path,
     s = convert(native, dst, Options(), progress=False)
     assert len(s.skipped) == 2 and len(s.converted) == 2
     assert files_of(dst) == files_of(reference)
+
+
+def test_shards_the_source_no_longer_has_are_removed(native, reference, tmp_path):
+    dst = copy_ckpt(reference, tmp_path / "out")
+    stale = dst / "model-00009-of-00009.safetensors"
+    stale.write_bytes((dst / "model-00001-of-00004.safetensors").read_bytes())
+    man = json.loads((dst / MANIFEST_NAME).read_text())
+    man["shards"][stale.name] = dict(man["shards"]["model-00001-of-00004.safetensors"], name=stale.name)
+    (dst / MANIFEST_NAME).write_text(json.dumps(man))
+    convert(native, dst, Options(), progress=False)
+    assert not stale.exists()
+    assert files_of(dst) == files_of(reference)

@@ -246,8 +246,11 @@ def convert(src, dst, options: Options = Options(), workers: int = 1, device: st
                 summary.skipped.append(sp.name)
             else:
                 todo.append(sp)
+        keep = {sp.name for sp in planned}
+        for name in old:                   # shards an earlier run wrote that the source no longer has
+            if name not in keep:
+                (dst / name).unlink(missing_ok=True)
         if overwrite:                      # shards of an earlier, different conversion
-            keep = {sp.name for sp in planned}
             for p in dst.glob("*.safetensors"):
                 if p.name not in keep:
                     p.unlink()
