@@ -15,6 +15,10 @@ The presets are data (``env/<arch>.toml``, shipped as package ``sglang_ampere.en
     flag = "--context-length"
     value = "65536"               # omit for a flag without a value
     reason = "one line"
+
+A preset may start from a built-in one with ``extends = "sm86"`` in ``[preset]``: it then lists
+only what differs. An entry with the same variable name or flag replaces the base's entry in
+place (value and reason); new entries come after the base's.
 """
 
 from __future__ import annotations
@@ -75,9 +79,12 @@ def _str(entry: dict, key: str, where: str, required: bool = True) -> str | None
     return value
 
 
-def parse_preset(data: dict, source: str) -> Preset:
-    """Validate a parsed TOML document and build a :class:`Preset`."""
+def parse_preset(data: dict, source: str, _chain: tuple[str, ...] = ()) -> Preset:
+    """Validate a parsed TOML document and build a :class:`Preset` (resolving ``extends``)."""
     meta = data.get("preset", {})
+    unknown_meta = set(meta) - {"arch", "description", "min_memory_gib", "extends"}
+    if unknown_meta:
+        raise PresetError(f"{source}: unknown [preset] key(s) {sorted(unknown_meta)}; allowed: arch, description, min_memory_gib, extends")
     unknown = set(data) - {"preset", "env", "arg"}
     if unknown:
         raise PresetError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: preset, env, arg")
@@ -104,7 +111,7 @@ def parse_preset(data: dict, source: str) -> Preset:
         flags.add(flag)
         args.append(ArgEntry(flag, _str(a, "value", where, required=False), _str(a, "reason", where)))
     arch = meta.get("arch")
-    return Preset(
+    preset = Preset(
         arch=arch if isinstance(arch, str) else None,
         description=str(meta.get("description", "")),
         source=source,
@@ -112,13 +119,40 @@ def parse_preset(data: dict, source: str) -> Preset:
         args=tuple(args),
         min_memory_gib=meta.get("min_memory_gib"),
     )
+    base = meta.get("extends")
+    if base is None:
+        return preset
+    if base in _chain or base == source:
+        raise PresetError(f"{source}: 'extends' loops back to {base}")
+    return _extend(_load_builtin(base, _chain + (source,)), preset)
+
+
+def _extend(base: Preset, child: Preset) -> Preset:
+    """``child`` on top of ``base``: same-named entries replaced in place, new ones appended."""
+    def merge(old, new, key):
+        mine = {key(e): e for e in new}
+        merged = [mine.pop(key(e), e) for e in old]
+        return tuple(merged + [e for e in new if key(e) in mine])
+
+    return Preset(
+        arch=child.arch or base.arch,
+        description=child.description or base.description,
+        source=child.source,
+        env=merge(base.env, child.env, lambda e: e.name),
+        args=merge(base.args, child.args, lambda a: a.flag),
+        min_memory_gib=child.min_memory_gib if child.min_memory_gib is not None else base.min_memory_gib,
+    )
 
 
 def load_builtin(arch: str) -> Preset:
+    return _load_builtin(arch, ())
+
+
+def _load_builtin(arch: str, chain: tuple[str, ...]) -> Preset:
     if arch not in KNOWN_ARCHES:
         raise PresetError(f"no preset for {arch!r}; known: {', '.join(KNOWN_ARCHES)}")
     text = resources.files("sglang_ampere.env").joinpath(f"{arch}.toml").read_text(encoding="utf-8")
-    return parse_preset(tomllib.loads(text), arch)
+    return parse_preset(tomllib.loads(text), arch, chain)
 
 
 def load_file(path: str | Path) -> Preset:

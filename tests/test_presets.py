@@ -154,3 +154,36 @@ def test_nsa_flags_really_are_gone_from_sglang():
     text = "\n".join(t for r, t in sglang_sources().items() if r.startswith("srt/arg_groups/"))
     assert "--nsa-prefill-backend" not in text and "nsa_prefill_backend" not in text
     assert "dsa_prefill_backend" in text
+
+
+def test_extends_replaces_in_place_and_appends(tmp_path):
+    from sglang_ampere.launch.presets import PresetError, load_file
+
+    base = load_builtin("sm86")
+    f = tmp_path / "mine.toml"
+    f.write_text('[preset]\nextends = "sm86"\n\n'
+                 '[[env]]\nname = "SGLANG_OPT_USE_TOPK_V2"\nvalue = "1"\nreason = "testing top-k v2"\n\n'
+                 '[[env]]\nname = "MY_VAR"\nvalue = "x"\nreason = "mine"\n\n'
+                 '[[arg]]\nflag = "--context-length"\nvalue = "8192"\nreason = "short"\n')
+    p = load_file(f)
+    assert [e.name for e in p.env] == [e.name for e in base.env] + ["MY_VAR"]
+    topk = next(e for e in p.env if e.name == "SGLANG_OPT_USE_TOPK_V2")
+    assert (topk.value, topk.reason) == ("1", "testing top-k v2")
+    assert [a.flag for a in p.args] == [a.flag for a in base.args]
+    assert next(a for a in p.args if a.flag == "--context-length").value == "8192"
+    assert p.arch == "sm86" and p.source == str(f)
+    f.write_text('[preset]\nextends = "sm77"\n')
+    with pytest.raises(PresetError, match="no preset for 'sm77'"):
+        load_file(f)
+    f.write_text('[preset]\nextend = "sm86"\n')
+    with pytest.raises(PresetError, match=r"unknown \[preset\] key\(s\) \['extend'\]"):
+        load_file(f)
+
+
+def test_derived_presets_differ_from_sm86_only_where_they_say():
+    sm86 = load_builtin("sm86")
+    assert load_builtin("sm89").env == tuple(
+        e if e.name != "SGLANG_OPT_USE_TILELANG_INDEXER" else next(x for x in load_builtin("sm89").env if x.name == e.name)
+        for e in sm86.env)
+    assert load_builtin("sm80").env == sm86.env
+    assert [a.flag for a in load_builtin("sm80").args] == [a.flag for a in sm86.args]
