@@ -201,3 +201,10 @@ def test_int8_block_and_channel(gen, shape):
         F.int8_block_dequantize(u, s, "w")
     with pytest.raises(F.FormatError, match="channel scale shape"):
         F.uint8_channel_dequantize(u, rs[:-1], "w")
+
+
+def test_format_error_pickles():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(F.FormatError("layers.1.attn.wkv.scale", "bad")))
+    assert isinstance(e, F.FormatError) and e.tensor == "layers.1.attn.wkv.scale" and str(e) == "layers.1.attn.wkv.scale: bad"

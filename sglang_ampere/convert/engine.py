@@ -157,8 +157,7 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
         sha = writer.finish()
     except FormatError as e:
         writer.abort()
-        # Name the shard too (and CheckpointError, unlike FormatError, survives the trip back
-        # from a worker process).
+        # The codec names the tensor; the user also needs the shard.
         raise CheckpointError(f"shard {job.weight_shard}: {e}") from None
     except BaseException:
         writer.abort()

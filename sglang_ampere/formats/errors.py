@@ -6,7 +6,11 @@ class FormatError(ValueError):
 
     def __init__(self, name: str | None, problem: str):
         self.tensor = name
+        self.problem = problem
         super().__init__(f"{name}: {problem}" if name else problem)
+
+    def __reduce__(self):  # survive the trip back from a worker process
+        return (type(self), (self.tensor, self.problem))
 
 
 def check_dtype(t, allowed, name: str | None, what: str) -> None:
