@@ -16,15 +16,15 @@ from . import __version__
 
 #: name -> (module, one-line help). Order is the order ``--help`` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("sglang_ampere.quickstart", "synth -> convert -> audit in one folder, then say what to run next"),
     "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
-    "kernel-report": ("sglang_ampere.kernel_report", "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
     "convert": ("sglang_ampere.convert.cli", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
     "audit": ("sglang_ampere.convert.audit", "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
-    "quickstart": ("sglang_ampere.quickstart", "synth -> convert -> audit in one folder, then say what to run next"),
     "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
     "doctor": ("sglang_ampere.doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
     "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),
     "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int path ahead of time"),
+    "kernel-report": ("sglang_ampere.kernel_report", "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
 }
 
 
