@@ -30,7 +30,7 @@ DENSE_TARGETS = ["*.attn.wq_a", "*.attn.wq_b", "*.attn.wkv", "*.attn.wo_a", "*.a
                  "*.ffn.shared_experts.w2", "*.ffn.shared_experts.w3", "mtp.*.e_proj", "mtp.*.h_proj"]
 
 
-def published_quant_config(strategy: str, scale_mode: str = "mse") -> dict:
+def published_quant_config(strategy: str, scale_mode: str = "mse", extra_ignore=()) -> dict:
     weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": strategy}
     if strategy == "block":
         weights["block_size"] = [128, 128]
@@ -51,7 +51,7 @@ def published_quant_config(strategy: str, scale_mode: str = "mse") -> dict:
             },
         },
         "ignore": ["embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
-                   "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*"],
+                   "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*", *extra_ignore],
     }
 
 

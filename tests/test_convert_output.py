@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from convert_testlib import cli, files_of, fresh_seed, header_of, make_native
+from dsv4int_testlib import published_quant_config
 from safetensors.torch import load_file
 
 from sglang_ampere import QUANT_METHOD
@@ -19,38 +20,8 @@ from sglang_ampere.formats import (fp8_block_dequantize, int4_group_dequantize, 
                                    uint8_channel_dequantize)
 from sglang_ampere.inventory import DENSE, EXPERT, classify, native_inventory
 
-#: Section 7 of the format reference, verbatim (placeholders filled per options).
-PUBLISHED_DENSE_TARGETS = ["*.attn.wq_a", "*.attn.wq_b", "*.attn.wkv", "*.attn.wo_a", "*.attn.wo_b",
-                           "*.attn.indexer.wq_b", "*.attn.indexer.compressor.wkv",
-                           "*.attn.indexer.compressor.wgate", "*.ffn.shared_experts.w1",
-                           "*.ffn.shared_experts.w2", "*.ffn.shared_experts.w3",
-                           "mtp.*.e_proj", "mtp.*.h_proj"]
-PUBLISHED_IGNORE = ["embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
-                    "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*"]
-
-
-def published(strategy, scale_mode, extra_ignore=()):
-    w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": strategy}
-    if strategy == "block":
-        w["block_size"] = [128, 128]
-    return {
-        "quant_method": "dsv4_int",
-        "format": "int_packed",
-        "config_groups": {
-            "experts_w4a16": {
-                "weights": {"num_bits": 4, "type": "int", "format": "int4", "symmetric": True,
-                            "group_size": 32, "strategy": "group", "scale_mode": scale_mode},
-                "input_activations": {"num_bits": 16, "type": "float"},
-                "targets": ["*.ffn.experts.*.w1", "*.ffn.experts.*.w2", "*.ffn.experts.*.w3"],
-            },
-            "linears_w8a16": {
-                "weights": w,
-                "input_activations": {"num_bits": 16, "type": "float"},
-                "targets": PUBLISHED_DENSE_TARGETS,
-            },
-        },
-        "ignore": PUBLISHED_IGNORE + list(extra_ignore),
-    }
+# The published schema, written from the format reference independently of convert/config.py.
+published = published_quant_config
 
 
 @pytest.fixture(scope="module")
