@@ -21,6 +21,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from ..formats.blocks import block_scale_shape
+from ..formats.constants import INT4_GROUP
 from ..inventory import DENSE, EXPERT, PRESERVED, classify, native_inventory
 from .config import ROUTED_EXPERTS_QUANT_METHOD
 from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
@@ -102,7 +104,7 @@ def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) ->
                 counts["missing_scales"] += 1
                 problems.append(f"{where}: missing scale {r.base}.scale")
                 continue
-            want = [shape[0], 2 * shape[1] // 32]
+            want = [shape[0], 2 * shape[1] // INT4_GROUP]
             if sinfo.dtype != "BF16" or list(sinfo.shape) != want:
                 problems.append(f"{where}: expert scale must be BF16 {want}, got {sinfo.dtype} {list(sinfo.shape)}")
                 continue
@@ -119,7 +121,7 @@ def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) ->
                 problems.append(f"{where}: missing scale {r.base}.scale")
                 continue
             n_, k_ = shape if len(shape) == 2 else (0, 0)
-            if info.dtype == "I8" and sinfo.dtype == "BF16" and list(sinfo.shape) == [-(-n_ // 128), -(-k_ // 128)]:
+            if info.dtype == "I8" and sinfo.dtype == "BF16" and list(sinfo.shape) == list(block_scale_shape(n_, k_)):
                 classes[C_BLOCK].append(n)
             elif info.dtype == "U8" and sinfo.dtype == "BF16" and list(sinfo.shape) == [n_]:
                 classes[C_CHANNEL].append(n)
