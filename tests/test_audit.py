@@ -127,6 +127,15 @@ def test_converted_problems_exit_non_zero_and_are_listed(converted, tmp_path, ca
     assert "missing scales: 1" in out
 
 
+def test_config_is_checked_by_the_strict_schema(converted, tmp_path, capsys):
+    bad = copy_ckpt(converted, tmp_path / "bad")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["quantization_config"]["config_groups"]["experts_w4a16"]["weights"]["group_size"] = 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert cli("audit", bad) == 1
+    assert "key 'config_groups.experts_w4a16.weights.group_size': is 64" in capsys.readouterr().out
+
+
 def test_preserved_tensor_changed_is_a_fidelity_problem(native, converted, tmp_path, capsys):
     bad = copy_ckpt(converted, tmp_path / "bad")
     name = "norm.weight"

@@ -35,7 +35,7 @@ def test_moe_tp2_shards_and_recombines():
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     from sglang_ampere.quant.config import Dsv4IntConfig
-    from sglang_ampere.quant.schema import parse_quantization_config
+    from sglang_ampere.schema import parse_quantization_config
 
     g = torch.Generator().manual_seed(8)
     ck = {}

@@ -65,7 +65,7 @@ def test_tp2_column_merged_and_row_parallel(strategy, rank_builder):
 
     from sglang_ampere.quant.config import Dsv4IntConfig
     from sglang_ampere.quant.int8_linear import Dsv4Int8LinearMethod
-    from sglang_ampere.quant.schema import parse_quantization_config
+    from sglang_ampere.schema import parse_quantization_config
 
     g = torch.Generator().manual_seed(4)
     h, inter, n_col = 512, 512, 512
@@ -132,7 +132,7 @@ def test_block_shard_that_splits_a_scale_block_is_refused(rank_builder):
     from sglang.srt.layers.linear import ColumnParallelLinear
 
     from sglang_ampere.quant.config import Dsv4IntConfig
-    from sglang_ampere.quant.schema import parse_quantization_config
+    from sglang_ampere.schema import parse_quantization_config
 
     cfg = Dsv4IntConfig(parse_quantization_config(published_quant_config("block")),
                         _index("block", {"layers.2.attn.wq_b": (384, 256)}))

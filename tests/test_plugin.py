@@ -108,7 +108,7 @@ def test_hook_with_missing_target_is_reported_by_name(tmp_path, monkeypatch):
 
         from dsv4int_testlib import published_quant_config
         from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError
-        from sglang_ampere.quant.schema import parse_quantization_config
+        from sglang_ampere.schema import parse_quantization_config
 
         with pytest.raises(Dsv4IntError, match="_no_such_function"):
             Dsv4IntConfig(parse_quantization_config(published_quant_config("block")), {})
@@ -159,7 +159,7 @@ def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
     from sglang_ampere import plugin
     from sglang_ampere.patches import dsv4_loader
     from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError
-    from sglang_ampere.quant.schema import parse_quantization_config
+    from sglang_ampere.schema import parse_quantization_config
 
     plugin.register()
     wrapped = dsv4._prepare_deepseek_v4_weights

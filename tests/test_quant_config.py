@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dsv4int_testlib import published_quant_config
-from sglang_ampere.quant.schema import SchemaError, parse_quantization_config
+from sglang_ampere.schema import SchemaError, parse_quantization_config
 
 
 @pytest.mark.parametrize("strategy", ["block", "channel"])
@@ -219,3 +219,13 @@ def test_fused_block_pair_with_ragged_rows_is_refused():
     t["layers.2.attn.wkv.scale"] = ("BF16", (3, 2))
     with pytest.raises(Dsv4IntError, match="SGLANG_OPT_FUSE_WQA_WKV=0"):
         _config(tensors=t).get_quant_method(LinearBase(1, 1), "model.layers.2.self_attn.wqkv_a")
+
+
+@pytest.mark.parametrize("strategy", ["block", "channel"])
+def test_what_convert_writes_parses_back(strategy):
+    from sglang_ampere.schema import make_quantization_config
+
+    qc = make_quantization_config(strategy, "mse", ["layers.*.attn.wo_a"])
+    assert qc == {**published_quant_config(strategy, "mse", ["layers.*.attn.wo_a"]), "routed_experts_quant_method": "int4"}
+    schema = parse_quantization_config(qc)
+    assert schema.dense_strategy == strategy and schema.is_ignored("layers.3.attn.wo_a")

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..formats.blocks import block_scale_shape
 from ..formats.constants import INT4_GROUP
 from ..inventory import DENSE, EXPERT, PRESERVED, classify, native_inventory
-from .config import ROUTED_EXPERTS_QUANT_METHOD
+from ..schema import ROUTED_EXPERTS_INT4, ROUTED_EXPERTS_KEY, SchemaError, parse_quantization_config
 from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
 from .options import Options
 from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, PRESERVED_DTYPES, make_plan, read_config
@@ -135,20 +135,15 @@ def _check_config(config: dict, classes: dict, problems: list[str]) -> None:
     qc = config.get("quantization_config") or {}
     if config.get("expert_dtype") != "int4":
         problems.append(f"config.json: expert_dtype is {config.get('expert_dtype')!r}, must be 'int4' (loaders would take the MXFP4 path)")
-    rq = qc.get("routed_experts_quant_method")
-    if rq is None or rq == "mxfp4":
-        problems.append(f"config.json: quantization_config.routed_experts_quant_method is {rq!r}; set it to "
-                        f"{ROUTED_EXPERTS_QUANT_METHOD!r} or SGLang 0.5.23 takes the INT4 experts for MXFP4")
-    groups = qc.get("config_groups") or {}
-    for g in ("experts_w4a16", "linears_w8a16"):
-        if g not in groups:
-            problems.append(f"config.json: quantization_config.config_groups.{g} is missing")
-    if "ignore" not in qc:
-        problems.append("config.json: quantization_config.ignore is missing")
-    ew = (groups.get("experts_w4a16") or {}).get("weights") or {}
-    if ew and (ew.get("num_bits") != 4 or ew.get("group_size") != 32 or ew.get("format") != "int4"):
-        problems.append(f"config.json: experts_w4a16.weights {ew} is not INT4 group 32")
-    strategy = ((groups.get("linears_w8a16") or {}).get("weights") or {}).get("strategy")
+    if qc.get(ROUTED_EXPERTS_KEY) is None:
+        problems.append(f"config.json: quantization_config.{ROUTED_EXPERTS_KEY} is missing; set it to "
+                        f"{ROUTED_EXPERTS_INT4!r} or SGLang 0.5.23 takes the INT4 experts for MXFP4")
+    try:
+        schema = parse_quantization_config(qc)
+    except SchemaError as e:
+        problems.append(f"config.json: {e}")
+        return
+    strategy = schema.dense_strategy
     if classes[C_BLOCK] and strategy != "block":
         problems.append(f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_BLOCK])} dense tensors are block INT8")
     if classes[C_CHANNEL] and strategy != "channel":

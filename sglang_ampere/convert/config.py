@@ -1,9 +1,9 @@
 """config.json and model.safetensors.index.json of a dsv4_int checkpoint.
 
 The ``quantization_config`` is exactly the published dsv4_int schema (reference
-dsv4-flash-format.md section 7), plus one key SGLang 0.5.23 reads:
-``routed_experts_quant_method`` — without it SGLang probes a routed-expert tensor, sees I8
-bytes and takes the packed INT4 experts for MXFP4. Provenance (source, revision, index hash,
+dsv4-flash-format.md section 7, built by :func:`sglang_ampere.schema.make_quantization_config`),
+plus one key SGLang 0.5.23 reads: ``routed_experts_quant_method`` — without it SGLang probes a
+routed-expert tensor, sees I8 bytes and takes the packed INT4 experts for MXFP4. Provenance (source, revision, index hash,
 converter version, options) goes in a separate top-level key, ``dsv4_int_conversion``, so the
 schema itself stays as published. ``expert_dtype`` becomes ``"int4"``.
 """
@@ -16,50 +16,17 @@ import json
 import re
 from pathlib import Path
 
-from .. import QUANT_METHOD, __version__
-from ..formats.constants import BLOCK, INT4_GROUP
+from .. import __version__
+from ..schema import make_quantization_config
 from .options import Options
 
-EXPERT_TARGETS = ["*.ffn.experts.*.w1", "*.ffn.experts.*.w2", "*.ffn.experts.*.w3"]
-DENSE_TARGETS = ["*.attn.wq_a", "*.attn.wq_b", "*.attn.wkv", "*.attn.wo_a", "*.attn.wo_b",
-                 "*.attn.indexer.wq_b", "*.attn.indexer.compressor.wkv",
-                 "*.attn.indexer.compressor.wgate", "*.ffn.shared_experts.w1",
-                 "*.ffn.shared_experts.w2", "*.ffn.shared_experts.w3",
-                 "mtp.*.e_proj", "mtp.*.h_proj"]
-IGNORE = ["embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
-          "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*"]
 #: scale_mode values written for each --expert-scale (the published names where they exist).
 SCALE_MODE_NAMES = {"absmax": "absmax7", "mse": "mse", "optimal": "optimal"}
-#: Anything but "mxfp4" stops SGLang's MXFP4 auto-detection of I8 expert bytes.
-ROUTED_EXPERTS_QUANT_METHOD = "int4"
 PROVENANCE_KEY = "dsv4_int_conversion"
 
 
 def quantization_config(options: Options) -> dict:
-    dense_w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": options.dense_mode}
-    if options.dense_mode == "block":
-        dense_w["block_size"] = [BLOCK, BLOCK]
-    ignore = list(IGNORE) + [p for p in options.keep_bf16 if p not in IGNORE]
-    return {
-        "quant_method": QUANT_METHOD,
-        "format": "int_packed",
-        "config_groups": {
-            "experts_w4a16": {
-                "weights": {"num_bits": 4, "type": "int", "format": "int4", "symmetric": True,
-                            "group_size": INT4_GROUP, "strategy": "group",
-                            "scale_mode": SCALE_MODE_NAMES[options.expert_mode]},
-                "input_activations": {"num_bits": 16, "type": "float"},
-                "targets": list(EXPERT_TARGETS),
-            },
-            "linears_w8a16": {
-                "weights": dense_w,
-                "input_activations": {"num_bits": 16, "type": "float"},
-                "targets": list(DENSE_TARGETS),
-            },
-        },
-        "ignore": ignore,
-        "routed_experts_quant_method": ROUTED_EXPERTS_QUANT_METHOD,
-    }
+    return make_quantization_config(options.dense_mode, SCALE_MODE_NAMES[options.expert_mode], options.keep_bf16)
 
 
 def source_revision(src: Path) -> str | None:

@@ -1,6 +1,5 @@
 """dsv4_int inside SGLang 0.5.23.
 
-* :mod:`.schema`        -- the published ``quantization_config`` schema, parsed strictly (no SGLang).
 * :mod:`.config`        -- ``Dsv4IntConfig``: per-layer decisions from the checkpoint's real dtypes.
 * :mod:`.int8_linear`   -- INT8 W8A16 dense method (Marlin uint8b128 on sm_80+, torch reference elsewhere).
 * :mod:`.int4_moe`      -- INT4 W4A16 routed-expert method (Marlin uint4b8 g32, opt-in Triton WNA16, torch reference).

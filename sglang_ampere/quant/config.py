@@ -29,7 +29,7 @@ import torch
 from .. import QUANT_METHOD
 from ..formats.blocks import block_scale_shape
 from ..formats.constants import INT4_GROUP
-from .schema import Dsv4IntSchema, parse_quantization_config
+from ..schema import Dsv4IntSchema, parse_quantization_config
 
 from sglang.srt.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 

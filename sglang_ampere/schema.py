@@ -17,7 +17,10 @@ This is the schema of the already-published dsv4_int conversions of DeepSeek-V4-
      "ignore": ["embed", "head", ...]}
 
 Every key is checked: a missing or unknown key, or a value this package cannot serve, is a
-:class:`SchemaError` whose message names the key path. Pure Python; no torch, no SGLang.
+:class:`SchemaError` whose message names the key path. The converter writes the schema with
+:func:`make_quantization_config`, the audit and ``Dsv4IntConfig`` read it with
+:func:`parse_quantization_config`: one place for both directions. Pure Python; no torch, no
+SGLang.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .. import QUANT_METHOD
-from ..formats.constants import BLOCK, INT4_GROUP
+from . import QUANT_METHOD
+from .formats.constants import BLOCK, INT4_GROUP
 
 #: Keys SGLang adds to the dict it hands to ``from_config`` (weight_utils.get_quant_config).
 SGLANG_INJECTED_KEYS = frozenset({"packed_modules_mapping", "hf_config", "requantization_method"})
@@ -38,6 +41,50 @@ ROUTED_EXPERTS_KEY = "routed_experts_quant_method"
 EXPERTS_GROUP = "experts_w4a16"
 LINEARS_GROUP = "linears_w8a16"
 STRATEGIES = ("block", "channel")
+
+#: The published checkpoints' target and ignore lists (reference section 7), written as they are.
+#: The dense list is declarative and broader than what is INT8 (the indexer compressor stays
+#: BF16): loaders decide from the tensors' real dtypes.
+EXPERT_TARGETS = ("*.ffn.experts.*.w1", "*.ffn.experts.*.w2", "*.ffn.experts.*.w3")
+DENSE_TARGETS = ("*.attn.wq_a", "*.attn.wq_b", "*.attn.wkv", "*.attn.wo_a", "*.attn.wo_b",
+                 "*.attn.indexer.wq_b", "*.attn.indexer.compressor.wkv",
+                 "*.attn.indexer.compressor.wgate", "*.ffn.shared_experts.w1",
+                 "*.ffn.shared_experts.w2", "*.ffn.shared_experts.w3",
+                 "mtp.*.e_proj", "mtp.*.h_proj")
+IGNORE = ("embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
+          "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*")
+#: What ``convert`` writes under ROUTED_EXPERTS_KEY: anything but "mxfp4" stops SGLang's
+#: MXFP4 auto-detection of I8 expert bytes.
+ROUTED_EXPERTS_INT4 = "int4"
+
+
+def make_quantization_config(dense_strategy: str, scale_mode: str, extra_ignore=()) -> dict:
+    """The quantization_config a dsv4_int checkpoint carries (the published schema, plus
+    ROUTED_EXPERTS_KEY, which SGLang 0.5.23 reads)."""
+    if dense_strategy not in STRATEGIES:
+        raise ValueError(f"dense strategy must be one of {STRATEGIES}, got {dense_strategy!r}")
+    dense_w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": dense_strategy}
+    if dense_strategy == "block":
+        dense_w["block_size"] = [BLOCK, BLOCK]
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": "int_packed",
+        "config_groups": {
+            EXPERTS_GROUP: {
+                "weights": {"num_bits": 4, "type": "int", "format": "int4", "symmetric": True,
+                            "group_size": INT4_GROUP, "strategy": "group", "scale_mode": scale_mode},
+                "input_activations": {"num_bits": 16, "type": "float"},
+                "targets": list(EXPERT_TARGETS),
+            },
+            LINEARS_GROUP: {
+                "weights": dense_w,
+                "input_activations": {"num_bits": 16, "type": "float"},
+                "targets": list(DENSE_TARGETS),
+            },
+        },
+        "ignore": list(IGNORE) + [p for p in extra_ignore if p not in IGNORE],
+        ROUTED_EXPERTS_KEY: ROUTED_EXPERTS_INT4,
+    }
 
 
 class SchemaError(ValueError):
