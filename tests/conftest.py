@@ -7,6 +7,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One torch thread for the whole session: on the 2-core CI machine two threads are several
+# times slower than one (OpenMP spinning while subprocesses compete for the cores), and the
+# converter itself runs one thread per worker.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def seed(request):

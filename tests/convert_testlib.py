@@ -15,14 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from sglang_ampere.synth import SynthSpec, write_checkpoint
 
-# Two threads on this shared 2-core CI machine are several times slower than one (OpenMP
-# spinning); the converter itself also runs one thread per worker.
-import torch  # noqa: E402
-
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
-PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+PY = sys.executable
 
 #: Small but odd-ish: 3 layers (SWA, SWA, CSA), 5 experts, MTP, 3 shards.
 SMALL = dict(layers=3, experts=5, topk=2, hidden=256, moe_inter=384, heads=4, q_lora_rank=256,
