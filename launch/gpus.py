@@ -105,6 +105,14 @@ def detect_gpus(environ: Mapping[str, str], smi_output: str | None = None) -> li
     return apply_visible_devices(parse_nvidia_smi(text), environ.get("CUDA_VISIBLE_DEVICES"))
 
 
+def detect_gpus_or_reason(environ: Mapping[str, str], smi_output: str | None = None) -> tuple[list[Gpu], str]:
+    """``(visible GPUs, why there are none)``: the reason is meaningful only when the list is empty."""
+    try:
+        return detect_gpus(environ, smi_output), "nvidia-smi lists no GPU visible to CUDA (check CUDA_VISIBLE_DEVICES)"
+    except GpuDetectionError as exc:
+        return [], str(exc)
+
+
 def summarize(gpus: list[Gpu]) -> str:
     """``"12 x NVIDIA GeForce RTX 3090 (sm86, 24 GiB)"``, grouping identical cards."""
     groups: dict[tuple[str, str, int], int] = {}

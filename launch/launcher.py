@@ -228,11 +228,7 @@ def resolve_arch(opts: argparse.Namespace, environ: Mapping[str, str], smi_outpu
     gpu = (opts.gpu or "auto").lower()
     if gpu != "auto" and gpu not in KNOWN_ARCHES:
         raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(KNOWN_ARCHES)}")
-    try:
-        found = gpus_mod.detect_gpus(environ, smi_output)
-        why_none = "nvidia-smi lists no GPU visible to CUDA (check CUDA_VISIBLE_DEVICES)"
-    except gpus_mod.GpuDetectionError as exc:
-        found, why_none = [], str(exc)
+    found, why_none = gpus_mod.detect_gpus_or_reason(environ, smi_output)
     if gpu == "auto":
         if not found:
             raise LaunchError(f"no GPU detected: {why_none}. On a machine without a GPU, preview the "

@@ -177,11 +177,7 @@ def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> 
     from sglang_ampere.launch.presets import KNOWN_ARCHES
 
     checks = []
-    try:
-        found = gpus_mod.detect_gpus(environ, smi_output)
-        why = "nvidia-smi lists no GPU visible to CUDA (check CUDA_VISIBLE_DEVICES)"
-    except gpus_mod.GpuDetectionError as exc:
-        found, why = [], str(exc)
+    found, why = gpus_mod.detect_gpus_or_reason(environ, smi_output)
     if found:
         checks.append(Check("gpus", OK, "; ".join(g.describe() for g in found)))
     else:
