@@ -27,6 +27,7 @@ from importlib import metadata
 from typing import Mapping
 
 from . import SGLANG_PIN, QUANT_METHOD
+from .cuda_tools import find_cuda_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 ENTRY_POINT_GROUP = "sglang.srt.plugins"
@@ -240,7 +241,7 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]
         except (OSError, subprocess.TimeoutExpired) as exc:
             line = f"could not run: {exc}"
         checks.append(Check("nvcc", OK, f"{nvcc}: {line.strip()}"))
-        home = warmup.find_cuda_home(environ)
+        home = find_cuda_home(environ)
         if home is None:
             checks.append(Check("CUDA_HOME", FAIL, "no CUDA toolkit root with lib64/libcudart.so found",
                                 "export CUDA_HOME=/usr/local/cuda-XX.Y (the toolkit root, not a wrapper's folder)"))

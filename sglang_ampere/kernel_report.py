@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .cuda_tools import find_tool, read_sass, sass_counts, total
+
 #: Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024}
 ARCHES = ("sm_86", "sm_80")
@@ -55,24 +57,6 @@ class KernelResult:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def find_tool(name: str) -> str:
-    """cuobjdump / nvdisasm / nvcc: PATH first, then the copies that ship with Triton."""
-    hit = shutil.which(name)
-    if hit:
-        return hit
-    try:
-        import triton
-
-        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-        if cand.exists():
-            return str(cand)
-    except ImportError:
-        pass
-    raise FileNotFoundError(
-        f"{name} not found: install the CUDA toolkit (nvcc) or triton (it ships cuobjdump and "
-        f"nvdisasm in triton/backends/nvidia/bin), or put {name} on PATH")
 
 
 def _arch_num(arch: str) -> int:
@@ -124,13 +108,8 @@ def inspect_cubin(cubin: Path, r: KernelResult, ptxas_log: str = "") -> None:
         raise RuntimeError(f"could not parse cuobjdump -res-usage output for {cubin}:\n{res.stdout}")
     r.registers, stack, r.shared_static, r.local_bytes = (int(x) for x in m.groups())
     r.local_bytes = max(r.local_bytes, stack)
-    sass = subprocess.run([find_tool("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True)
-    if sass.returncode != 0:      # older nvdisasm: fall back to cuobjdump -sass
-        sass = subprocess.run([find_tool("cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True)
-    text = sass.stdout
-    r.hmma = len(re.findall(r"\bHMMA\.", text))
-    r.traps = len(re.findall(r"\bBPT\.TRAP\b", text))
-    r.ldl_stl = len(re.findall(r"\b(?:LDL|STL)(?:\.[A-Z0-9]+)*\s", text))
+    counts = total(sass_counts(read_sass(cubin)))
+    r.hmma, r.traps, r.ldl_stl = counts.hmma, counts.traps, counts.ldl + counts.stl
     stores = re.findall(r"(\d+) bytes spill stores", ptxas_log)
     loads = re.findall(r"(\d+) bytes spill loads", ptxas_log)
     r.spill_stores = sum(int(x) for x in stores) if stores else (0 if r.local_bytes == 0 else -1)

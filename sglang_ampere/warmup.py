@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .cuda_tools import find_cuda_home
+
 ARCH_CAPS = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0), "sm120": (12, 0)}
 
 
@@ -87,27 +89,6 @@ def cold_cache_notes(arch: str, environ: Mapping[str, str]) -> list[str]:
     return [f"note: SGLang's JIT cache ({cache_root(environ)}) is cold for {arch}: "
             f"{', '.join(t.key for t in missing)} will be compiled at start-up (about {minutes:.0f} min on a "
             f"small host; the server looks hung meanwhile). Build them first: sglang-ampere warmup --gpu {arch}"]
-
-
-def find_cuda_home(environ: Mapping[str, str]) -> str | None:
-    """The CUDA toolkit root (the one whose lib64 holds libcudart), for SGLang's JIT link step."""
-    if environ.get("CUDA_HOME") or environ.get("CUDA_PATH"):
-        return environ.get("CUDA_HOME") or environ.get("CUDA_PATH")
-    candidates = []
-    nvcc = shutil.which("nvcc", path=environ.get("PATH"))
-    if nvcc:
-        candidates.append(Path(nvcc).resolve().parent.parent)
-        try:  # a wrapper script such as `exec /usr/local/cuda-13.0/bin/nvcc "$@"`
-            for word in Path(nvcc).read_text(errors="ignore")[:4096].split():
-                if word.endswith("/bin/nvcc"):
-                    candidates.append(Path(word).parent.parent)
-        except OSError:
-            pass
-    candidates += [Path("/usr/local/cuda")] + sorted(Path("/usr/local").glob("cuda-*"), reverse=True)
-    for c in candidates:
-        if any(any((c / d).glob("libcudart.so*")) for d in ("lib64", "lib")):
-            return str(c)
-    return None
 
 
 # ----------------------------------------------------------------------------- command

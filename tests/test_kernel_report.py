@@ -12,6 +12,7 @@ import pytest
 
 from sglang_ampere import cli
 from sglang_ampere import kernel_report as K
+from sglang_ampere.cuda_tools import find_tool
 
 pytest.importorskip("tilelang")
 if shutil.which("nvcc") is None:
@@ -59,7 +60,7 @@ def test_cubins_are_for_the_requested_arch(report):
 
     arch, data = report
     cubin = data["kernels"][0]["cubin"]
-    out = subprocess.run([K.find_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
+    out = subprocess.run([find_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
     assert f"code for {arch}" in out and f"EF_CUDA_SM{arch[3:]}" in out
 
 

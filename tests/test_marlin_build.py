@@ -14,13 +14,14 @@ import pytest
 
 pytest.importorskip("sglang")
 
+from sglang_ampere.cuda_tools import find_tool  # noqa: E402
 from sglang_ampere.quant import marlin_sass  # noqa: E402
 
 
 def _toolchain_or_skip():
     try:
         marlin_sass.cuda_home()
-        marlin_sass.nvidia_tool("cuobjdump")
+        find_tool("cuobjdump")
     except FileNotFoundError as e:
         pytest.skip(f"no CUDA toolchain: {e}")
     if shutil.which("c++") is None:

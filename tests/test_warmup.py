@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sglang_ampere import warmup
+from sglang_ampere.cuda_tools import find_cuda_home
 
 CLI = Path(sys.executable).parent / "sglang-ampere"
 
@@ -50,8 +51,8 @@ def test_cuda_home_behind_an_nvcc_wrapper(tmp_path):
     wrapper = bindir / "nvcc"
     wrapper.write_text(f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
     wrapper.chmod(0o755)
-    assert warmup.find_cuda_home({"PATH": str(bindir)}) == str(toolkit)
-    assert warmup.find_cuda_home({"PATH": str(bindir), "CUDA_HOME": "/opt/x"}) == "/opt/x"
+    assert find_cuda_home({"PATH": str(bindir)}) == str(toolkit)
+    assert find_cuda_home({"PATH": str(bindir), "CUDA_HOME": "/opt/x"}) == "/opt/x"
 
 
 def test_unknown_arch_is_refused():

@@ -22,12 +22,12 @@ Instantiations (BF16 activations, ``pipe_stages`` = 4; tile tables = SGLang's
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..cuda_tools import SassCounts, find_cuda_home, find_tool, read_sass, sass_counts
 
 #: (threads, thread_n_blocks, thread_k_blocks) per table, m=1 and m=2..4 (SGLang 0.5.23).
 DENSE_M1 = [(256, 8, 8), (128, 8, 4), (128, 4, 8)]
@@ -92,50 +92,20 @@ def translation_unit(kind: str) -> str:
 
 
 def cuda_home() -> Path:
-    """The real toolkit root (``nvcc`` on PATH may be a wrapper script elsewhere)."""
-    env = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidates = [Path(env)] if env else []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = Path(nvcc).resolve()
-        candidates.append(real.parent.parent)
-        text = real.read_text(errors="ignore") if real.stat().st_size < 4096 else ""
-        m = re.search(r"(/\S+)/bin/nvcc", text)
-        if m:
-            candidates.append(Path(m.group(1)))
-    candidates.append(Path("/usr/local/cuda"))
-    for c in candidates:
-        if (c / "bin" / "nvcc").exists() and (c / "include" / "cuda_runtime.h").exists():
-            return c
-    raise FileNotFoundError("no CUDA toolkit found (set CUDA_HOME to the folder with bin/nvcc and include/)")
-
-
-def nvidia_tool(name: str) -> str:
-    """cuobjdump/nvdisasm: the toolkit's, else the copy bundled with Triton."""
-    own = cuda_home() / "bin" / name
-    if own.exists():
-        return str(own)
-    import triton
-
-    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-    if bundled.exists():
-        return str(bundled)
-    raise FileNotFoundError(f"{name} not found in the CUDA toolkit or Triton's bundle")
+    home = find_cuda_home()
+    if home is None:
+        raise FileNotFoundError("no CUDA toolkit found (set CUDA_HOME to the folder with bin/nvcc and include/)")
+    return Path(home)
 
 
 @dataclass
-class KernelStats:
-    name: str
+class KernelStats(SassCounts):
+    """SASS instruction counts (from :mod:`sglang_ampere.cuda_tools`) plus ptxas' figures."""
+    name: str = ""
     registers: int = 0
     stack: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
-    hmma: int = 0
-    hmma_bf16: int = 0
-    imma: int = 0
-    traps: int = 0
-    ldl: int = 0
-    stl: int = 0
 
 
 @dataclass
@@ -179,7 +149,7 @@ def _parse_ptxas(log: str, res: BuildResult) -> None:
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\S+)' for 'sm_(\d+)'", line)
         if m:
-            current = res.kernels.setdefault(m.group(1), KernelStats(m.group(1)))
+            current = res.kernels.setdefault(m.group(1), KernelStats(name=m.group(1)))
             continue
         if current is None:
             continue
@@ -192,32 +162,15 @@ def _parse_ptxas(log: str, res: BuildResult) -> None:
 
 
 def _inspect(res: BuildResult) -> None:
-    cuobjdump = nvidia_tool("cuobjdump")
+    cuobjdump = find_tool("cuobjdump")
     elf = subprocess.run([cuobjdump, "--list-elf", str(res.obj)], capture_output=True, text=True, check=True).stdout
     res.elf_archs = sorted(set(re.findall(r"sm_(\d+)", elf)))
     ptx = subprocess.run([cuobjdump, "--list-ptx", str(res.obj)], capture_output=True, text=True).stdout
     res.has_ptx = ".ptx" in ptx
-    sass = subprocess.run([cuobjdump, "-sass", str(res.obj)], capture_output=True, text=True, check=True).stdout
-    current = None
-    for line in sass.splitlines():
-        m = re.search(r"Function : (\S+)", line)
-        if m:
-            current = res.kernels.setdefault(m.group(1), KernelStats(m.group(1)))
-            continue
-        if current is None:
-            continue
-        if re.search(r"\bHMMA\.", line):
-            current.hmma += 1
-            if ".BF16" in line:
-                current.hmma_bf16 += 1
-        if re.search(r"\bIMMA\b", line):
-            current.imma += 1
-        if "BPT.TRAP" in line:
-            current.traps += 1
-        if re.search(r"\bLDL\b", line):
-            current.ldl += 1
-        if re.search(r"\bSTL\b", line):
-            current.stl += 1
+    for name, counts in sass_counts(read_sass(res.obj)).items():
+        if name:
+            stats = res.kernels.setdefault(name, KernelStats(name=name))
+            stats += counts
 
 
 def demangle(names: list[str]) -> dict[str, str]:
