@@ -20,13 +20,23 @@ writer rules (``fused_store_flashmla_cache``: scale = max(1e-4, amax)/448 rounde
 power of two, values clipped to +-448 and rounded to e4m3fn). The tests use it to build caches
 that the kernels' integer decoder must read back; it uses torch's FP8 conversion, the kernels
 do not, so the two are independent.
+
+The C4 indexer's key cache (``IndexKLayout`` below) is a separate pool: pages of 64 index
+entries, each a 128-wide key in e4m3fn with one float32 scale::
+
+    page p (8448 bytes, contiguous):  64 x 128 e4m3fn key bytes (entry-major), then
+                                      64 x float32 scales (little-endian), entry order
+    key[p, j, d] = e4m3(byte[p*8448 + j*128 + d]) * f32(bytes[p*8448 + 8192 + 4j : +4])
+
+SGLang hands it to the indexer as a ``[pages, 64, 1, 132]`` view of those bytes (the view's
+inner shape is only a reshaping of the page: row j of the view is *not* entry j).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..formats.constants import E4M3_MAX, E8M0_BIAS
+from ..formats.constants import E4M3_BIAS, E4M3_MAX, E8M0_BIAS
 
 NOPE_DIM = 448
 ROPE_DIM = 64
@@ -40,6 +50,12 @@ PAGE_ALIGN = DATA_ROW_BYTES                          # page stride is a multiple
 SWA_PAGE_SIZE = 256
 C4_PAGE_SIZE = 64
 C128_PAGE_SIZE = 2
+#: C4 indexer key cache (see the module docstring).
+INDEX_DIM = 128
+INDEX_PAGE_SIZE = 64
+INDEX_ENTRY_BYTES = INDEX_DIM + 4                    # 132: key bytes + one float32 scale
+INDEX_PAGE_BYTES = INDEX_PAGE_SIZE * INDEX_ENTRY_BYTES   # 8448
+INDEX_SCALE_OFFSET = INDEX_PAGE_SIZE * INDEX_DIM         # 8192
 #: Smallest group absmax the writer uses (so an all-zero group gets a finite scale).
 AMAX_FLOOR = 1e-4
 
@@ -117,3 +133,56 @@ def read_rows_reference(buf: torch.Tensor, slots: torch.Tensor, page_size: int) 
     scale = sb.view(torch.float8_e8m0fnu).float()
     rope = data[:, NOPE_DIM:].contiguous().view(torch.bfloat16).float()
     return torch.cat([(nope * scale[..., None]).reshape(-1, NOPE_DIM), rope], dim=1)
+
+
+def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
+    """Raw e4m3fn bytes (uint8, any shape) -> float32 with integer operations only.
+
+    Sign ``s``, exponent ``e`` (4 bits, bias 7), mantissa ``m`` (3 bits): ``e > 0`` gives the
+    float32 with bits ``s | (e + 120) << 23 | m << 20``; ``e == 0`` gives ``m * 2^-9``. This
+    is what the kernels do on sm_86, which has no FP8 instructions (NaN bytes 0x7F/0xFF, which
+    no writer produces, decode to 480).
+    """
+    i = b.to(torch.int32)
+    e = (i >> 3) & 0xF
+    mant = i & 0x7
+    normal = ((e + (E8M0_BIAS - E4M3_BIAS)) << 23) | (mant << 20)
+    mag = torch.where(e > 0, normal.view(torch.float32), mant.to(torch.float32) * 2.0**-9)
+    return torch.where((i & 0x80) != 0, -mag, mag)
+
+
+def index_pool(num_pages: int, device=None) -> torch.Tensor:
+    """A zeroed indexer key pool ``[num_pages, 64, 1, 132]`` uint8 (the view SGLang passes)."""
+    return torch.zeros(num_pages, INDEX_PAGE_SIZE, 1, INDEX_ENTRY_BYTES, dtype=torch.uint8, device=device)
+
+
+def write_index_keys(pool: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> None:
+    """Store ``keys [n, 128]`` (any float dtype) at flat entries ``slots`` (= page * 64 + j).
+
+    Each key gets scale = max(amax, 1e-4) / 448 (float32) and e4m3fn values rounded by torch,
+    independent of the kernels' integer decoder.
+    """
+    if keys.ndim != 2 or keys.shape[1] != INDEX_DIM:
+        raise ValueError(f"expected keys [n, {INDEX_DIM}], got {tuple(keys.shape)}")
+    flat = pool.view(torch.uint8).reshape(pool.shape[0], INDEX_PAGE_BYTES)
+    k = keys.float()
+    scale = torch.clamp(k.abs().amax(-1), min=AMAX_FLOOR) / E4M3_MAX
+    q = (k / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
+    slots = slots.long().to(pool.device)
+    page, j = slots // INDEX_PAGE_SIZE, slots % INDEX_PAGE_SIZE
+    cols = torch.arange(INDEX_DIM, device=pool.device)
+    flat[page[:, None], (j * INDEX_DIM)[:, None] + cols] = q.to(pool.device)
+    cols = torch.arange(4, device=pool.device)
+    sbytes = scale.contiguous().view(torch.uint8).reshape(-1, 4)
+    flat[page[:, None], INDEX_SCALE_OFFSET + (j * 4)[:, None] + cols] = sbytes.to(pool.device)
+
+
+def read_index_keys_reference(pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys ``[pages, 64, 128]`` float32 decoded by torch's FP8 conversion, scales ``[pages, 64]``).
+
+    A test oracle, independent of the integer decoder.
+    """
+    flat = pool.view(torch.uint8).reshape(pool.shape[0], INDEX_PAGE_BYTES)
+    keys = flat[:, :INDEX_SCALE_OFFSET].contiguous().view(torch.float8_e4m3fn).float()
+    scales = flat[:, INDEX_SCALE_OFFSET:].contiguous().view(torch.float32)
+    return keys.reshape(-1, INDEX_PAGE_SIZE, INDEX_DIM), scales.reshape(-1, INDEX_PAGE_SIZE)

@@ -51,7 +51,6 @@ from typing import Callable
 import torch
 
 from .. import envvars
-from ..formats.constants import E4M3_BIAS, E8M0_BIAS
 from . import kv_layout as L
 
 __all__ = [
@@ -231,12 +230,7 @@ def _paged_regions(k_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, i
 
 def decode_kv_rows(data: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Integer-only decode: data ``[..., 576]`` uint8 + scale ``[..., 8]`` uint8 -> ``[..., 512]`` fp32."""
-    b = data[..., : L.NOPE_DIM].to(torch.int32)
-    e = (b >> 3) & 0xF
-    mant = b & 0x7
-    normal = ((e + (127 - E4M3_BIAS)) << 23) | (mant << 20)
-    mag = torch.where(e > 0, normal.view(torch.float32), mant.to(torch.float32) * 2.0**-9)
-    val = torch.where((b & 0x80) != 0, -mag, mag)
+    val = L.e4m3_bytes_to_float(data[..., : L.NOPE_DIM])
     s = scale[..., : L.NUM_SCALES].to(torch.int32)
     # 2^(s-127) as float32 bits; byte 0 (2^-127, a subnormal) never comes from the writer.
     sf = torch.where(s > 0, (s << 23).view(torch.float32), torch.full_like(s, 0, dtype=torch.float32) + 2.0**-127)
