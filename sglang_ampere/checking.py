@@ -21,6 +21,19 @@ def require(ok: bool, message: str) -> None:
         raise CheckFailed(message)
 
 
+def require_cuda_sm80(what: str) -> "torch.device":
+    """The CUDA device for a GPU check, or :class:`CheckFailed` saying why there is none.
+
+    ``what`` names the checks in the message (e.g. "the TileLang sparse-MLA checks").
+    """
+    if not torch.cuda.is_available():
+        raise CheckFailed(f"no CUDA device: {what} need an sm_80+ GPU")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        raise CheckFailed(f"sm_{major}{minor} is below sm_80; {what} need Ampere or newer")
+    return torch.device("cuda")
+
+
 def rel_frobenius(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``||actual - expected||_F / ||expected||_F`` in float64 (0 when both are zero)."""
     a, e = actual.double(), expected.double()

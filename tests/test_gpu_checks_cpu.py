@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sglang_ampere.checking import CheckFailed
 from sglang_ampere.kernels import gpu_checks as G
 from sglang_ampere.kernels import sparse_mla as S
 
@@ -34,7 +35,7 @@ def test_checks_list_covers_the_real_shapes():
 def test_without_cuda_the_checks_say_why():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(AssertionError, match="no CUDA device"):
+    with pytest.raises(CheckFailed, match="no CUDA device"):
         G.gpu_checks()[0][1]()
 
 
@@ -49,13 +50,13 @@ def test_paged_check_fails_for_a_wrong_kernel(on_cpu, monkeypatch):
     def no_sink(**kw):
         return _bf16_paged(**{**kw, "attn_sink": None})
     monkeypatch.setattr(S, "sparse_mla_paged_tilelang", no_sink)
-    with pytest.raises(AssertionError, match="rel err"):
+    with pytest.raises(CheckFailed, match="rel err"):
         G.check_paged(3, 4096, 4)
 
     def ignores_extra(**kw):
         return _bf16_paged(**{**kw, "extra_k_cache": None})
     monkeypatch.setattr(S, "sparse_mla_paged_tilelang", ignores_extra)
-    with pytest.raises(AssertionError):
+    with pytest.raises(CheckFailed):
         G.check_paged(3, 4096, 128)
 
 
@@ -65,5 +66,5 @@ def test_dense_check_passes_and_fails(on_cpu, monkeypatch):
     assert "max rel err" in G.check_dense(2, 4096)
     monkeypatch.setattr(S, "sparse_mla_tilelang", lambda q, kv, idx, sink, sc, topk_length=None:
                         S.sparse_mla_torch(q, kv, idx, sink, sc, None))       # ignores the lengths
-    with pytest.raises(AssertionError, match="rel err"):
+    with pytest.raises(CheckFailed, match="rel err"):
         G.check_dense(2, 4096)

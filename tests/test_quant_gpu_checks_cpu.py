@@ -8,6 +8,7 @@ import pytest
 
 pytest.importorskip("sglang")
 
+from sglang_ampere.checking import CheckFailed  # noqa: E402
 from sglang_ampere.quant import gpu_checks as g  # noqa: E402
 
 
@@ -34,5 +35,5 @@ def test_checks_refuse_without_cuda_when_asked_for_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(AssertionError, match="no CUDA device"):
+    with pytest.raises(CheckFailed, match="no CUDA device"):
         g.check_int8_linear("block")

@@ -6,7 +6,8 @@ layer exactly as the model does (our method's ``create_weights`` -> random dsv4_
 BF16 scales -> ``process_weights_after_loading``, i.e. the Marlin repack), runs the method's
 ``apply``, and compares with :func:`~sglang_ampere.quant.int8_linear.reference_linear` /
 :func:`~sglang_ampere.quant.int4_moe.reference_moe` on the original (pre-repack) tensors.
-It returns a one-line detail or raises ``AssertionError``. The first call JIT-compiles
+It returns a one-line detail or raises :class:`~sglang_ampere.checking.CheckFailed` (never
+``assert``, so ``python -O`` cannot turn a failure into a pass). The first call JIT-compiles
 SGLang's Marlin modules for this GPU (minutes, once; cached under ~/.cache/sglang/jit).
 
 The same functions run on CPU with small shapes in the CPU test-suite (both sides are then
@@ -19,6 +20,8 @@ from types import SimpleNamespace
 from typing import Callable
 
 import torch
+
+from ..checking import require, require_close, require_cuda_sm80, rel_frobenius
 
 #: Relative (Frobenius) error bound, BF16 activations / outputs.
 TOL = 1e-2
@@ -39,15 +42,7 @@ ROUTED_SCALING = 1.5
 
 def _require_ampere(device: str) -> None:
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise AssertionError("no CUDA device")
-        cap = torch.cuda.get_device_capability()
-        if cap < (8, 0):
-            raise AssertionError(f"dsv4_int needs sm_80+, this GPU is sm_{cap[0]}{cap[1]}")
-
-
-def _rel(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+        require_cuda_sm80("the dsv4_int kernel checks")
 
 
 def make_int8_layer(strategy: str, n: int, k: int, device: str, gen: torch.Generator):
@@ -81,14 +76,14 @@ def check_int8_linear(strategy: str, device: str = "cuda", shapes=DENSE_SHAPES, 
         method, layer, (w0, s0) = make_int8_layer(strategy, n, k, device, gen)
         marlin = layer.dsv4_int8_marlin
         if device == "cuda":
-            assert marlin, f"{name}: the Marlin path was not taken on {torch.cuda.get_device_name()}"
+            require(bool(marlin), f"{name}: the Marlin path was not taken on {torch.cuda.get_device_name()}")
         for m in tokens:
             x = torch.randn(m, k, generator=gen).to(device=device, dtype=torch.bfloat16)
             got = method.apply(layer, x)
             ref = reference_linear(x, w0, s0, strategy)
-            assert got.shape == ref.shape and got.dtype == torch.bfloat16, f"{name} M={m}: {got.shape} {got.dtype}"
-            err = _rel(got, ref)
-            assert err <= TOL, f"{name} [{n}x{k}] M={m}: relative error {err:.2e} > {TOL}"
+            require(got.shape == ref.shape and got.dtype == torch.bfloat16, f"{name} M={m}: {got.shape} {got.dtype}")
+            err = rel_frobenius(got, ref)
+            require_close(f"{name} [{n}x{k}] M={m}", "relative error", err, TOL)
             worst = max(worst, err)
         del layer
     return f"{len(shapes)} shapes x M{list(tokens)}, worst rel err {worst:.1e} ({'Marlin' if marlin else 'reference'})"
@@ -134,7 +129,7 @@ def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, to
     gen = torch.Generator().manual_seed(seed)
     method, layer, o = make_moe_layer(backend, device, gen, **shape)
     if device == "cuda":
-        assert method.active == backend, f"expected the {backend} path, got {method.active}"
+        require(method.active == backend, f"expected the {backend} path, got {method.active}")
     worst, clamp_effect = 0.0, 0.0
     for m in tokens:
         x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
@@ -149,13 +144,13 @@ def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, to
         scale = ROUTED_SCALING if x.is_cuda else None
         ref = reference_moe(x, o["w13_weight"], o["w13_weight_scale_inv"], o["w2_weight"], o["w2_weight_scale_inv"],
                             w.to(device), ids.to(device), SWIGLU_LIMIT, scale)
-        assert got.shape == ref.shape, f"M={m}: {got.shape} vs {ref.shape}"
-        err = _rel(got, ref)
-        assert err <= TOL, f"{backend} MoE M={m}: relative error {err:.2e} > {TOL}"
+        require(got.shape == ref.shape, f"M={m}: {got.shape} vs {ref.shape}")
+        err = rel_frobenius(got, ref)
+        require_close(f"{backend} MoE M={m}", "relative error", err, TOL)
         worst = max(worst, err)
         unclamped = reference_moe(x, o["w13_weight"], o["w13_weight_scale_inv"], o["w2_weight"], o["w2_weight_scale_inv"],
                                   w.to(device), ids.to(device), None, scale)
-        clamp_effect = max(clamp_effect, _rel(unclamped, ref))
+        clamp_effect = max(clamp_effect, rel_frobenius(unclamped, ref))
     return (f"E={shape['experts']} H={shape['hidden']} I={shape['inter']} top{shape['topk']} M{list(tokens)}: "
             f"worst rel err {worst:.1e} ({method.active}); SwiGLU clamp changes the output by {clamp_effect:.0%}")
 
