@@ -1,7 +1,9 @@
-"""The launcher: preset resolution, flag translation, topology checks, then exec of SGLang.
+"""The launcher: argv (SGLang's own parser and --config merge), preset resolution, model and
+topology checks, dry-run rendering, then exec of SGLang (see :mod:`.launcher` for the pieces).
 
 ``sglang-ampere launch`` and ``python -m sglang_ampere.launch`` both end in
-:func:`sglang_ampere.launch.launcher.main`. Importing this package is cheap (no torch, no SGLang).
+:func:`sglang_ampere.launch.launcher.main`. Importing this package is cheap (no torch, no SGLang:
+SGLang's parser is imported only when a launch parses its server arguments).
 """
 
 from __future__ import annotations

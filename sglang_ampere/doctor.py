@@ -207,7 +207,7 @@ def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> 
 
 
 def check_env_against_preset(arch: str, environ: Mapping[str, str]) -> list[Check]:
-    from sglang_ampere.launch.launcher import FORK_VARS
+    from sglang_ampere.envvars import FORK_VARS
     from sglang_ampere.launch.presets import load_builtin
 
     preset = load_builtin(arch)

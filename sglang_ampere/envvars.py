@@ -37,6 +37,24 @@ _VARS = (
 
 VARS: dict[str, EnvVar] = {v.name: v for v in _VARS}
 
+#: The fork-era variable that selected FlashMLA's replacement; SGLang 0.5.23 reads it only on ROCm.
+HACK_FLASHMLA_VAR = "SGLANG_HACK_FLASHMLA_BACKEND"
+
+#: Fork-era variables users still export, and what each does with SGLang 0.5.23 on CUDA
+#: (checked against the installed source by tests/test_presets.py). ``launch`` and ``doctor``
+#: print the line when they see one set.
+FORK_VARS: dict[str, str] = {
+    HACK_FLASHMLA_VAR: "SGLang 0.5.23 reads it only on ROCm; here =torch (or =tilelang) selects the "
+                       "sglang-ampere sparse-MLA backend for prefill and decode",
+    "SGLANG_APPLY_CONFIG_BACKUP": "does nothing: SGLang 0.5.23 never reads it (safe to drop)",
+    "SGLANG_OPT_FP8_WO_A_GEMM": "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum); "
+                                "a dsv4_int wo_a is BF16 after load, so it changes nothing here",
+    "SGLANG_OPT_FUSE_WQA_WKV": "read by SGLang: 1 fuses wq_a+wkv into one GEMM; dsv4_int loads either way "
+                               "unless the two differ in dtype, and the presets set 0",
+    "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH": "read by SGLang: 1 computes indexer logits in torch instead "
+                                         "of DeepGEMM (Hopper-only); the Ampere/Ada presets set 1",
+}
+
 
 def get(name: str) -> str:
     """The variable's value (or its default), validated against its choices."""

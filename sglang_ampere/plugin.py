@@ -54,15 +54,22 @@ def check_sglang_version() -> str:
     return installed
 
 
-def register_quantization() -> None:
+def register_quantization_choice() -> None:
+    """Add ``dsv4_int`` to SGLang's ``--quantization`` choices (light: no model code; the
+    launcher calls it before it builds SGLang's argument parser)."""
     from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES, add_quantization_method_choices
+
+    if QUANT_METHOD not in QUANTIZATION_CHOICES:
+        add_quantization_method_choices([QUANT_METHOD])
+
+
+def register_quantization() -> None:
     from sglang.srt.layers.quantization import QUANTIZATION_METHODS
 
     from .quant.config import Dsv4IntConfig
 
     QUANTIZATION_METHODS[QUANT_METHOD] = Dsv4IntConfig
-    if QUANT_METHOD not in QUANTIZATION_CHOICES:
-        add_quantization_method_choices([QUANT_METHOD])
+    register_quantization_choice()
 
 
 def collect_hooks(module_names: list[str] | None = None):

@@ -8,7 +8,9 @@ import pytest
 
 import sglang_ampere
 from sglang_ampere import envvars
-from sglang_ampere.launch.launcher import DECODE_VAR, FORK_VARS, HACK_VAR, PREFILL_VAR
+from sglang_ampere.envvars import FORK_VARS
+from sglang_ampere.envvars import HACK_FLASHMLA_VAR as HACK_VAR
+from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,77 @@
+"""Rendering for humans: the ``--dry-run`` text and paste-ready shell commands."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import TYPE_CHECKING, Sequence
+
+from sglang_ampere import envvars
+
+from . import gpus as gpus_mod
+from .model_dir import arch_number
+
+if TYPE_CHECKING:
+    from .launcher import Plan
+    from .resolve import EnvChange
+
+PREFILL_VAR = "SGLANG_AMPERE_PREFILL_BACKEND"
+DECODE_VAR = "SGLANG_AMPERE_DECODE_BACKEND"
+INDEXER_VAR = "SGLANG_AMPERE_INDEXER_BACKEND"
+
+
+def shell_command(argv: Sequence[str], env_changes: Sequence[EnvChange] = ()) -> str:
+    """A command ready to paste into a POSIX shell (one assignment per line)."""
+    lines = [f"{c.name}={shlex.quote(c.new)}" for c in env_changes]
+    lines.append(" ".join(shlex.quote(a) for a in argv))
+    return " \\\n  ".join(lines)
+
+
+def _setting(plan: Plan, var: str) -> str:
+    return plan.env.get(var, envvars.VARS[var].default)
+
+
+def format_plan(plan: Plan) -> str:
+    out = []
+    gpu_txt = gpus_mod.summarize(plan.gpus) if plan.gpus else "no GPU detected"
+    desc = f" ({plan.preset.description})" if plan.preset.description else ""
+    out.append(f"# sglang-ampere launch: preset {plan.preset.source}{desc}")
+    out.append(f"# GPUs on this node: {gpu_txt}")
+    if plan.changes:
+        out.append("# environment changes (variable=value  [source] reason):")
+        for c in plan.changes:
+            was = "unset" if c.old is None else f"was {c.old}"
+            out.append(f"#   {c.name}={c.new}  [{c.source}; {was}] {c.reason}")
+    else:
+        out.append("# environment changes: none")
+    if plan.preset_args_used or plan.preset_args_kept:
+        out.append("# preset server arguments (yours win, on the command line or in --config):")
+        for a in plan.preset_args_used:
+            out.append(f"#   {' '.join(a.argv())}  {a.reason}")
+        for a in plan.preset_args_kept:
+            out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
+    if arch_number(plan.arch) < 90:
+        out.append(f"# sparse MLA below sm_90: prefill={_setting(plan, PREFILL_VAR)} "
+                   f"decode={_setting(plan, DECODE_VAR)} "
+                   "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
+        out.append(f"# C4 indexer below sm_90: {_setting(plan, INDEXER_VAR)} "
+                   "(--nsa-indexer-backend {torch,tilelang} to change)")
+    for n in plan.notes:
+        out.append(f"# {n}")
+    if plan.node_argvs:
+        for r, argv in enumerate(plan.node_argvs):
+            out.append(f"# node {r} of {len(plan.node_argvs)}:")
+            out.append(shell_command(argv, plan.changes))
+    else:
+        out.append(shell_command(plan.argv, plan.changes))
+    return "\n".join(out) + "\n"
+
+
+def dry_run_command(model_path: str | os.PathLike, gpu: str = "sm86", extra_args: Sequence[str] = ()) -> str:
+    """The ``sglang-ampere launch --dry-run`` command line for a checkpoint (for ``quickstart``).
+
+    ``extra_args`` are SGLang server arguments (e.g. ``("--pp-size", "12")``); the result is
+    quoted for a POSIX shell.
+    """
+    parts = ["sglang-ampere", "launch", "--gpu", gpu, "--dry-run", "--model-path", str(model_path), *extra_args]
+    return " ".join(shlex.quote(p) for p in parts)

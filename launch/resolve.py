@@ -1,0 +1,142 @@
+"""Preset resolution: which preset applies, the environment SGLang gets, the server defaults it fills.
+
+* environment: ``--env KEY=VALUE`` (and the ``--nsa-*-backend`` flags, shorthand for
+  ``--env SGLANG_AMPERE_*_BACKEND=...``) > the caller's environment > the preset's ``[[env]]``;
+* server arguments: whatever the user set (command line or ``--config`` YAML, as SGLang merges
+  them) > the preset's ``[[arg]]`` defaults, which are added only for arguments set nowhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Mapping
+
+from sglang_ampere import envvars
+from sglang_ampere.envvars import FORK_VARS, HACK_FLASHMLA_VAR
+
+from . import gpus as gpus_mod
+from .argv import NSA_CHOICES, NSA_FLAGS, ServerArgv, dests_of
+from .errors import LaunchError
+from .presets import KNOWN_ARCHES, ArgEntry, Preset
+
+#: The fork-era variable translates to these (the sparse-MLA phases, not the indexer).
+HACK_TARGETS = ("SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND")
+
+
+@dataclass(frozen=True)
+class EnvChange:
+    name: str
+    old: str | None        # caller's value (None = unset)
+    new: str
+    source: str            # "preset sm86", "--env", "--nsa-prefill-backend", ...
+    reason: str
+
+
+def resolve_arch(opts: argparse.Namespace, environ: Mapping[str, str], smi_output: str | None,
+                 need_gpu: bool) -> tuple[str, list]:
+    """The preset architecture and the GPUs visible on this node."""
+    gpu = (opts.gpu or "auto").lower()
+    if gpu != "auto" and gpu not in KNOWN_ARCHES:
+        raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(KNOWN_ARCHES)}")
+    found, why_none = gpus_mod.detect_gpus_or_reason(environ, smi_output)
+    if gpu == "auto":
+        if not found:
+            raise LaunchError(f"no GPU detected: {why_none}. On a machine without a GPU, preview the "
+                              "command with --gpu sm86 --dry-run (or sm80/sm89/sm90/sm120)")
+        arches = sorted({g.arch for g in found})
+        if len(arches) > 1:
+            raise LaunchError(
+                "mixed GPU architectures on this node: " + gpus_mod.summarize(found)
+                + ". Pick the preset with --gpu ARCH, or restrict CUDA_VISIBLE_DEVICES to one kind")
+        arch = arches[0]
+        if arch not in KNOWN_ARCHES:
+            raise LaunchError(f"detected {arch} ({found[0].name}) has no preset; known: "
+                              f"{', '.join(KNOWN_ARCHES)}. Pass --gpu ARCH or --preset FILE to choose one")
+        return arch, found
+    if not found and need_gpu:
+        raise LaunchError(f"no GPU detected ({why_none}). --gpu {gpu} without a GPU only works with "
+                          "--dry-run, which prints the command instead of running it")
+    return gpu, found
+
+
+def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[str, str],
+                opts: argparse.Namespace) -> tuple[dict[str, str], list[EnvChange], list[str]]:
+    """Apply preset < caller < --env, then the sparse-MLA / indexer backend selection."""
+    env = dict(environ)
+    notes: list[str] = []
+    pending: dict[str, tuple[str, str, str]] = {}    # name -> (value, source, reason)
+    label = f"preset {preset.source}"
+    for e in preset.env:
+        if e.name in environ:
+            if environ[e.name] != e.value:
+                notes.append(f"note: keeping your {e.name}={environ[e.name]} over {label}'s "
+                             f"{e.value} ({e.reason})")
+            continue
+        pending[e.name] = (e.value, label, e.reason)
+    for k, v in overrides.items():
+        pending[k] = (v, "--env", "set on the command line")
+
+    # Backends: --nsa flag > --env SGLANG_AMPERE_* > --env HACK > caller's > caller's HACK > preset
+    # (the HACK variable only for the two sparse-MLA phases).
+    def from_hack(source_env: Mapping[str, str]) -> str | None:
+        v = source_env.get(HACK_FLASHMLA_VAR)
+        return v if v in NSA_CHOICES else None
+
+    for flag, attr, var in NSA_FLAGS:
+        hack = var in HACK_TARGETS
+        flag_value = getattr(opts, attr)
+        if flag_value is not None:
+            if var in overrides and overrides[var] != flag_value:
+                raise LaunchError(f"{flag} {flag_value} contradicts --env {var}={overrides[var]}; give one")
+            pending[var] = (flag_value, flag, "fork-era flag translated by the launcher")
+        elif var in overrides:
+            pass
+        elif hack and from_hack(overrides):
+            pending[var] = (from_hack(overrides), f"--env {HACK_FLASHMLA_VAR}", "fork-era variable translated")
+        elif var in environ:
+            pending.pop(var, None)
+        elif hack and from_hack(environ):
+            pending[var] = (from_hack(environ), HACK_FLASHMLA_VAR, "fork-era variable translated")
+        value = pending.get(var, (env.get(var),))[0]
+        choices = envvars.VARS[var].choices
+        if value is not None and choices and value not in choices:
+            raise LaunchError(f"{var}={value!r} is not one of {', '.join(choices)}")
+
+    for name in FORK_VARS:
+        if name in overrides or name in environ:
+            value = overrides.get(name, environ.get(name))
+            line = f"note: {name}={value}: {FORK_VARS[name]}"
+            if name == HACK_FLASHMLA_VAR and value not in NSA_CHOICES:
+                line = (f"note: {name}={value}: SGLang 0.5.23 reads it only on ROCm, so it does nothing "
+                        "here; use --nsa-prefill-backend/--nsa-decode-backend {torch,tilelang}")
+            notes.append(line)
+
+    changes = []
+    for name, (value, source, reason) in pending.items():
+        old = environ.get(name)
+        env[name] = value
+        if old != value:
+            changes.append(EnvChange(name, old, value, source, reason))
+    return env, changes, notes
+
+
+def fill_server_args(preset: Preset, server: ServerArgv) -> tuple[list[str], list[ArgEntry], list[ArgEntry]]:
+    """(argv to append, preset entries used, preset entries the user's own value overrode).
+
+    An entry is used only if none of the SGLang arguments it sets was given on the command line
+    or in the ``--config`` YAML (aliases count: SGLang's parser maps them to the same dest).
+    """
+    extra: list[str] = []
+    used, kept = [], []
+    for a in preset.args:
+        try:
+            dests = dests_of(a.argv())
+        except LaunchError as exc:
+            raise LaunchError(f"preset {preset.source}: [[arg]] {' '.join(a.argv())}: {exc}") from exc
+        if dests & server.given:
+            kept.append(a)
+        else:
+            used.append(a)
+            extra += a.argv()
+    return extra, used, kept
