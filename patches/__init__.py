@@ -19,6 +19,7 @@ from typing import Callable
 PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_loader",
     "sglang_ampere.patches.dsv4_attention",
+    "sglang_ampere.patches.dsv4_indexer",
 ]
 
 
