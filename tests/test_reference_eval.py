@@ -1,0 +1,136 @@
+"""``sglang-ampere eval``: native vs dsv4_int, a broken conversion, logits dumps, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convert_testlib import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
+from reference_testlib import converted, tiny_native
+from sglang_ampere.convert.audit import audit
+from sglang_ampere.reference.eval import evaluate
+from sglang_ampere.reference.model import ReferenceModel, new_caches
+
+T = 160
+
+
+@pytest.fixture(scope="module")
+def ck(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    seed = fresh_seed()
+    native = tiny_native(root, seed)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 300, (T,), generator=g).tolist()
+    (root / "tokens.json").write_text(json.dumps(ids))
+    return {"root": root, "native": native, "ids": ids, "tokens": root / "tokens.json",
+            "mse": converted(native, root / "mse"), "absmax": converted(native, root / "absmax", expert_mode="absmax")}
+
+
+def _expert_snr(path, native) -> float:
+    report, problems = audit(path, native, sample=0)
+    assert not problems, problems
+    return report["fidelity"]["expert_int4"]["snr_db_mean"]
+
+
+def test_native_vs_dsv4_int_kl_is_finite_and_follows_the_tensor_snr(ck):
+    res = {}
+    for mode in ("mse", "absmax"):
+        r = evaluate(ck[mode], ck["ids"], ck["native"], decode=4, dtype="float32", stream=False)
+        assert all(0 < r["kl"][k] < 5 for k in ("mean", "p95", "max"))
+        assert r["kl"]["mean"] <= r["kl"]["p95"] <= r["kl"]["max"]
+        assert 0.3 < r["top1_agreement"] < 1.0
+        assert len(r["layer_snr_db"]) == 4 and all(0 < s < 60 for s in r["layer_snr_db"])
+        res[mode] = (r, _expert_snr(ck[mode], ck["native"]))
+    (rm, sm), (ra, sa) = res["mse"], res["absmax"]
+    assert sm - sa > 3                       # the converter's mse scales beat absmax per tensor ...
+    # ... and the model sees the same gap: first-layer hidden SNR moves by about the tensor SNR gap,
+    # and the KL grows.
+    gap = rm["layer_snr_db"][0] - ra["layer_snr_db"][0]
+    assert abs(gap - (sm - sa)) < 3, (gap, sm - sa)
+    assert ra["kl"]["mean"] > 1.2 * rm["kl"]["mean"]
+    # the same model against itself: zero KL, identical top-1, infinite SNR
+    same = evaluate(ck["native"], ck["ids"], ck["native"], dtype="float32", stream=False)
+    assert same["kl"]["max"] == 0 and same["top1_agreement"] == 1 and same["layer_snr_db"][0] == float("inf")
+
+
+def test_a_broken_converted_tensor_shows_as_a_large_kl(ck, tmp_path):
+    broken = copy_ckpt(ck["mse"], tmp_path / "broken")
+    # The layer-0 expert most tokens are routed to (hash routing: tid2eid[token]).
+    tid2eid = load_file(str(shard_of(ck["native"], "layers.0.ffn.gate.tid2eid")))["layers.0.ffn.gate.tid2eid"]
+    e = int(torch.bincount(tid2eid[torch.tensor(ck["ids"])].flatten()).argmax())
+    name = f"layers.0.ffn.experts.{e}.w1.weight"
+
+    def swap(t):
+        b = t[name].view(torch.uint8)
+        t[name] = ((b >> 4) | (b << 4)).view(torch.int8)
+
+    mutate_shard(shard_of(broken, name), swap)
+    good = evaluate(ck["mse"], ck["ids"], ck["native"], dtype="float32", stream=False)
+    bad = evaluate(broken, ck["ids"], ck["native"], dtype="float32", stream=False)
+    assert bad["kl"]["mean"] > 5 * good["kl"]["mean"], (bad["kl"], good["kl"])
+    assert bad["layer_snr_db"][0] < good["layer_snr_db"][0] - 6
+
+
+def test_cli_json_and_logits_dump_cover_prefill_and_decode_rows(ck, tmp_path, capsys):
+    out = tmp_path / "logits.safetensors"
+    rc = cli("eval", ck["mse"], "--against", ck["native"], "--tokens", ck["tokens"], "--decode", "7",
+             "--dtype", "float32", "--dump-logits", out, "--json", "--quiet")
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["tokens"], r["prefill"], r["decode"]) == (T, T - 7, 7)
+    assert r["model"]["kind"] == "dsv4_int" and r["against"]["kind"] == "native" and r["model"]["ppl"] > 1
+    logits = load_file(str(out))["logits"]
+    assert logits.dtype == torch.float32 and logits.shape == (T, 300)
+    m = ReferenceModel(ck["mse"], dtype=torch.float32, stream=False)
+    full = m.forward(torch.tensor(ck["ids"]), 0, new_caches(m.cfg))
+    assert (logits - full).abs().max().item() <= 1e-5 * full.abs().max().item()
+    lp = torch.log_softmax(full.double(), -1)
+    ppl = float(torch.exp(-lp[:-1].gather(1, torch.tensor(ck["ids"][1:]).view(-1, 1)).mean()))
+    assert r["model"]["ppl"] == pytest.approx(ppl, rel=1e-9)
+
+
+def test_cli_text_input_uses_the_checkpoint_tokenizer(ck, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 3, encoding="utf-8")
+    assert cli("eval", ck["mse"], "--text", text, "--json", "--quiet") == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["tokens"] == 1 + len(text.read_bytes())          # BOS + one token per byte (synth tokenizer)
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("range", "token id 300 is out of range"),
+    ("cap", "over the cap of 10"),
+    ("missing", "missing tensors ['layers.1.attn.wkv.weight']"),
+    ("unknown", "quant_method 'awq'"),
+    ("decode", "--decode 200 must be between 0"),
+])
+def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
+    model, tokens, extra = ck["mse"], ck["tokens"], []
+    if case == "range":
+        tokens = tmp_path / "bad.json"
+        tokens.write_text(json.dumps([1, 2, 300]))
+    elif case == "cap":
+        extra = ["--max-tokens", "10"]
+    elif case == "decode":
+        extra = ["--decode", "200"]
+    elif case == "missing":
+        model = copy_ckpt(ck["mse"], tmp_path / "m")
+        mutate_shard(shard_of(model, "layers.1.attn.wkv.weight"),
+                     lambda t: [t.pop(k) for k in ("layers.1.attn.wkv.weight", "layers.1.attn.wkv.scale")])
+        idx = json.loads((model / "model.safetensors.index.json").read_text())
+        for k in ("layers.1.attn.wkv.weight", "layers.1.attn.wkv.scale"):
+            idx["weight_map"].pop(k)
+        (model / "model.safetensors.index.json").write_text(json.dumps(idx))
+    elif case == "unknown":
+        model = tmp_path / "u"
+        shutil.copytree(ck["mse"], model)
+        cfg = json.loads((model / "config.json").read_text())
+        cfg["quantization_config"] = {"quant_method": "awq"}
+        (model / "config.json").write_text(json.dumps(cfg))
+    assert cli("eval", model, "--tokens", tokens, "--quiet", *extra) == 2
+    assert needle in capsys.readouterr().err
