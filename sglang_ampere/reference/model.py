@@ -344,6 +344,8 @@ class ReferenceModel:
         self.cfg = ModelConfig.from_dict(self.ckpt.config)
         self.dt, self.device, self.stream, self.progress = dtype, torch.device(device), stream, progress
         self.g = self.ckpt.globals().to(self.device)
+        self._embed = self.g.raw["embed.weight"].to(self.device)     # BF16 as stored: resident
+        self._head = self.g.raw["head.weight"].to(self.device)
         for i in range(self.cfg.layers):
             if not self.ckpt.names(f"layers.{i}."):
                 raise ReferenceError(f"{self.ckpt.path}: layer {i} has no tensors (num_hidden_layers is {self.cfg.layers})")
@@ -369,7 +371,7 @@ class ReferenceModel:
                 del w
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.g.raw["embed.weight"][ids].to(self.dt)
+        return self._embed[ids].to(self.dt)
 
     def check_ids(self, ids: torch.Tensor) -> None:
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab):
@@ -381,7 +383,7 @@ class ReferenceModel:
         h = ops.hc_head(R, w.cached(prefix + "hc_head_fn"), w.cached(prefix + "hc_head_scale"),
                         w.cached(prefix + "hc_head_base"), self.cfg.eps, self.cfg.hc_eps)
         h = ops.rmsnorm(h, w.cached(prefix + "norm.weight"), self.cfg.eps, self.dt).float()
-        head = self.g.raw["head.weight"]
+        head = self._head
         return torch.cat([ops.gemm_f32(h, head[v: v + 16384], self.dt) for v in range(0, head.shape[0], 16384)], 1)
 
     @torch.inference_mode()

@@ -103,11 +103,13 @@ def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> to
 class Weights:
     """Raw tensors of one part of the model (a layer, or the resident globals) and their decoding.
 
-    ``get(name)`` returns float32 (integer tensors as they are), dequantized on each call;
-    ``cached(name)`` keeps the result for the lifetime of this object (small tensors)."""
+    ``get(name)`` returns float32 (integer tensors as they are) on ``device``, dequantized on
+    each call; ``cached(name)`` keeps the result for the lifetime of this object. The raw bytes
+    stay in host memory and are decoded there (the codecs are host code); only the decoded
+    tensor moves to the device."""
 
-    def __init__(self, raw: dict[str, torch.Tensor], kind: str, prefix: str = ""):
-        self.raw, self.kind, self.prefix = raw, kind, prefix
+    def __init__(self, raw: dict[str, torch.Tensor], kind: str, prefix: str = "", device="cpu"):
+        self.raw, self.kind, self.prefix, self.device = raw, kind, prefix, torch.device(device)
         self._cache: dict[str, torch.Tensor] = {}
 
     def has(self, name: str) -> bool:
@@ -120,7 +122,7 @@ class Weights:
         scale = None
         if full.endswith(".weight"):
             scale = self.raw.get(full[: -len("weight")] + "scale")
-        return _decode(full, self.raw[full], scale, self.kind)
+        return _decode(full, self.raw[full], scale, self.kind).to(self.device)
 
     def cached(self, name: str) -> torch.Tensor:
         if name not in self._cache:
@@ -128,7 +130,8 @@ class Weights:
         return self._cache[name]
 
     def to(self, device) -> "Weights":
-        return Weights({k: v.to(device) for k, v in self.raw.items()}, self.kind, self.prefix)
+        """The same raw tensors, decoded onto ``device``."""
+        return Weights(self.raw, self.kind, self.prefix, device)
 
 
 class Checkpoint:
