@@ -3,6 +3,8 @@
 1. ``DIR/native``: a native-format DeepSeek-V4-Flash checkpoint (``synth``, small sizes);
 2. ``DIR/dsv4_int``: ``convert`` into the INT4/INT8 format Ampere GPUs serve;
 3. ``audit --against``: counts, config and SNR per class;
+4. ``eval --against``: the reference forward of both checkpoints over a fixed token sequence
+   (KL, top-1 agreement, perplexity, per-layer hidden SNR; figures of a random-weight model);
 then it prints where the checkpoint is and the command to run next. Re-running reuses what is
 already there (the conversion resumes). Never imports SGLang.
 """
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_DIR = Path("sglang-ampere-quickstart")
+#: Tokens the quickstart's eval runs over (seeded, so every run measures the same sequence).
+EVAL_TOKENS = 128
 
 
 def next_command(model_path: Path) -> str:
@@ -34,19 +38,21 @@ def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print) -> i
     root = Path(root)
     native, converted = root / "native", root / "dsv4_int"
     if (native / "synth.json").is_file():
-        out(f"[1/3] synth: reusing {native}")
+        out(f"[1/4] synth: reusing {native}")
     else:
-        out(f"[1/3] synth: writing a small native-format DeepSeek-V4-Flash checkpoint to {native}")
+        out(f"[1/4] synth: writing a small native-format DeepSeek-V4-Flash checkpoint to {native}")
         write_checkpoint(native, SynthSpec(), seed=seed, overwrite=native.exists(), progress=progress)
-    out(f"[2/3] convert: {native} -> {converted}")
+    out(f"[2/4] convert: {native} -> {converted}")
     summary = convert(native, converted, Options(), progress=progress)
     out(describe(summary))
-    out(f"[3/3] audit: {converted} --against {native}")
+    out(f"[3/4] audit: {converted} --against {native}")
     report, problems = audit(converted, native, sample=0)
     out(format_report(report, problems))
     if problems:
         out("quickstart: the audit found problems (listed above)")
         return 1
+    out(f"[4/4] eval: {converted} --against {native} ({EVAL_TOKENS} seeded tokens, synthetic random weights)")
+    out(eval_figures(converted, native, seed, progress))
     out("")
     out(f"dsv4_int checkpoint: {converted.resolve()}")
     out("next: see how it would be served on an RTX 3090-class GPU (sm_86):")
@@ -55,6 +61,20 @@ def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print) -> i
     out("  sglang-ampere audit /path/to/DeepSeek-V4-Flash            # the plan, from headers, in seconds")
     out("  sglang-ampere convert /path/to/DeepSeek-V4-Flash /path/to/DeepSeek-V4-Flash-dsv4_int --workers 2")
     return 0
+
+
+def eval_figures(converted: Path, native: Path, seed: int = 0, progress: bool = False) -> str:
+    """The reference forward's KL / top-1 / perplexity of the conversion against its source."""
+    import torch
+
+    from .reference.eval import evaluate, format_report
+    from .reference.weights import Checkpoint
+
+    vocab = Checkpoint(native).config["vocab_size"]
+    ids = torch.randint(0, vocab, (EVAL_TOKENS,), generator=torch.Generator().manual_seed(seed)).tolist()
+    r = evaluate(converted, ids, native, decode=4, progress=progress)
+    r.pop("_logits")
+    return format_report(r)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
