@@ -6,7 +6,7 @@ import json
 import shlex
 from pathlib import Path
 
-from sglang_ampere import QUANT_METHOD
+from sglang_ampere import MODEL_ARCHITECTURE, QUANT_METHOD
 
 from .errors import LaunchError
 
@@ -39,8 +39,8 @@ def check_model(path: str | None, arch: str) -> tuple[str, list[str]]:
     method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
     notes = []
     archs = cfg.get("architectures") or [] if isinstance(cfg, dict) else []
-    if "DeepseekV4ForCausalLM" not in archs:
-        notes.append(f"note: {cfg_file} declares architectures={archs}, not DeepseekV4ForCausalLM; "
+    if MODEL_ARCHITECTURE not in archs:
+        notes.append(f"note: {cfg_file} declares architectures={archs}, not {MODEL_ARCHITECTURE}; "
                      "the presets are tuned for DeepSeek-V4-Flash")
     if method == QUANT_METHOD:
         return str(p), notes

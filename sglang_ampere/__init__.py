@@ -11,3 +11,6 @@ SGLANG_PIN = "0.5.23"
 
 #: ``quantization_config.quant_method`` of a requantized checkpoint.
 QUANT_METHOD = "dsv4_int"
+
+#: ``config.json`` ``architectures`` entry of DeepSeek-V4-Flash (SGLang's model class name).
+MODEL_ARCHITECTURE = "DeepseekV4ForCausalLM"

@@ -25,6 +25,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import MODEL_ARCHITECTURE
 from .formats.constants import BLOCK, MXFP4_GROUP
 from .inventory import DENSE, EXPERT, TensorSpec, native_inventory
 
@@ -83,7 +84,7 @@ def compress_ratios(layers: int, mtp: int) -> list[int]:
 def make_config(spec: SynthSpec) -> dict:
     """config.json with the same keys as the release's (values scaled down per ``spec``)."""
     return {
-        "architectures": ["DeepseekV4ForCausalLM"],
+        "architectures": [MODEL_ARCHITECTURE],
         "model_type": "deepseek_v4",
         "attention_bias": False,
         "attention_dropout": 0.0,

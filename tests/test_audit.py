@@ -173,3 +173,36 @@ def test_convert_audit_and_quickstart_never_import_sglang():
             "sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _native_with_unknown_tensors(root, count):
+    """A native-looking checkpoint whose one shard holds ``count`` tensors the model does not have."""
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))
+    obj = {"__metadata__": {"format": "pt"}}
+    for i in range(count):
+        obj[f"not_a_tensor.{i}.weight"] = {"dtype": "BF16", "shape": [1], "data_offsets": [2 * i, 2 * i + 2]}
+    raw = json.dumps(obj).encode()
+    (root / "model-00001-of-00001.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(2 * count))
+    return root
+
+
+def test_audit_json_lists_every_problem_of_a_native_checkpoint(tmp_path, capsys):
+    import pickle
+
+    from sglang_ampere.convert.headers import CheckpointError
+    from sglang_ampere.convert.options import Options
+    from sglang_ampere.convert.plan import SHOWN_PROBLEMS, make_plan
+
+    root = _native_with_unknown_tensors(tmp_path / "many", 30)
+    assert cli("audit", root, "--json") == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert len(rep["problems"]) == 30 and not rep["ok"]
+    assert sorted(rep["problems"]) == sorted(f"model-00001-of-00001.safetensors: not_a_tensor.{i}.weight: unknown "
+                                             "tensor name (not part of DeepSeek-V4-Flash)" for i in range(30))
+    # The exception carries all of them as data; only its message is cut, and says by how many.
+    with pytest.raises(CheckpointError) as info:
+        make_plan(root, Options())
+    assert len(info.value.problems) == 30 and SHOWN_PROBLEMS < 30
+    assert f"... and {30 - SHOWN_PROBLEMS} more" in str(info.value)
+    assert pickle.loads(pickle.dumps(info.value)).problems == info.value.problems

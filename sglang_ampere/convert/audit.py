@@ -21,15 +21,18 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..formats.blocks import block_scale_shape
-from ..formats.constants import INT4_GROUP
-from ..inventory import DENSE, EXPERT, PRESERVED, classify, native_inventory
+from .. import QUANT_METHOD, rules
+from ..inventory import EXPERT, PRESERVED, classify, native_inventory
 from ..schema import ROUTED_EXPERTS_INT4, ROUTED_EXPERTS_KEY, SchemaError, parse_quantization_config
 from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
 from .options import Options
-from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, PRESERVED_DTYPES, make_plan, read_config
+from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan, read_config
 
 C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED = "expert_int4", "dense_int8_block", "dense_uint8_channel", "dense_bf16", "preserved"
+#: The dense class of each dsv4_int INT8 strategy (see :func:`sglang_ampere.rules.dense_int8_strategy`).
+_DENSE_CLASS = {"block": C_BLOCK, "channel": C_CHANNEL}
+#: Problems ``format_report`` prints for a human (``--json`` and the report carry them all).
+SHOWN_PROBLEMS = 200
 
 
 # ------------------------------------------------------------------------------------------
@@ -41,8 +44,7 @@ def audit_native(path: Path) -> tuple[dict, list[str]]:
     try:
         plan = make_plan(path, Options())
     except CheckpointError as e:
-        return report, [line.strip()[2:] if line.strip().startswith("- ") else line.strip()
-                        for line in str(e).splitlines()[1:] if line.strip().startswith("- ")] or [str(e)]
+        return report, list(e.problems)
     counts = {"expert_weight": 0, "expert_scale": 0, "dense_weight": 0, "dense_scale": 0, "preserved": 0}
     for h in plan.headers.values():
         for name in h.tensors:
@@ -68,12 +70,10 @@ def audit_native(path: Path) -> tuple[dict, list[str]]:
 
 
 def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) -> tuple[dict, dict]:
-    infos: dict[str, tuple[str, TensorInfo]] = {}
-    for sname, h in headers.items():
-        for n, info in h.tensors.items():
-            if n in infos:
-                problems.append(f"{sname}: {n}: also stored in {infos[n][0]} (duplicate)")
-            infos[n] = (sname, info)
+    first_shard, duplicates = rules.locate_tensors({s: h.tensors for s, h in headers.items()})
+    for sname, n, first in duplicates:
+        problems.append(f"{sname}: {n}: also stored in {first} (duplicate tensor)")
+    infos: dict[str, tuple[str, TensorInfo]] = {n: (s, headers[s].tensors[n]) for n, s in first_shard.items()}
     classes: dict[str, list[str]] = {c: [] for c in (C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED)}
     counts = {"missing_scales": 0, "orphan_scales": 0}
     for n, (sname, info) in sorted(infos.items()):
@@ -83,7 +83,7 @@ def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) ->
             problems.append(f"{where}: unknown tensor name (not part of DeepSeek-V4-Flash)")
             continue
         if r.role == PRESERVED:
-            if info.dtype not in PRESERVED_DTYPES:
+            if info.dtype not in rules.PRESERVED_DTYPES:
                 problems.append(f"{where}: dtype {info.dtype} is not valid for a preserved tensor")
             else:
                 classes[C_PRESERVED].append(n)
@@ -94,38 +94,33 @@ def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) ->
                 problems.append(f"{where}: scale without its weight")
             continue
         s = infos.get(f"{r.base}.scale")
-        sinfo = s[1] if s else None
+        scale = (s[1].dtype, s[1].shape) if s else None
         shape = info.shape
         if r.role == EXPERT:
-            if info.dtype != "I8" or len(shape) != 2:
-                problems.append(f"{where}: routed expert weight must be I8 [N, K/2] (uint4b8), got {info.dtype} {list(shape)}")
-                continue
-            if sinfo is None:
+            problem = rules.expert_problem(info.dtype, shape, scale)
+            if problem == rules.MISSING_SCALE:
                 counts["missing_scales"] += 1
                 problems.append(f"{where}: missing scale {r.base}.scale")
-                continue
-            want = [shape[0], 2 * shape[1] // INT4_GROUP]
-            if sinfo.dtype != "BF16" or list(sinfo.shape) != want:
-                problems.append(f"{where}: expert scale must be BF16 {want}, got {sinfo.dtype} {list(sinfo.shape)}")
-                continue
-            classes[C_EXPERT].append(n)
+            elif problem:
+                problems.append(f"{where}: {problem}")
+            else:
+                classes[C_EXPERT].append(n)
         else:
-            if info.dtype == "BF16" and sinfo is None:
+            if info.dtype == "BF16" and scale is None:
                 classes[C_BF16].append(n)
                 continue
-            if info.dtype == "F8_E4M3":
+            if info.dtype == rules.NATIVE_DENSE_WEIGHT_DTYPE:
                 problems.append(f"{where}: dense weight is still FP8 (not converted)")
                 continue
-            if sinfo is None:
+            if scale is None:
                 counts["missing_scales"] += 1
                 problems.append(f"{where}: missing scale {r.base}.scale")
                 continue
-            n_, k_ = shape if len(shape) == 2 else (0, 0)
-            if info.dtype == "I8" and sinfo.dtype == "BF16" and list(sinfo.shape) == list(block_scale_shape(n_, k_)):
-                classes[C_BLOCK].append(n)
-            elif info.dtype == "U8" and sinfo.dtype == "BF16" and list(sinfo.shape) == [n_]:
-                classes[C_CHANNEL].append(n)
+            strategy = rules.dense_int8_strategy(info.dtype, shape, scale)
+            if strategy is not None:
+                classes[_DENSE_CLASS[strategy]].append(n)
             else:
+                sinfo = s[1]
                 problems.append(f"{where}: dense weight {info.dtype} {list(shape)} with scale {sinfo.dtype} "
                                 f"{list(sinfo.shape)} is neither block INT8 nor channel UINT8")
     return {n: v for n, v in infos.items()}, {"classes": classes, **counts}
@@ -196,7 +191,7 @@ def audit_converted(path: Path, config: dict, headers: dict[str, ShardHeader]) -
     _check_index(path, headers, problems)
     _check_inventory(config, infos, classes, problems)
     report = {
-        "kind": "dsv4_int", "path": str(path),
+        "kind": QUANT_METHOD, "path": str(path),
         "shards": [{"name": s, "tensors": len(h.tensors), "bytes": h.file_size} for s, h in headers.items()],
         "bytes": sum(h.file_size for h in headers.values()),
         "tensors": len(infos),
@@ -209,20 +204,12 @@ def audit_converted(path: Path, config: dict, headers: dict[str, ShardHeader]) -
 # ------------------------------------------------------------------------------------------
 # Fidelity against the native source
 
-_TORCH_DTYPES = None
-
-
 def _load(path: Path, shard: str, info: TensorInfo):
     import torch
 
-    global _TORCH_DTYPES
-    if _TORCH_DTYPES is None:
-        _TORCH_DTYPES = {"I8": torch.int8, "U8": torch.uint8, "BF16": torch.bfloat16, "F16": torch.float16,
-                         "F32": torch.float32, "I32": torch.int32, "I64": torch.int64,
-                         "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
     buf = read_tensor_bytes(path / shard, info)
     t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
-    return t.view(_TORCH_DTYPES[info.dtype]).reshape(info.shape)
+    return t.view(rules.TORCH_DTYPES[info.dtype]).reshape(info.shape)
 
 
 def _sample(names: list[str], n: int) -> list[str]:
@@ -336,7 +323,7 @@ def audit(path, against=None, sample: int = 64, verify: bool = False) -> tuple[d
         config = read_config(path)
     except CheckpointError as e:
         return {"kind": "unknown", "path": str(path)}, [str(e)]
-    if (config.get("quantization_config") or {}).get("quant_method") != "dsv4_int":
+    if (config.get("quantization_config") or {}).get("quant_method") != QUANT_METHOD:
         if against is not None:
             return {"kind": "native", "path": str(path)}, ["--against needs a dsv4_int checkpoint as PATH (this one is native)"]
         return audit_native(path)
@@ -346,7 +333,7 @@ def audit(path, against=None, sample: int = 64, verify: bool = False) -> tuple[d
             raise CheckpointError(f"{path}: no *.safetensors shards found")
         headers = {p.name: read_header(p) for p in shards}
     except CheckpointError as e:
-        return {"kind": "dsv4_int", "path": str(path)}, [str(e)]
+        return {"kind": QUANT_METHOD, "path": str(path)}, list(e.problems)
     report, problems, state = audit_converted(path, config, headers)
     if verify:
         report["verified_shards"] = _verify_manifest(path, headers, problems)
@@ -374,7 +361,7 @@ def format_report(report: dict, problems: list[str]) -> str:
         lines.append("  shards (in -> out):")
         for s in report["shards"]:
             lines.append(f"    {s['name']}: {s['tensors']} tensors, {_gb(s['bytes'])} -> {_gb(s['out_bytes'])}")
-    elif kind == "dsv4_int":
+    elif kind == QUANT_METHOD:
         lines.append(f"{report['path']}: dsv4_int checkpoint")
         if "counts" in report:
             c = report["counts"]
@@ -393,9 +380,9 @@ def format_report(report: dict, problems: list[str]) -> str:
         lines.append(f"{report.get('path')}: not a checkpoint")
     if problems:
         lines.append(f"PROBLEMS ({len(problems)}):")
-        lines.extend(f"  - {p}" for p in problems[:200])
-        if len(problems) > 200:
-            lines.append(f"  ... and {len(problems) - 200} more (use --json for all)")
+        lines.extend(f"  - {p}" for p in problems[:SHOWN_PROBLEMS])
+        if len(problems) > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more (use --json for all)")
     else:
         lines.append("OK: no problems found")
     return "\n".join(lines)

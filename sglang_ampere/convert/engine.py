@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import dsv4_int_config, dumps, index_json, index_sha256, provenance
+from .. import rules
 from ..formats.errors import FormatError
+from .config import dsv4_int_config, dumps, index_json, index_sha256, provenance
 from .headers import CheckpointError, read_tensor_bytes
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
 from .options import Options
@@ -143,7 +144,7 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
                 acc[3] += st.noise_mse
             else:  # K_DENSE / K_KEEP
                 wt = tensor(w, job.weight_shard, torch.float8_e4m3fn).to(device)
-                sdt = torch.float8_e8m0fnu if job.scale.dtype == "F8_E8M0" else torch.float32
+                sdt = rules.TORCH_DTYPES[job.scale.dtype]
                 sc = tensor(job.scale, job.scale_shard, sdt).to(device)
                 mode = "bf16" if job.kind == K_KEEP else options.dense_mode
                 sn: list = []

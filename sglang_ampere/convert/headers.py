@@ -29,7 +29,18 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be converted or audited as it is. The message says what to do."""
+    """A checkpoint cannot be converted or audited as it is. The message says what to do.
+
+    ``problems`` is every problem found, one line each, none left out (the message may show
+    only the first ones); a single problem is the message itself.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems is not None else [message]
+
+    def __reduce__(self):   # survives pickling (worker processes) with its problems
+        return (type(self), (str(self), self.problems))
 
 
 @dataclass(frozen=True)

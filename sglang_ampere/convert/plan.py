@@ -19,17 +19,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..formats.blocks import block_scale_shape
-from ..formats.constants import INT4_GROUP, MXFP4_GROUP
-from ..inventory import DENSE, EXPERT, PRESERVED, classify
+from .. import QUANT_METHOD, rules
+from ..inventory import EXPERT, PRESERVED, classify
 from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header
 from .options import Options
 from .safetensors_out import OutTensor, file_size
 
-#: Dtypes copied byte for byte (norms, embeddings, gates, hc_*, compressors, tid2eid ...).
-PRESERVED_DTYPES = ("BF16", "F16", "F32", "I32", "I64")
-EXPERT_WEIGHT_DTYPES = ("I8", "U8")
-DENSE_SCALE_DTYPES = ("F8_E8M0", "F32")
+#: The dtype rules live in :mod:`sglang_ampere.rules`; re-exported for the converter's readers.
+PRESERVED_DTYPES = rules.PRESERVED_DTYPES
+#: How many problems the error message lists (``CheckpointError.problems`` has them all).
+SHOWN_PROBLEMS = 25
 
 # Job kinds (also the class names ``audit`` reports).
 K_EXPERT, K_DENSE, K_KEEP, K_COPY = "expert_int4", "dense_int8", "dense_bf16", "preserved"
@@ -98,10 +97,6 @@ class Plan:
         return sum(len(h.tensors) for h in self.headers.values())
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 class _Problems:
     def __init__(self):
         self.items: list[str] = []
@@ -112,13 +107,13 @@ class _Problems:
     def raise_if_any(self, src: Path) -> None:
         if not self.items:
             return
-        shown = self.items[:25]
+        shown = self.items[:SHOWN_PROBLEMS]
         more = f"\n  ... and {len(self.items) - len(shown)} more" if len(self.items) > len(shown) else ""
         raise CheckpointError(
             f"{src} cannot be converted: {len(self.items)} problem(s), nothing was written:\n  - "
             + "\n  - ".join(shown) + more
             + "\nThis converter takes the native DeepSeek-V4-Flash release (MXFP4 experts, FP8 dense); "
-              "fix or re-download the shards named above.")
+              "fix or re-download the shards named above.", problems=self.items)
 
 
 def read_config(src: Path) -> dict:
@@ -144,19 +139,15 @@ def make_plan(src: Path, options: Options, headers: dict[str, ShardHeader] | Non
     options.validate()
     config = read_config(src)
     qm = (config.get("quantization_config") or {}).get("quant_method")
-    if qm == "dsv4_int":
+    if qm == QUANT_METHOD:
         raise CheckpointError(f"{src} is already a dsv4_int checkpoint (config.json quant_method); "
                               "convert the native release instead, or run `sglang-ampere audit` on it")
     headers = read_headers(src) if headers is None else headers
     problems = _Problems()
 
-    where: dict[str, str] = {}
-    for sname, h in headers.items():
-        for tname in h.tensors:
-            if tname in where:
-                problems.add(sname, tname, f"also stored in {where[tname]} (duplicate tensor)")
-            else:
-                where[tname] = sname
+    where, duplicates = rules.locate_tensors({s: h.tensors for s, h in headers.items()})
+    for sname, tname, first in duplicates:
+        problems.add(sname, tname, f"also stored in {first} (duplicate tensor)")
     infos = {n: headers[s].tensors[n] for n, s in where.items()}
 
     shard_plans = {s: ShardPlan(s) for s in headers}
@@ -212,45 +203,34 @@ def make_plan(src: Path, options: Options, headers: dict[str, ShardHeader] | Non
     return Plan(src, options, headers, [shard_plans[s] for s in headers], config)
 
 
+def _pair_problem(check, w, wi, wshard, s, si, sshard, problems) -> bool:
+    """Report a native pair's problem (per :mod:`sglang_ampere.rules`) on the tensor it concerns."""
+    found = check(wi.dtype, wi.shape, si.dtype, si.shape, weight_name=w)
+    if found is None:
+        return False
+    part, reason = found
+    if part == "scale":
+        problems.add(sshard, s, reason)
+    else:
+        problems.add(wshard, w, reason)
+    return True
+
+
 def _expert_job(w, wi, wshard, s, si, sshard, problems) -> Job | None:
-    if wi.dtype not in EXPERT_WEIGHT_DTYPES:
-        hint = " (FP8 routed experts, as in V4-Flash-Base, are not supported)" if wi.dtype == "F8_E4M3" else ""
-        problems.add(wshard, w, f"dtype {wi.dtype} is not valid for a routed-expert MXFP4 weight (expected I8){hint}")
+    if _pair_problem(rules.native_expert_problem, w, wi, wshard, s, si, sshard, problems):
         return None
-    if si.dtype != "F8_E8M0":
-        problems.add(sshard, s, f"dtype {si.dtype} is not valid for a routed-expert MXFP4 scale (expected F8_E8M0)")
-        return None
-    if len(wi.shape) != 2 or (2 * wi.shape[1]) % MXFP4_GROUP:
-        problems.add(wshard, w, f"shape {list(wi.shape)} is not [N, K/2] with K a multiple of {MXFP4_GROUP}")
-        return None
-    n, half_k = wi.shape
-    want = (n, 2 * half_k // MXFP4_GROUP)
-    if tuple(si.shape) != want:
-        problems.add(sshard, s, f"scale shape {list(si.shape)} does not fit weight {w} {list(wi.shape)} (expected {list(want)})")
-        return None
-    outs = (OutTensor(w, "I8", (n, half_k)), OutTensor(s, "BF16", (n, 2 * half_k // INT4_GROUP)))
+    outs = (OutTensor(w, rules.EXPERT_WEIGHT_DTYPE, tuple(wi.shape)),
+            OutTensor(s, rules.SCALE_DTYPE, rules.expert_scale_shape(wi.shape)))
     return Job(K_EXPERT, w, wi, wshard, si, sshard, outs)
 
 
 def _dense_job(base, w, wi, wshard, s, si, sshard, options: Options, problems) -> Job | None:
-    if wi.dtype != "F8_E4M3":
-        problems.add(wshard, w, f"dtype {wi.dtype} is not valid for a dense FP8 weight (expected F8_E4M3)")
+    if _pair_problem(rules.native_dense_problem, w, wi, wshard, s, si, sshard, problems):
         return None
-    if si.dtype not in DENSE_SCALE_DTYPES:
-        problems.add(sshard, s, f"dtype {si.dtype} is not valid for an FP8 block scale (expected F8_E8M0 or F32)")
-        return None
-    if len(wi.shape) != 2:
-        problems.add(wshard, w, f"shape {list(wi.shape)} is not 2-D")
-        return None
-    n, k = wi.shape
-    want = block_scale_shape(n, k)
-    if tuple(si.shape) != want:
-        problems.add(sshard, s, f"scale shape {list(si.shape)} does not fit weight {w} {list(wi.shape)} (expected {list(want)})")
-        return None
+    shape = tuple(wi.shape)
     if options.keeps_bf16(base):
-        return Job(K_KEEP, w, wi, wshard, si, sshard, (OutTensor(w, "BF16", (n, k)),))
-    if options.dense_mode == "block":
-        outs = (OutTensor(w, "I8", (n, k)), OutTensor(s, "BF16", want))
-    else:
-        outs = (OutTensor(w, "U8", (n, k)), OutTensor(s, "BF16", (n,)))
+        return Job(K_KEEP, w, wi, wshard, si, sshard, (OutTensor(w, "BF16", shape),))
+    strategy = options.dense_mode
+    outs = (OutTensor(w, rules.DENSE_INT8_DTYPES[strategy], shape),
+            OutTensor(s, rules.SCALE_DTYPE, rules.dense_scale_shape(strategy, shape)))
     return Job(K_DENSE, w, wi, wshard, si, sshard, outs)

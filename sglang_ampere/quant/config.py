@@ -27,17 +27,13 @@ from typing import Any, Mapping, Optional
 import torch
 
 from .. import QUANT_METHOD
-from ..formats.blocks import block_scale_shape
+from .. import rules
 from ..formats.constants import INT4_GROUP
 from ..schema import Dsv4IntSchema, parse_quantization_config
 
 from sglang.srt.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 logger = logging.getLogger("sglang_ampere")
-
-#: safetensors dtype strings of each role.
-INT_DTYPES = {"block": "I8", "channel": "U8"}
-FLOAT_DTYPES = {"BF16", "F16", "F32"}
 
 #: (shape, dtype) per checkpoint tensor name.
 TensorIndex = Mapping[str, tuple[str, tuple[int, ...]]]
@@ -209,15 +205,15 @@ class Dsv4IntConfig(QuantizationConfig):
             if meta is None:
                 continue
             dtype, shape = meta
-            if dtype in ("I8", "U8"):
+            if dtype in rules.DENSE_INT8_DTYPES.values():
                 self._check_int8_tensor(module, dtype, shape)
                 kinds[module] = "int8"
-            elif dtype in FLOAT_DTYPES:
+            elif dtype in rules.FLOAT_DTYPES:
                 kinds[module] = "bf16"
             else:
                 raise Dsv4IntError(
                     f"{module}.weight has dtype {dtype}; a dsv4_int dense layer must be INT8 "
-                    f"({INT_DTYPES[self.strategy]}) or BF16. Re-convert the checkpoint with `sglang-ampere convert`."
+                    f"({rules.DENSE_INT8_DTYPES[self.strategy]}) or BF16. Re-convert the checkpoint with `sglang-ampere convert`."
                 )
         if len(set(kinds.values())) > 1:
             hint = (" Run with SGLANG_OPT_FUSE_WQA_WKV=0 (the sm80/sm86 presets of "
@@ -239,29 +235,19 @@ class Dsv4IntConfig(QuantizationConfig):
         return is_int8
 
     def _check_int8_tensor(self, module: str, dtype: str, shape: tuple[int, ...]) -> None:
-        want = INT_DTYPES[self.strategy]
-        if dtype != want:
-            raise Dsv4IntError(
-                f"{module}.weight is {dtype} but quantization_config says strategy "
-                f"'{self.strategy}' (weights {want}); the config and the tensors disagree"
-            )
-        if not self.schema.is_dense_target(module):
-            raise Dsv4IntError(
-                f"{module}.weight is INT8 but no pattern in "
-                "quantization_config.config_groups.linears_w8a16.targets matches it"
-            )
-        if len(shape) != 2:
-            raise Dsv4IntError(f"{module}.weight must be 2-D, got shape {list(shape)}")
+        """The weight and scale against :mod:`sglang_ampere.rules` and the schema's targets."""
+        problem = rules.dense_int8_weight_problem(self.strategy, dtype, shape)
+        if problem is None and not self.schema.is_dense_target(module):
+            problem = ("is INT8 but no pattern in "
+                       "quantization_config.config_groups.linears_w8a16.targets matches it")
+        if problem:
+            raise Dsv4IntError(f"{module}.weight {problem}")
         scale = self._lookup(f"{module}.scale")
         if scale is None:
-            raise Dsv4IntError(f"{module}.scale is missing; an INT8 weight needs its BF16 scale")
-        n, k = shape
-        want_shape = block_scale_shape(n, k) if self.strategy == "block" else (n,)
-        if scale[0] != "BF16" or tuple(scale[1]) != tuple(want_shape):
-            raise Dsv4IntError(
-                f"{module}.scale is {scale[0]} {list(scale[1])}; expected BF16 {list(want_shape)} "
-                f"for a {self.strategy} INT8 weight of shape {list(shape)}"
-            )
+            raise Dsv4IntError(f"{module}.scale is missing; an INT8 weight needs its {rules.SCALE_DTYPE} scale")
+        problem = rules.dense_int8_scale_problem(self.strategy, shape, scale)
+        if problem:
+            raise Dsv4IntError(f"{module}.{problem}")
 
     def check_experts(self, prefix: str) -> None:
         """Routed experts must be uint4b8 (I8 storage) with BF16 group-32 scales."""
@@ -274,10 +260,10 @@ class Dsv4IntConfig(QuantizationConfig):
             if not self.schema.is_expert_target(name):
                 raise Dsv4IntError(f"{name} is not matched by quantization_config.config_groups.experts_w4a16.targets")
             scale = self._lookup(f"{name}.scale")
-            n, half_k = meta[1]
-            if meta[0] != "I8" or scale is None or scale[0] != "BF16" or tuple(scale[1]) != (n, 2 * half_k // INT4_GROUP):
+            if rules.expert_problem(meta[0], meta[1], scale):
                 raise Dsv4IntError(
-                    f"{name}: expected weight I8 [N, K/2] (packed uint4b8) with scale BF16 [N, K/{INT4_GROUP}], "
+                    f"{name}: expected weight {rules.EXPERT_WEIGHT_DTYPE} [N, K/2] (packed uint4b8) with scale "
+                    f"{rules.SCALE_DTYPE} [N, K/{INT4_GROUP}], "
                     f"got weight {meta[0]} {list(meta[1])}, scale {scale and (scale[0], list(scale[1]))}"
                 )
 
