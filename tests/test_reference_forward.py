@@ -119,3 +119,35 @@ def test_bad_token_ids_are_refused(ckpts):
     m = ReferenceModel(ckpts["native"], dtype=torch.float32, stream=False)
     with pytest.raises(ReferenceError, match="token id 300 is out of range"):
         m.forward([1, 300], 0, new_caches(m.cfg))
+
+
+def test_mtp_block_input_and_prefill_equals_decode(ckpts, ids, monkeypatch):
+    from sglang_ampere.reference import model as M
+
+    m = ReferenceModel(ckpts["int"], dtype=torch.float32, stream=False)
+    assert m.cfg.mtp == 1 and m.cfg.ratios[m.cfg.layers] == 0
+    n = 80
+    _, R = m.forward(ids[:n], 0, new_caches(m.cfg), return_streams=True)
+    seen = {}
+    real_block = M.block
+
+    def spy(x, *a, **k):
+        seen.setdefault("x", x.clone())
+        return real_block(x, *a, **k)
+
+    monkeypatch.setattr(M, "block", spy)
+    full = m.mtp(R[:-1], ids[1:n], 0, new_caches(m.cfg))
+    monkeypatch.setattr(M, "block", real_block)
+    assert full.shape == (n - 1, 300) and bool(torch.isfinite(full).all())
+    # R_in[t, k] = e_proj(rmsnorm(embed[next_t], enorm)) + h_proj(rmsnorm(R[t, k], hnorm)), in float64
+    w = m.ckpt.part("mtp.0.")
+    emb = m.ckpt.globals().get("embed.weight").double()[ids[1:n]]
+    rms = lambda v, g: g.double() * v / torch.sqrt((v ** 2).mean(-1, keepdim=True) + m.cfg.eps)
+    want = (rms(emb, w.get("enorm.weight")) @ w.get("e_proj.weight").double().t())[:, None] + \
+        rms(R[:-1].double(), w.get("hnorm.weight")) @ w.get("h_proj.weight").double().t()
+    assert torch.allclose(seen["x"].double(), want, rtol=1e-4, atol=1e-4)
+    caches = new_caches(m.cfg)
+    parts = [m.mtp(R[:40], ids[1:41], 0, caches)]
+    for p in range(40, n - 1):
+        parts.append(m.mtp(R[p:p + 1], ids[p + 1:p + 2], p, caches))
+    assert (torch.cat(parts) - full).abs().max().item() <= 1e-5 * full.abs().max().item()
