@@ -66,12 +66,26 @@ def _arch_num(arch: str) -> int:
     return int(m.group(1))
 
 
+def kernel_modules() -> tuple:
+    """The modules whose ``report_specs(arch)`` kernel-report compiles (sparse MLA, C4 indexer);
+    each also has ``build``, ``target_for`` and ``PASS_CONFIGS``."""
+    from .kernels import tilelang_indexer, tilelang_mla
+
+    return (tilelang_mla, tilelang_indexer)
+
+
+def _module_of(spec):
+    """The kernel module a spec belongs to (its class is defined there)."""
+    return sys.modules[type(spec).__module__]
+
+
 def lower_to_cuda(spec, arch: int) -> tuple[str, int]:
-    """(CUDA C++ source, dynamic shared memory bytes per block) of one kernel, lowered by TileLang."""
+    """(CUDA C++ source, dynamic shared memory bytes per block) of one kernel, lowered by TileLang
+    with its module's target and pass configuration."""
     import tilelang
     from tilelang import tvm
 
-    from .kernels import tilelang_mla as M
+    M = _module_of(spec)
 
     tgt = tvm.target.Target(M.target_for(arch))
     with tvm.transform.PassContext(opt_level=3, config=M.PASS_CONFIGS), tgt:
@@ -132,11 +146,9 @@ def check(r: KernelResult, arch: int) -> None:
 
 def report(arch: int, out_dir: Path, only: str | None = None, log=None) -> list[KernelResult]:
     """Compile and inspect every TileLang kernel for sm_{arch}; cubins and sources go to out_dir."""
-    from .kernels import tilelang_mla as M
-
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for spec in M.report_specs(arch):
+    for spec in [s for m in kernel_modules() for s in m.report_specs(arch)]:
         if only and only not in spec.name:
             continue
         r = KernelResult(spec.name, f"sm_{arch}")

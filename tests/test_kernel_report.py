@@ -1,4 +1,4 @@
-"""Compile every TileLang sparse-MLA kernel for sm_86 and sm_80 (nvcc, no GPU) and inspect SASS."""
+"""Compile every TileLang kernel (sparse MLA, C4 indexer) for sm_86 and sm_80 (nvcc, no GPU) and inspect SASS."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def test_every_kernel_is_clean(report):
     assert any("dense_prefill" in n for n in names) and any("dense_decode" in n for n in names)
     for kind in ("c4", "c128", "swa"):
         assert any(f"paged_{kind}_prefill" in n for n in names) and any(f"paged_{kind}_decode" in n for n in names)
+    # the C4 indexer logits kernel: one-split (prefill) and split (decode) forms
+    assert {"indexer_logits_prefill_h64", "indexer_logits_decode_s16_h64"} <= names
     for k in kernels:
         assert k["problems"] == [], f"{k['name']} ({arch}): {k['problems']}"
         assert k["hmma"] > 0, k
@@ -62,6 +64,16 @@ def test_cubins_are_for_the_requested_arch(report):
     cubin = data["kernels"][0]["cubin"]
     out = subprocess.run([find_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True).stdout
     assert f"code for {arch}" in out and f"EF_CUDA_SM{arch[3:]}" in out
+
+
+def test_report_covers_every_kernel_module():
+    from sglang_ampere.kernels import tilelang_indexer, tilelang_mla
+
+    assert K.kernel_modules() == (tilelang_mla, tilelang_indexer)
+    for arch in (86, 80):
+        specs = tilelang_indexer.report_specs(arch)
+        assert len(specs) == 2 and all(K._module_of(s) is tilelang_indexer for s in specs)
+        assert K._module_of(tilelang_mla.report_specs(arch)[0]) is tilelang_mla
 
 
 def test_checks_can_fail():
