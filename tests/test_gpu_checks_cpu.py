@@ -68,3 +68,57 @@ def test_dense_check_passes_and_fails(on_cpu, monkeypatch):
                         S.sparse_mla_torch(q, kv, idx, sink, sc, None))       # ignores the lengths
     with pytest.raises(CheckFailed, match="rel err"):
         G.check_dense(2, 4096)
+
+
+# C4 indexer checks: the torch path stands in for the TileLang kernel
+
+def _indexer_as(monkeypatch, fn):
+    from sglang_ampere.kernels import tilelang_indexer as TI
+
+    monkeypatch.setattr(TI, "paged_mqa_logits_tilelang", fn)
+
+
+def test_indexer_checks_cover_the_real_shapes():
+    names = [n for n, _ in G.gpu_checks()]
+    assert any("indexer decode" in n and "128k" in n for n in names)
+    assert any("indexer decode" in n and "4k" in n for n in names)
+    assert any("indexer prefill (4096 rows" in n and "64k" in n for n in names)
+
+
+def test_indexer_check_passes_for_a_correct_kernel(on_cpu, monkeypatch):
+    from sglang_ampere.kernels import indexer as I
+
+    _indexer_as(monkeypatch, lambda *a: I.paged_mqa_logits_torch(*a))
+    assert "max rel err" in G.check_indexer(3, 4096)
+    assert "max rel err" in G.check_indexer(64, 2048, decode=False)
+    assert "max rel err" in G.check_indexer(2, 1024, width_pad=50)
+
+
+def test_indexer_check_fails_for_wrong_kernels(on_cpu, monkeypatch):
+    from sglang_ampere.kernels import indexer as I
+
+    def first_rows_pages(q, kv, w, lens, table, md, width, clean=False):
+        return I.paged_mqa_logits_torch(q, kv, w, lens, table[:1].expand_as(table).contiguous(), md, width)
+    _indexer_as(monkeypatch, first_rows_pages)
+    with pytest.raises(CheckFailed, match="rel err"):
+        G.check_indexer(3, 4096)
+
+    def unweighted_heads(q, kv, w, lens, table, md, width, clean=False):
+        return I.paged_mqa_logits_torch(q, kv, w.mean(1, keepdim=True).expand_as(w), lens, table, md, width)
+    _indexer_as(monkeypatch, unweighted_heads)
+    with pytest.raises(CheckFailed, match="rel err"):
+        G.check_indexer(32, 2048, decode=False)
+
+    def garbage_past_length(q, kv, w, lens, table, md, width, clean=False):
+        out = I.paged_mqa_logits_torch(q, kv, w, lens, table, md, width)
+        past = torch.arange(width)[None, :] >= lens[:, None].long()
+        return out.masked_fill(past, 1e-6)
+    _indexer_as(monkeypatch, garbage_past_length)
+    with pytest.raises(CheckFailed, match="past the rows' lengths"):
+        G.check_indexer(3, 4096)
+
+    def drops_last_partial_page(q, kv, w, lens, table, md, width, clean=False):
+        return I.paged_mqa_logits_torch(q, kv, w, (lens // 64) * 64, table, md, width)
+    _indexer_as(monkeypatch, drops_last_partial_page)
+    with pytest.raises(CheckFailed, match="rel err"):
+        G.check_indexer(64, 2048, decode=False)

@@ -19,8 +19,10 @@ from typing import Callable
 import torch
 
 from ..checking import require, require_close, require_cuda_sm80, worst_slice_max_rel
+from . import indexer as I
 from . import kv_layout as L
 from . import sparse_mla as S
+from . import tilelang_indexer as TI
 
 HEADS = 64
 WINDOW = 128
@@ -150,5 +152,99 @@ def gpu_checks() -> list[tuple[str, Callable[[], str]]]:
         ("sparse-mla paged decode window only (1 seq, ctx 4k)", lambda: check_paged(1, 4096, 0)),
         ("sparse-mla paged prefill c4 (256 tokens, ctx 16k)", lambda: check_paged(256, 16384, 4, decode=False)),
         ("sparse-mla paged prefill c128 (256 tokens, ctx 64k)", lambda: check_paged(256, 65536, 128, decode=False)),
+    ]
+    return checks + indexer_checks()
+
+
+# ---------------------------------------------------------------------------------------------
+# C4 indexer logits: TileLang kernel vs the bounded torch path
+
+#: Largest allowed max|tilelang - torch| / max|torch| of any row. Both multiply exact e4m3
+#: values and accumulate in float32 (the kernel as exact float16 on the tensor cores), so only
+#: the summation order differs; a wrong page, scale, weight or head is off by O(1).
+INDEXER_TOL = 1e-3
+
+
+def indexer_case(rows: int, ctx: int, seed: int, device, decode: bool = True, width_pad: int = 0) -> tuple:
+    """SGLang-shaped positional arguments of the indexer logits on a fresh index-K pool.
+
+    ``ctx`` tokens give ``ctx // 4`` compressed entries. decode: ``rows`` sequences, lengths
+    from about half the context to all of it (row 1 has length 1), each on its own randomly
+    permuted pages, -1 past each length and in a spare column; prefill: ``rows`` consecutive
+    query positions ending at ``ctx - 1`` of one sequence (entries ``(pos + 1) // 4``, so every
+    partial last page occurs), all rows sharing one page-table row. Keys get per-entry scales
+    spread over a factor of ~20, so a kernel that drops or misplaces them fails. ``width_pad``
+    widens ``max_seq_len`` past the page table (those columns must be 0).
+    """
+    g = _gen(seed, device)
+    entries = ctx // 4
+    pages_per_seq = -(-entries // L.INDEX_PAGE_SIZE)
+    if decode:
+        lens = torch.randint(max(1, entries // 2), entries + 1, (rows,), generator=g, device=device)
+        lens[0] = entries
+        if rows > 1:
+            lens[1] = 1
+        seqs = rows
+    else:
+        lens = (torch.arange(ctx - rows, ctx, device=device) + 1) // 4
+        seqs = 1
+    total_pages = seqs * pages_per_seq + 3                              # a few pages nobody owns
+    perm = torch.randperm(total_pages, generator=g, device=device).to(torch.int32)
+    table = torch.full((seqs, pages_per_seq + 1), -1, dtype=torch.int32, device=device)
+    table[:, :pages_per_seq] = perm[: seqs * pages_per_seq].view(seqs, pages_per_seq)
+    if decode:
+        used = -(-lens // L.INDEX_PAGE_SIZE)
+        table[torch.arange(pages_per_seq + 1, device=device)[None, :] >= used[:, None]] = -1
+    else:
+        table = table.expand(rows, -1).contiguous()
+    pool = L.index_pool(total_pages, device)
+    n = total_pages * L.INDEX_PAGE_SIZE
+    keys = torch.randn(n, L.INDEX_DIM, generator=g, device=device)
+    keys *= torch.exp(torch.randn(n, 1, generator=g, device=device))
+    L.write_index_keys(pool, torch.arange(n, device=device), keys)
+    del keys
+    q = (torch.randn(rows, 1, HEADS, L.INDEX_DIM, generator=g, device=device) * 3).to(torch.float8_e4m3fn)
+    weight = torch.randn(rows, HEADS, generator=g, device=device) / 8
+    return q, pool, weight, lens.to(torch.int32), table, None, entries + width_pad, False
+
+
+def check_indexer(rows: int, ctx: int, decode: bool = True, width_pad: int = 0, seed: int = 3) -> str:
+    device = _require_cuda()
+    args = indexer_case(rows, ctx, seed, device, decode, width_pad)
+    case = f"indexer {'decode' if decode else 'prefill'} rows={rows} ctx={ctx}"
+    got = I.paged_mqa_logits_tilelang(*args)
+    want = I.paged_mqa_logits_torch(*args)
+    require(got.shape == want.shape and got.dtype == torch.float32,
+            f"{case}: logits {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} torch.float32")
+    require(bool(torch.isfinite(got).all()), f"{case}: non-finite logits")
+    past = torch.arange(got.shape[1], device=device)[None, :] >= args[3][:, None].long()
+    stray = int((got[past] != 0).sum())
+    require(stray == 0, f"{case}: {stray} nonzero logits past the rows' lengths (must be exactly 0)")
+    err = worst_slice_max_rel(got, want, dim=0)
+    require_close(case, "worst-row max rel err", err, INDEXER_TOL)
+    return f"worst-row max rel err {err:.2e}, splits {_indexer_splits(args)}"
+
+
+def _indexer_splits(args) -> int:
+    """The split count the wrapper picks for these arguments (reported in the detail line)."""
+    q, table = args[0], args[4]
+    if q.device.type != "cuda":
+        return 1
+    arch, sms = TI._device_arch(q.device.index or 0)
+    return TI.choose_splits(q.shape[0], table.shape[1], sms, TI.plan_for(arch))
+
+
+def indexer_checks() -> list[tuple[str, Callable[[], str]]]:
+    """64 heads, contexts 4k..128k tokens (1k..32k entries); decode batches (split kernels) and
+    4096-row prefill chunks (one CTA per row)."""
+    checks: list[tuple[str, Callable[[], str]]] = []
+    for rows, ctx in ((16, 4096), (16, 65536), (4, 131072), (1, 131072), (3, 16384)):
+        checks.append((f"indexer decode ({rows} row{'s' if rows > 1 else ''}, ctx {ctx // 1024}k)",
+                       lambda rows=rows, ctx=ctx: check_indexer(rows, ctx)))
+    checks += [
+        ("indexer prefill (4096 rows, ctx 4k)", lambda: check_indexer(4096, 4096, decode=False)),
+        ("indexer prefill (4096 rows, ctx 64k)", lambda: check_indexer(4096, 65536, decode=False)),
+        ("indexer prefill (512 rows, ctx 128k, max_seq_len past the table)",
+         lambda: check_indexer(512, 131072, decode=False, width_pad=200)),
     ]
     return checks
