@@ -31,8 +31,9 @@ Tile plan (per CTA: one query row, all 64 heads, one split of the row's pages)::
               a warp's 16-entry rows x all 64 heads in one warp); out = tot * sc_s (j < len)
 
 sm_86 (99 KB shared per block, 100 KB per SM): BN = 128 (2 pages per step), 256 threads (8
-warps, 16 entries each) -> 48.8 KB shared, 2 CTAs per SM; 32 accumulator registers per
-thread. sm_80 (163 KB): the same plan, 3 CTAs per SM.
+warps, 16 entries each) -> 48.75 KB shared, 2 CTAs per SM; 32 accumulator registers per
+thread (kernel-report: 96 registers, no spills, 64 HMMA per warp and step). sm_80 (163 KB):
+the same plan, also 2 CTAs per SM (there the 96 x 256 registers per CTA are the limit).
 
 Grid ``(rows, splits)``: row ``b``'s blocks of BN entries go to split ``blk % splits`` (decode:
 few rows, long contexts, so the splits fill the GPU; prefill: thousands of rows, 1 split).
@@ -40,7 +41,8 @@ Splits write disjoint columns of the result, so there is no combine step. Work i
 ``min(seq_lens[b], 64 * max_pages, max_seq_len)``; every column of ``[0, max_seq_len)`` is
 written exactly once (scores below the length, zeros above: the tail blocks only store zeros),
 so the wrapper allocates the result with ``torch.empty``. Page ids are clamped into
-``[0, pages)`` like the torch path (a ``-1`` past the length is never read as a key anyway).
+``[0, pages)`` like the torch path (a ``-1`` column past the length may be read as page 0 when
+it shares a block with the last valid page; those entries are masked to 0).
 """
 
 
