@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from sglang_ampere.gpus import KNOWN_ARCHES
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-#: Architectures that have a preset, in the order ``--help`` lists them.
-KNOWN_ARCHES = ("sm80", "sm86", "sm89", "sm90", "sm120")
+__all__ = ["KNOWN_ARCHES", "ArgEntry", "EnvEntry", "Preset", "PresetError", "load_builtin", "load_file",
+           "parse_preset"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from sglang_ampere import envvars
 
-from . import gpus as gpus_mod
+from sglang_ampere import gpus as gpus_mod
 from .model_dir import arch_number
 
 if TYPE_CHECKING:

@@ -174,8 +174,8 @@ def probe_checks(probe: dict) -> list[Check]:
 
 def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> tuple[list[Check], str | None]:
     """GPU listing and the preset that applies; returns the arch too (None if undecided)."""
-    from sglang_ampere.launch import gpus as gpus_mod
-    from sglang_ampere.launch.presets import KNOWN_ARCHES
+    from sglang_ampere import gpus as gpus_mod
+    from sglang_ampere.gpus import KNOWN_ARCHES
 
     checks = []
     found, why = gpus_mod.detect_gpus_or_reason(environ, smi_output)

@@ -11,9 +11,12 @@ either step. So ``register`` itself:
 4. applies its own hook targets (SGLang's ``apply_hooks`` after all plugins then skips them)
    and checks each hook function is really in the wrapper chain on its target;
 5. reports any hook that is not, by module and target, as an error: logged at ERROR, raised
-   as :class:`PluginError`, and remembered in :data:`FAILED_HOOKS`. ``Dsv4IntConfig`` re-runs
-   :func:`verify_hooks` when the model is built (after SGLang applied every plugin's hooks)
-   and refuses to build it if any hook is missing -- an error SGLang does not swallow.
+   as :class:`PluginError`, and remembered in :mod:`.hook_state` (``FAILED_HOOKS``).
+   ``Dsv4IntConfig`` re-runs ``hook_state.verify_hooks`` when the model is built (after SGLang
+   applied every plugin's hooks) and refuses to build it if any hook is missing -- an error
+   SGLang does not swallow.
+
+SGLang's private ``HookRegistry`` state is touched only through :mod:`.hook_registry`.
 
 Calling it again in the same process does nothing new (idempotent).
 """
@@ -23,14 +26,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-import pkgutil
 
-from . import QUANT_METHOD, SGLANG_PIN, envvars
+from . import QUANT_METHOD, SGLANG_PIN, envvars, hook_registry, hook_state
+# Re-exported: the hook status lives in hook_state, which the quant config reads without
+# importing this module.
+from .hook_state import FAILED_HOOKS, hook_in_effect, verify_hooks
+
+__all__ = ["FAILED_HOOKS", "PluginError", "check_sglang_version", "collect_hooks", "hook_in_effect",
+           "install_hooks", "register", "register_quantization", "register_quantization_choice", "verify_hooks"]
 
 logger = logging.getLogger("sglang_ampere")
-
-#: "module: target (why)" for every hook that did not take effect in this process.
-FAILED_HOOKS: list[str] = []
 
 _HOOK_TYPES = ("BEFORE", "AFTER", "AROUND", "REPLACE")
 
@@ -90,86 +95,15 @@ def collect_hooks(module_names: list[str] | None = None):
     return out, failed
 
 
-def hook_in_effect(target: str, fn) -> bool:
-    """Whether ``fn`` is in the wrapper chain now bound at ``target`` (or is the target,
-    for a class/function REPLACE)."""
-    obj_path, _, attr = target.rpartition(".")
-    try:
-        owner = pkgutil.resolve_name(obj_path)
-        current = owner.__dict__.get(attr) if isinstance(owner, type) else None
-        if current is None:
-            current = getattr(owner, attr)
-    except Exception:  # noqa: BLE001 - an unresolvable target is simply "not in effect"
-        return False
-    if isinstance(current, (classmethod, staticmethod)):
-        current = current.__func__
-    for _ in range(64):
-        if current is None:
-            return False
-        if current is fn:
-            return True
-        for cell in getattr(current, "__closure__", None) or ():
-            try:
-                if cell.cell_contents is fn:
-                    return True
-            except ValueError:          # empty cell
-                continue
-        current = getattr(current, "__wrapped__", None)
-    return False
-
-
-#: Every hook this process registered, as (patch module, Hook); re-verified by verify_hooks().
-_INSTALLED: list = []
-
-
-def _apply_targets(targets: list[str]) -> None:
-    """Apply the hooks of these targets only, as ``HookRegistry.apply_hooks`` does per target.
-
-    Applying every registered target here would mark other plugins' targets as patched before
-    plugins that load after us could add their hooks to them; so only our targets are applied
-    now, and SGLang's own ``apply_hooks`` (right after all plugins ran) does the rest. A target
-    that fails is left unpatched, and verification reports it.
-    """
-    from sglang.srt.plugins.hook_registry import HookRegistry
-
-    items = [(t, HookRegistry._hooks[t]) for t in dict.fromkeys(targets) if t not in HookRegistry._patched]
-    for target, hooks in sorted(items, key=HookRegistry._target_sort_key):
-        try:
-            HookRegistry._apply_target(target, hooks)
-            HookRegistry._patched.add(target)
-        except Exception as e:  # noqa: BLE001 - reported by verification, by name
-            logger.error("sglang_ampere: applying hooks to %s failed: %s: %s", target, type(e).__name__, e)
-
-
-def verify_hooks() -> list[str]:
-    """Re-check every hook registered by this process; updates and returns FAILED_HOOKS.
-
-    ``Dsv4IntConfig`` calls this when the model is built, i.e. after SGLang applied all
-    plugins' hooks, so a hook undone later (e.g. another plugin's class REPLACE) is caught too.
-    """
-    failed = list(_LOAD_FAILURES)
-    for mod_name, hook in _INSTALLED:
-        if not hook_in_effect(hook.target, hook.fn):
-            failed.append(f"{mod_name}: {hook.target} ({hook.hook_type}: {hook.why})")
-    FAILED_HOOKS[:] = failed
-    return failed
-
-
-_LOAD_FAILURES: list[str] = []
-
-
 def install_hooks(module_names: list[str] | None = None) -> tuple[int, list[str]]:
     """Register, apply and verify the hooks; returns (number of hooks, failures)."""
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-
     hooks, load_failures = collect_hooks(module_names)
     for _, hook in hooks:
-        already = any(h is hook.fn for _, h, _ in HookRegistry._hooks.get(hook.target, ()))
-        if not already:
-            HookRegistry.register(hook.target, hook.fn, HookType[hook.hook_type])
-    _apply_targets([hook.target for _, hook in hooks])
-    _INSTALLED[:] = hooks
-    _LOAD_FAILURES[:] = load_failures
+        if not hook_registry.is_registered(hook.target, hook.fn):
+            hook_registry.register(hook.target, hook.fn, hook.hook_type)
+    hook_registry.apply_targets(hook.target for _, hook in hooks)
+    hook_state.INSTALLED[:] = hooks
+    hook_state.LOAD_FAILURES[:] = load_failures
     return len(hooks), verify_hooks()
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .cuda_tools import find_cuda_home
-
-ARCH_CAPS = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0), "sm120": (12, 0)}
+from .gpus import ARCH_CAPS
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def _resolve_arch(gpu: str) -> str:
         if gpu not in ARCH_CAPS:
             raise SystemExit(f"sglang-ampere warmup: error: unknown --gpu {gpu!r}; known: {', '.join(ARCH_CAPS)}")
         return gpu
-    from sglang_ampere.launch import gpus as gpus_mod
+    from sglang_ampere import gpus as gpus_mod
     try:
         found = gpus_mod.detect_gpus(os.environ)
     except gpus_mod.GpuDetectionError as exc:

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from launch_helpers import fake_nvidia_smi, smi
-from sglang_ampere.launch import gpus
+from sglang_ampere import gpus
 from sglang_ampere.launch.launcher import LaunchError, resolve_arch, split_argv
 
 

@@ -64,16 +64,14 @@ def test_register_is_idempotent_and_registers_everything():
     from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
     from sglang.srt.layers import linear
     from sglang.srt.layers.quantization import QUANTIZATION_METHODS
-    from sglang.srt.plugins.hook_registry import HookRegistry
-
-    from sglang_ampere import plugin
+    from sglang_ampere import hook_registry, plugin
     from sglang_ampere.patches import dsv4_loader
     from sglang_ampere.quant.config import Dsv4IntConfig
 
     plugin.register()
-    n_hooks = len(HookRegistry._hooks[dsv4_loader.TARGET])
+    n_hooks = hook_registry.registered_count(dsv4_loader.TARGET)
     plugin.register()
-    assert len(HookRegistry._hooks[dsv4_loader.TARGET]) == n_hooks        # not registered twice
+    assert hook_registry.registered_count(dsv4_loader.TARGET) == n_hooks        # not registered twice
     assert QUANTIZATION_METHODS["dsv4_int"] is Dsv4IntConfig
     assert QUANTIZATION_CHOICES.count("dsv4_int") == 1
     assert plugin.FAILED_HOOKS == []

@@ -278,9 +278,9 @@ def _ensure_weight_loader_v2() -> None:
 
 def _refuse_if_hooks_failed() -> None:
     """SGLang swallows plugin errors; refusing here (model load) makes a failed patch fatal."""
-    from .. import plugin
+    from .. import hook_state
 
-    failed = plugin.verify_hooks()
+    failed = hook_state.verify_hooks()
     if failed:
         raise Dsv4IntError(
             "sglang_ampere hooks did not take effect: " + ", ".join(failed)

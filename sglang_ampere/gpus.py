@@ -1,4 +1,5 @@
-"""GPU facts from ``nvidia-smi``, without initialising CUDA in this process.
+"""GPU facts from ``nvidia-smi``, without initialising CUDA in this process, and the GPU
+architectures this package knows: the one module ``launch``, ``warmup`` and ``doctor`` share.
 
 The launcher must not touch CUDA itself: it replaces itself with SGLang, and a CUDA context
 created here would be inherited by nobody and would cost seconds. ``nvidia-smi`` reports what
@@ -12,6 +13,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping
+
+#: Architectures with a preset (``env/<arch>.toml``) and JIT targets, with their compute
+#: capability, in the order ``--help`` lists them.
+ARCH_CAPS: dict[str, tuple[int, int]] = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0),
+                                         "sm120": (12, 0)}
+KNOWN_ARCHES = tuple(ARCH_CAPS)
 
 #: ``nvidia-smi`` query used for detection (one CSV line per GPU, no header, no units).
 QUERY_FIELDS = "index,name,compute_cap,memory.total,uuid"
