@@ -71,8 +71,9 @@ def test_a_broken_converted_tensor_shows_as_a_large_kl(ck, tmp_path):
     mutate_shard(shard_of(broken, name), swap)
     good = evaluate(ck["mse"], ck["ids"], ck["native"], dtype="float32", stream=False)
     bad = evaluate(broken, ck["ids"], ck["native"], dtype="float32", stream=False)
-    assert bad["kl"]["mean"] > 5 * good["kl"]["mean"], (bad["kl"], good["kl"])
-    assert bad["layer_snr_db"][0] < good["layer_snr_db"][0] - 6
+    # Seen over 12 seeds: KL 5.6-8x the intact conversion's, first-layer SNR 13-16 dB lower.
+    assert bad["kl"]["mean"] > 3 * good["kl"]["mean"], (bad["kl"], good["kl"])
+    assert bad["layer_snr_db"][0] < good["layer_snr_db"][0] - 8
 
 
 def test_cli_json_and_logits_dump_cover_prefill_and_decode_rows(ck, tmp_path, capsys):

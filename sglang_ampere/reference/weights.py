@@ -12,9 +12,9 @@ What it reads
   copied.
 
 Every decision is taken from the tensors' real dtypes and the role :func:`inventory.classify`
-gives the name (the schema's target lists are declarative and broader than what is INT8); the
-bit-level decoding is :mod:`sglang_ampere.formats`, called here and nowhere else in
-``reference/``. Shard headers are read with :mod:`sglang_ampere.convert.headers` (which checks
+gives the name (the schema's target lists are declarative and broader than what is INT8), with
+the layout rules of :mod:`sglang_ampere.rules`; the bit-level decoding is
+:mod:`sglang_ampere.formats`, called here and nowhere else in ``reference/``. Shard headers are read with :mod:`sglang_ampere.convert.headers` (which checks
 every offset against the file size); tensor bytes are read one tensor at a time, so
 ``bytes_read`` counts exactly what a pass reads from disk.
 
@@ -34,14 +34,12 @@ from .. import QUANT_METHOD
 from ..convert.headers import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
 from ..formats import (FormatError, fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize,
                        uint8_channel_dequantize)
+from .. import rules
 from ..inventory import DENSE, EXPERT, classify
 from ..schema import SchemaError, parse_quantization_config
 
 NATIVE, DSV4_INT = "native", "dsv4_int"
 
-_TORCH_DTYPES = {"I8": torch.int8, "U8": torch.uint8, "BF16": torch.bfloat16, "F16": torch.float16,
-                 "F32": torch.float32, "I32": torch.int32, "I64": torch.int64,
-                 "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu}
 
 
 class ReferenceError(ValueError):
@@ -70,34 +68,44 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
                          f"DeepSeek-V4-Flash (fp8) and {QUANT_METHOD} checkpoints only")
 
 
+_DTYPE_NAMES = {v: k for k, v in rules.TORCH_DTYPES.items()}
+
+
 def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> torch.Tensor:
-    """One tensor (plus its ``.scale``, if any) as float32, by role and on-disk dtypes."""
+    """One tensor (plus its ``.scale``, if any) as float32: the role from its name, the layout
+    from :mod:`sglang_ampere.rules`, the bits from :mod:`sglang_ampere.formats`."""
     role = classify(name)
-    if s is None:
-        if w.dtype in (torch.int8, torch.uint8, torch.float8_e4m3fn) and role is not None and role.role in (DENSE, EXPERT):
-            raise FormatError(name, f"{w.dtype} weight without its .scale")
-        return w.float() if w.dtype.is_floating_point else w
+    wd, ws = _DTYPE_NAMES.get(w.dtype, str(w.dtype)), tuple(w.shape)
     if role is None or role.role not in (DENSE, EXPERT):
-        raise FormatError(name, "has a .scale but is not a quantized DeepSeek-V4-Flash tensor")
+        if s is not None:
+            raise FormatError(name, "has a .scale but is not a quantized DeepSeek-V4-Flash tensor")
+        return w.float() if w.dtype.is_floating_point else w
+    if s is None:
+        if role.role == DENSE and wd in rules.FLOAT_DTYPES and kind == DSV4_INT:
+            return w.float()                                   # a dense layer kept in BF16
+        raise FormatError(name, f"{wd} {role.role} weight without its .scale")
+    sd, ss = _DTYPE_NAMES.get(s.dtype, str(s.dtype)), tuple(s.shape)
     if role.role == EXPERT:
-        if s.dtype == torch.float8_e8m0fnu:
-            if kind != NATIVE:
-                raise FormatError(name, "MXFP4 expert (E8M0 scale) inside a dsv4_int checkpoint")
+        if kind == NATIVE:
+            bad = rules.native_expert_problem(wd, ws, sd, ss, name)
+            if bad:
+                raise FormatError(name, f"{bad[0]}: {bad[1]}")
             return mxfp4_dequantize(w, s, name)
-        if s.dtype == torch.bfloat16:
-            if kind != DSV4_INT:
-                raise FormatError(name, "INT4 expert (BF16 scale) inside a native checkpoint")
-            return int4_group_dequantize(w, s, name)
-        raise FormatError(name, f"routed-expert scale dtype {s.dtype} is neither E8M0 (MXFP4) nor BF16 (INT4)")
-    if w.dtype == torch.float8_e4m3fn:
+        bad = rules.expert_problem(wd, ws, (sd, ss))
+        if bad:
+            raise FormatError(name, bad)
+        return int4_group_dequantize(w, s, name)
+    if kind == NATIVE:
+        bad = rules.native_dense_problem(wd, ws, sd, ss, name)
+        if bad:
+            raise FormatError(name, f"{bad[0]}: {bad[1]}")
         return fp8_block_dequantize(w, s, name)
-    if kind != DSV4_INT:
-        raise FormatError(name, f"dense weight dtype {w.dtype} in a native checkpoint (expected F8_E4M3)")
-    if w.dtype == torch.int8:
+    strategy = rules.dense_int8_strategy(wd, ws, (sd, ss))
+    if strategy == "block":
         return int8_block_dequantize(w, s, name)
-    if w.dtype == torch.uint8:
+    if strategy == "channel":
         return uint8_channel_dequantize(w, s, name)
-    raise FormatError(name, f"dense weight dtype {w.dtype} is none of F8_E4M3, I8 (block INT8), U8 (channel INT8)")
+    raise FormatError(name, f"dense weight {wd} {list(ws)} with scale {sd} {list(ss)} is neither block nor channel INT8")
 
 
 class Weights:
@@ -176,7 +184,7 @@ class Checkpoint:
                     with self._lock:
                         self.bytes_read += len(buf)
                     t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
-                    out[info.name] = t.view(_TORCH_DTYPES[info.dtype]).reshape(info.shape)
+                    out[info.name] = t.view(rules.TORCH_DTYPES[info.dtype]).reshape(info.shape)
         return out
 
     def part(self, prefix: str) -> Weights:
