@@ -28,6 +28,8 @@ SGLang:   written for 0.5.23 (``deepseek_v4_backend.py`` lines ~210-215, 1231-12
 from __future__ import annotations
 
 import functools
+import importlib
+import inspect
 import logging
 import sys
 import types
@@ -189,15 +191,39 @@ def phase_of(forward_batch) -> str:
     return "decode"
 
 
+@functools.lru_cache(maxsize=8)
+def forward_batch_position(forward) -> int:
+    """Index in ``args`` (after ``self``) of ``forward``'s ``forward_batch`` parameter, read from its
+    signature; a TypeError if it has none (SGLang changed the method: verification must fail,
+    not silently read another argument)."""
+    params = list(inspect.signature(forward).parameters.values())
+    for i, p in enumerate(params[1:]):
+        if p.name == "forward_batch":
+            if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                return -1                      # keyword-only: never positional
+            return i
+    raise TypeError(f"{getattr(forward, '__qualname__', forward)}{inspect.signature(forward)} has no "
+                    "forward_batch parameter; sglang_ampere's dsv4_attention hook was written for "
+                    f"SGLang {SGLANG_VERSION}'s forward(self, q, k, v, layer, forward_batch, ...)")
+
+
 def forward_hook(original, self, *args, **kwargs):
-    """``forward(q, k, v, layer, forward_batch, ...)``; forward_batch may come by keyword."""
+    """Around ``forward``: record the phase of its ``forward_batch`` (positional or by keyword,
+    located by name in ``original``'s signature), then run it."""
     if needs_ampere_path():
-        fb = kwargs.get("forward_batch", args[4] if len(args) > 4 else None)
+        if "forward_batch" in kwargs:
+            fb = kwargs["forward_batch"]
+        else:
+            i = forward_batch_position(original)
+            fb = args[i] if 0 <= i < len(args) else None
         setattr(self, PHASE_ATTR, phase_of(fb))
     return original(self, *args, **kwargs)
 
 
 def hooks() -> list[Hook]:
+    # Fail here (the plugin reports this module's hooks as not in effect) if forward's signature
+    # no longer has forward_batch, rather than mis-reading the phase at run time.
+    forward_batch_position(importlib.import_module(BE).DeepseekV4AttnBackend.forward)
     return [
         Hook(f"{BE}._create_flashmla_metadata", create_flashmla_metadata_hook, "AROUND",
              "below sm_90 there is no FlashMLA schedule object; consumers accept None"),

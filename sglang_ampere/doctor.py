@@ -8,7 +8,9 @@ Checks, each with a fix when it fails:
 * in a fresh Python process: every hook target of ``patches/`` imports, and after SGLang loads
   its plugins ``dsv4_int`` is in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
 * the GPUs (name, arch, memory) from ``nvidia-smi``; which preset applies;
-* nvcc, the CUDA toolkit root and TileLang for the JIT kernels; the JIT cache state;
+* nvcc, the CUDA toolkit root, the CUDA headers the JIT kernels include (:data:`JIT_HEADERS`)
+  and TileLang for the JIT kernels; the JIT cache state. SGLang's own DeepSeek-V4 kernels are
+  compiled with nvcc whichever sparse-MLA backend is chosen, so a missing nvcc or header fails;
 * caller environment variables that contradict the preset.
 
 Exit status: 0 when nothing failed, 1 otherwise (warnings do not fail).
@@ -17,19 +19,29 @@ Exit status: 0 when nothing failed, 1 otherwise (warnings do not fail).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Mapping
 
 from . import SGLANG_PIN, QUANT_METHOD
 from .cuda_tools import find_cuda_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+
+#: (header, what includes it) for the CUDA headers the serving path's JIT kernels need.
+JIT_HEADERS = (
+    ("cuda_runtime.h", "every JIT kernel (SGLang's DeepSeek-V4 and Marlin kernels, TileLang)"),
+    ("curand.h", "FlashInfer's sampling kernels (top-k/top-p sampling) and SGLang's speculative "
+                 "sampling (non-greedy MTP verify)"),
+)
 ENTRY_POINT_GROUP = "sglang.srt.plugins"
 ENTRY_POINT_NAME = "sglang_ampere"
 ENTRY_POINT_VALUE = "sglang_ampere.plugin:register"
@@ -232,7 +244,8 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]
     nvcc = shutil.which("nvcc", path=environ.get("PATH"))
     if nvcc is None:
         checks.append(Check("nvcc", FAIL, "nvcc not on PATH; SGLang compiles its Marlin and DeepSeek-V4 "
-                            "kernels with it at start-up",
+                            "kernels with it at start-up, whichever sparse-MLA backend (torch or tilelang) "
+                            "is chosen",
                             "install the CUDA toolkit (12.x or 13.x) and put its bin/ on PATH"))
     else:
         try:
@@ -252,6 +265,8 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]
                                 "would look in the wrong folder", f"export CUDA_HOME={home}"))
         else:
             checks.append(Check("CUDA_HOME", OK, home))
+        if home is not None:
+            checks += check_cuda_headers(home, environ)
     if arch is not None:
         notes = warmup.cold_cache_notes(arch, environ)
         if notes:
@@ -259,6 +274,56 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]
         else:
             checks.append(Check("jit cache", OK, f"every dsv4_int JIT kernel is built for {arch} in "
                                 f"{warmup.cache_root(environ)}"))
+    return checks
+
+
+def include_dirs(home: str, environ: Mapping[str, str]) -> list[Path]:
+    """Where nvcc finds headers: the toolkit's include folders, ``-I`` folders in
+    ``NVCC_PREPEND_FLAGS``/``NVCC_APPEND_FLAGS``, and the host compiler's ``CPATH``/``CPLUS_INCLUDE_PATH``."""
+    root = Path(home)
+    dirs = [root / "include", *sorted(root.glob("targets/*/include"))]
+    for var in ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"):
+        words = shlex.split(environ.get(var, ""))
+        for i, w in enumerate(words):
+            if w == "-I" and i + 1 < len(words):
+                dirs.append(Path(words[i + 1]))
+            elif w.startswith("-I") and len(w) > 2:
+                dirs.append(Path(w[2:]))
+    for var in ("CPATH", "CPLUS_INCLUDE_PATH"):
+        dirs += [Path(d) for d in environ.get(var, "").split(os.pathsep) if d]
+    return dirs
+
+
+def _pip_header_dir(header: str) -> str | None:
+    """A folder of this Python's ``nvidia-*`` wheels that holds ``header`` (e.g. the cuRAND wheel's)."""
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        for hit in sorted(Path(loc).glob(f"*/include/{header}")):
+            return str(hit.parent)
+    return None
+
+
+def check_cuda_headers(home: str, environ: Mapping[str, str]) -> list[Check]:
+    """Each of :data:`JIT_HEADERS` must be where nvcc looks (see :func:`include_dirs`)."""
+    dirs = include_dirs(home, environ)
+    checks = []
+    for header, needed_by in JIT_HEADERS:
+        found = next((d / header for d in dirs if (d / header).is_file()), None)
+        if found is not None:
+            checks.append(Check("CUDA headers", OK, f"{header}: {found}"))
+            continue
+        pip_dir = _pip_header_dir(header)
+        hint = (f"; this Python's nvidia wheels have it: export NVCC_APPEND_FLAGS='-I{pip_dir}'" if pip_dir
+                else "; or put a folder holding it on nvcc's path with NVCC_APPEND_FLAGS='-I<dir>'")
+        package = "cuRAND development headers (e.g. libcurand-dev-XX-Y)" if header == "curand.h" \
+            else "CUDA runtime development headers (e.g. cuda-cudart-dev-XX-Y)"
+        checks.append(Check("CUDA headers", FAIL,
+                            f"{header} is not in the CUDA toolkit at {home} (looked in "
+                            f"{', '.join(str(d) for d in dirs)}); needed by {needed_by}",
+                            f"install the toolkit's {package}{hint}"))
     return checks
 
 

@@ -111,5 +111,61 @@ def test_doctor_json_end_to_end(tmp_path):
     assert status["gpus"] == "ok" and status["preset"] == "ok" and status["environment"] == "ok"
     assert status["jit cache"] == "warn"
     failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]
-    assert set(failed) <= {"nvcc", "CUDA_HOME"}          # depends on the host's CUDA toolkit only
+    assert set(failed) <= {"nvcc", "CUDA_HOME", "CUDA headers"}   # depends on the host's CUDA toolkit only
     assert proc.returncode == (1 if failed else 0) and report["ok"] == (not failed)
+
+
+def fake_toolkit(root, headers=("cuda_runtime.h",), nvcc=True):
+    """A CUDA toolkit folder: bin/nvcc (prints a release line), lib64/libcudart.so, include/<headers>."""
+    home = root / "cuda-13.0"
+    for d in ("bin", "lib64", "include"):
+        (home / d).mkdir(parents=True, exist_ok=True)
+    (home / "lib64" / "libcudart.so.13").write_bytes(b"")
+    for h in headers:
+        (home / "include" / h).write_text("/* header */\n")
+    if nvcc:
+        exe = home / "bin" / "nvcc"
+        exe.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
+        exe.chmod(0o755)
+    return home
+
+
+def jit_checks(home, **extra):
+    env = {"PATH": f"{home / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin", "CUDA_HOME": str(home), **extra}
+    return [c for c in doctor.check_jit_tools(env, None) if c.name in ("nvcc", "CUDA_HOME", "CUDA headers")]
+
+
+def test_toolkit_with_every_header_passes(tmp_path):
+    home = fake_toolkit(tmp_path, headers=("cuda_runtime.h", "curand.h"))
+    checks = jit_checks(home)
+    assert [(c.name, c.status) for c in checks] == [("nvcc", doctor.OK), ("CUDA_HOME", doctor.OK),
+                                                   ("CUDA headers", doctor.OK), ("CUDA headers", doctor.OK)]
+    assert "release 13.0" in checks[0].detail
+
+
+def test_missing_curand_header_fails_with_its_fix(tmp_path):
+    home = fake_toolkit(tmp_path)
+    bad = [c for c in jit_checks(home) if c.status == doctor.FAIL]
+    assert len(bad) == 1 and bad[0].name == "CUDA headers"
+    assert bad[0].detail.startswith(f"curand.h is not in the CUDA toolkit at {home}")
+    assert "FlashInfer's sampling kernels" in bad[0].detail
+    assert "cuRAND development headers" in bad[0].fix and "NVCC_APPEND_FLAGS='-I" in bad[0].fix
+    # the fix works: a folder holding curand.h on nvcc's path satisfies the check
+    extra = tmp_path / "curand"
+    extra.mkdir()
+    (extra / "curand.h").write_text("")
+    assert all(c.status == doctor.OK for c in jit_checks(home, NVCC_APPEND_FLAGS=f"-I{extra}"))
+
+
+def test_missing_runtime_header_fails(tmp_path):
+    home = fake_toolkit(tmp_path, headers=("curand.h",))
+    bad = [c for c in jit_checks(home) if c.status == doctor.FAIL]
+    assert [c.detail.split(" ")[0] for c in bad] == ["cuda_runtime.h"] and "cudart" in bad[0].fix
+
+
+def test_missing_nvcc_fails_with_its_fix(tmp_path):
+    home = fake_toolkit(tmp_path, headers=("cuda_runtime.h", "curand.h"), nvcc=False)
+    env = {"PATH": f"{home / 'bin'}", "CUDA_HOME": str(home)}
+    nvcc = [c for c in doctor.check_jit_tools(env, None) if c.name == "nvcc"]
+    assert len(nvcc) == 1 and nvcc[0].status == doctor.FAIL
+    assert "whichever sparse-MLA backend" in nvcc[0].detail and "install the CUDA toolkit" in nvcc[0].fix

@@ -185,3 +185,34 @@ def test_hooks_apply_to_sglang_0_5_23():
     # flash_mla cannot load without a driver, so the stand-in module must be in place
     assert res["stub"] is True and res["stub_attr"] is True
     assert res["init_error"] in ("AttributeError", "TypeError")     # original ran (model_runner=None)
+
+
+def test_forward_batch_is_found_by_name_in_the_signature():
+    pytest.importorskip("sglang")
+    import importlib
+
+    real = importlib.import_module(D.BE).DeepseekV4AttnBackend.forward
+    assert D.forward_batch_position(real) == 4                       # (q, k, v, layer, forward_batch, ...)
+
+    def moved(self, forward_batch, q, k, v, layer):
+        return None
+
+    def gone(self, q, k, v, layer, batch):
+        return None
+
+    assert D.forward_batch_position(moved) == 0
+    with pytest.raises(TypeError, match="has no forward_batch parameter"):
+        D.forward_batch_position(gone)
+
+
+def test_forward_hook_reads_a_moved_forward_batch(ampere):
+    pytest.importorskip("sglang")
+    be = types.SimpleNamespace()
+
+    def moved(self, forward_batch, q, k, v, layer):
+        return "ran"
+
+    assert D.forward_hook(moved, be, _mode("EXTEND"), None, None, None, None) == "ran"
+    assert getattr(be, D.PHASE_ATTR) == "prefill"
+    D.forward_hook(moved, be, _mode("DECODE"), None, None, None, None)
+    assert getattr(be, D.PHASE_ATTR) == "decode"

@@ -14,7 +14,7 @@ Tile plan (per CTA: one query token, ``heads_per_cta`` heads, one split of its c
 
 sm_86 (99 KB shared per block): HB = 32, BI = 32, 256 threads -> 32 + 32 + 2 KB shared and
 64 fp32 accumulator registers per thread; a 64-head layer runs as 2 head blocks. sm_80
-(163 KB): BI = 64. Candidates are walked in blocks of BI (window list first, then the
+(163 KB) runs the same plan (:data:`PLANS`; its larger shared memory is not used). Candidates are walked in blocks of BI (window list first, then the
 compressed list); with ``num_splits`` > 1 (decode: few tokens, so split the candidates across
 CTAs, block b goes to split b % num_splits) each CTA writes a normalised fp32 partial and its
 log2-sum-exp, and :func:`_combine` merges them with the sink. With ``num_splits`` == 1
