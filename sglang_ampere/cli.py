@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("sglang_ampere.convert.cli", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
     "audit": ("sglang_ampere.convert.audit", "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
     "eval": ("sglang_ampere.reference.eval", "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR"),
+    "plan": ("sglang_ampere.plan", "memory per pipeline stage from the headers, the balanced layer split, what context fits"),
     "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
     "doctor": ("sglang_ampere.doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
     "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),

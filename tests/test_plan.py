@@ -1,0 +1,289 @@
+"""``sglang-ampere plan``: per-stage weights, KV bytes and the layer split, on the real model's headers.
+
+The checkpoint is a headers-only dsv4_int copy of DeepSeek-V4-Flash (the real inventory and
+config, sparse shards, no data). Three independent references:
+
+* the weights per stage against a sum over the raw shard headers written here from the
+  published layout, with SGLang's load-time changes stated separately (wo_a to BF16, Marlin
+  group scales, int32 tid2eid, float32 compressor norms, RoPE tables);
+* those load-time rules against SGLang 0.5.23's own module tree, built on the meta device from
+  a small synthetic checkpoint (every parameter and buffer, per layer and per global module);
+* the KV coefficient and fixed bytes against SGLang's own ``DSV4PoolConfigurator``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+
+import pytest
+
+from plan_testlib import write_headers_only
+from sglang_ampere import plan as P
+from sglang_ampere.checking import require
+from sglang_ampere.synth import SynthSpec
+
+TOPOLOGIES = [(12, 24), (10, 24), (8, 48), (4, 80)]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return write_headers_only(tmp_path_factory.mktemp("plan") / "dsv4_int_real")
+
+
+@pytest.fixture(scope="module")
+def real_model(real):
+    return P.load_model(real)
+
+
+@pytest.fixture(scope="module")
+def headers(real):
+    return raw_headers(real)
+
+
+def raw_headers(folder):
+    """Every tensor's (dtype, shape) straight from the safetensors headers (no project code)."""
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            hdr = json.loads(fh.read(n))
+        hdr.pop("__metadata__", None)
+        out.update({k: (v["dtype"], tuple(v["shape"])) for k, v in hdr.items()})
+    return out
+
+
+ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1}
+
+
+def sglang_held(name, dtype, shape, headers):
+    """What SGLang keeps for one tensor after loading, written independently of plan.py."""
+    n = math.prod(shape)
+    if name.endswith(".attn.wo_a.weight"):
+        return 2 * n                                    # dequantized to BF16 by the loader hook
+    if name.endswith(".attn.wo_a.scale"):
+        return 0
+    if name.endswith(".scale") and ".experts." not in name:
+        w_dtype, (rows, cols) = headers[name[: -len("scale")] + "weight"]
+        return (cols // 128) * rows * 2                 # Marlin group-128 scales [K/128, N] BF16
+    if name.endswith("tid2eid"):
+        return 4 * n
+    if name.endswith("compressor.norm.weight"):
+        return 4 * n
+    return ELEM[dtype] * n
+
+
+def expected_stage_weights(config, headers, start, stop, first, last):
+    total = 0
+    for name, (dtype, shape) in headers.items():
+        parts = name.split(".")
+        mine = (parts[0] == "layers" and start <= int(parts[1]) < stop) \
+            or (first and name == "embed.weight") \
+            or (last and (name in ("head.weight", "norm.weight") or name.startswith("hc_head_")))
+        if mine:
+            total += sglang_held(name, dtype, shape, headers)
+    kinds = {config["compress_ratios"][i] != 0 for i in range(start, stop)}
+    pos, dim = config["max_position_embeddings"], config["qk_rope_head_dim"]
+    return total + len(kinds) * (pos * dim // 2 * 8 + pos * dim * 2)
+
+
+@pytest.mark.parametrize("gpus,mem", TOPOLOGIES, ids=[f"{g}x{m}" for g, m in TOPOLOGIES])
+def test_stage_weights_match_an_independent_sum_over_the_headers(real, real_model, headers, gpus, mem):
+    plan = P.make_plan(real_model, gpus, mem)
+    config = json.loads((real / "config.json").read_text())
+    require(sum(plan.partition) == 43 and len(plan.partition) == gpus, f"partition {plan.partition}")
+    start = 0
+    for r in plan.ranks:
+        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1)
+        require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
+        require(r.first_layer == start, f"stage {r.rank} starts at {r.first_layer}, expected {start}")
+        require(r.free_bytes == int(mem * 2**30) - r.weight_bytes - r.reserve_bytes - r.kv_fixed_bytes,
+                f"stage {r.rank}: free_bytes is not memory - weights - reserves - fixed KV")
+        start += r.layers
+    # Whole model: the header sum over all stages is the model as SGLang holds it (+ RoPE per stage).
+    require(start == 43, "stages must cover the 43 layers")
+
+
+def test_table_output_and_refusal_exit_code(real, capsys):
+    from sglang_ampere.cli import main
+
+    require(main(["plan", str(real), "--gpus", "12x24"]) == 0, "plan exits 0")
+    out = capsys.readouterr().out
+    require("SGLANG_PP_LAYER_PARTITION=" in out and "not measured" in out, out)
+    require(main(["plan", str(real), "--gpus", "2x24"]) == 2, "an impossible topology exits 2")
+    require("GiB short" in capsys.readouterr().err, "the refusal says by how much")
+
+
+@pytest.mark.parametrize("gpus,mem,spec", [(g, m, "none") for g, m in TOPOLOGIES] + [(12, 24, "mtp")],
+                         ids=[f"{g}x{m}" for g, m in TOPOLOGIES] + ["12x24-mtp"])
+def test_partition_is_never_worse_balanced_than_sglangs_default(real_model, gpus, mem, spec):
+    settings = P.Settings(speculative=spec)
+    plan = P.make_plan(real_model, gpus, mem, settings=settings)
+    default = P.make_plan(real_model, gpus, mem, settings=settings, partition=P.default_partition(43, gpus))
+    ours = min(r.free_bytes for r in plan.ranks)
+    theirs = min(r.free_bytes for r in default.ranks)
+    require(ours >= theirs, f"{gpus}x{mem}: smallest free {ours} < SGLang default's {theirs}")
+    require(theirs == plan.default_min_free_bytes, "default_min_free_bytes disagrees with the default split's stages")
+    require(plan.max_total_tokens >= default.max_total_tokens or ours > theirs,
+            "a better-balanced split must not lose KV tokens unless it gains free memory")
+
+
+def test_partition_is_the_exact_optimum_for_three_stages(real_model):
+    """Brute force over every split of 43 layers into 3 stages (903 of them)."""
+    s, mem = P.Settings(), 80 * 2**30
+    best = max(
+        min(r.free_bytes for r in P._stages(real_model, [a, b - a, 43 - b], 3, 1, 3, mem, s))
+        for a, b in itertools.combinations(range(1, 43), 2))
+    got = min(r.free_bytes for r in P.make_plan(real_model, 3, 80, settings=s).ranks)
+    require(got == best, f"DP optimum {got} != brute force {best}")
+
+
+def test_12x24_split_and_last_stage_draft(real_model):
+    base = P.make_plan(real_model, 12, 24)
+    mtp = P.make_plan(real_model, 12, 24, settings=P.Settings(speculative="mtp"))
+    last, last_mtp = base.ranks[-1], mtp.ranks[-1]
+    draft = P._share(real_model.units["mtp"], 1) + P._share(real_model.units["embed"], 1)
+    require(last_mtp.weights["draft"] + last_mtp.weights["draft_embed"] == draft,
+            "the MTP draft on pp > 1 holds its layer and its own embedding")
+    require(sum(mtp.partition[-1:]) <= sum(base.partition[-1:]), "the draft's stage must not get more layers")
+    one = P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="mtp"))
+    require("draft_embed" not in one.ranks[0].weights, "with pp 1 the draft shares the target's embedding")
+
+
+def test_refuses_a_topology_that_cannot_hold_the_weights_and_says_by_how_much(real_model):
+    with pytest.raises(P.PlanError, match=r"cannot hold the model: stage \d+ .* GiB short"):
+        P.make_plan(real_model, 4, 24)
+    with pytest.raises(P.PlanError, match="dspark"):
+        P.make_plan(real_model, 12, 24, settings=P.Settings(speculative="dspark"))
+
+
+def test_tensor_parallel_splits_what_sglang_splits(real_model):
+    one = P.make_plan(real_model, 8, 48)
+    tp4 = P.make_plan(real_model, 8, 24, tp=4)
+    require(tp4.pp == 2 and len(tp4.partition) == 2, f"8 GPUs at tp 4 is pp 2, got {tp4.partition}")
+    layer = real_model.units["layer.10"]
+    require(P._share(layer, 4) == -(-layer[0] // 4) + layer[1] and layer[1] > 0 and layer[0] > 50 * layer[1],
+            "a layer is mostly tp-split (experts, wq_b, wo_a, wo_b, shared expert), a little replicated")
+    per_rank_tp4 = sum(r.weight_bytes for r in tp4.ranks)
+    require(per_rank_tp4 < sum(r.weight_bytes for r in one.ranks) / 3,
+            "tp 4 ranks hold about a quarter of the weights each")
+
+
+def test_json_output_through_the_console_script(real, capsys):
+    from sglang_ampere.cli import main
+
+    require(main(["plan", str(real), "--gpus", "12x24", "--json"]) == 0, "plan exits 0")
+    doc = json.loads(capsys.readouterr().out)
+    require(len(doc["partition"]) == 12 and sum(doc["partition"]) == 43, f"partition {doc['partition']}")
+    require(doc["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env string")
+    for r, n in zip(doc["ranks"], doc["partition"]):
+        require(set(r) >= {"layers", "weight_bytes", "kv_bytes_per_token", "free_bytes"} and r["layers"] == n,
+                f"rank entry {sorted(r)}")
+    require("not measured" in doc["computed"], "the plan says it is computed, not measured")
+
+
+# ------------------------------------------------------------------------ against SGLang itself
+
+
+@pytest.fixture(scope="module")
+def sglang_plugin():
+    pytest.importorskip("sglang")
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+
+
+@pytest.mark.parametrize("spec", [False, True], ids=["no_spec", "mtp"])
+def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, spec):
+    from types import SimpleNamespace as NS
+
+    from sglang.srt.arg_groups.model_override_base import model_config_of
+    from sglang.srt.model_executor.pool_configurator import DSV4PoolConfigurator
+    from sglang.srt.runtime_context import SpawnRanks, publish, reset_context
+    from sglang.srt.server_args import ServerArgs
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    extra = dict(speculative_algorithm="EAGLE", speculative_num_steps=P.MTP_STEPS,
+                 speculative_eagle_topk=P.MTP_TOPK, speculative_num_draft_tokens=P.MTP_DRAFT_TOKENS) if spec else {}
+    reset_context()
+    sa = ServerArgs(model_path=str(real), max_running_requests=16, swa_full_tokens_ratio=0.05,
+                    chunked_prefill_size=4096, device="cuda", **extra)
+    publish(sa, role="test", ranks=SpawnRanks(world_rank=0))
+    mc = model_config_of(sa)
+    config = json.loads((real / "config.json").read_text())
+    try:
+        for a, b in [(0, 3), (3, 6), (12, 16), (40, 43), (0, 43)]:
+            kvc = NS(kv_cache_dtype_str="fp8_e4m3", model_config=mc, layer_info=NS(start_layer=a, end_layer=b),
+                     pp_size=12, pp_group=NS(rank_in_group=0), sliding_window_size=128, page_size=256,
+                     attn_dp_size=1, spec_algorithm=SpeculativeAlgorithm.from_string("EAGLE" if spec else None),
+                     spec_aux_config=None)
+            theirs = DSV4PoolConfigurator(kvc)
+            ours = P.kv_model(config, range(a, b), swa_ratio=0.05, max_running_requests=16, speculative=spec)
+            require(abs(theirs.bytes_per_full_token - ours.bytes_per_token) < 1e-9,
+                    f"layers {a}-{b}: per token {ours.bytes_per_token} != SGLang {theirs.bytes_per_full_token}")
+            require(abs(theirs.bytes_per_swa_token - ours.bytes_per_swa_token) < 1e-9, f"layers {a}-{b}: SWA")
+            require(theirs._get_c128_state_fixed_bytes(16) == ours.fixed_bytes, f"layers {a}-{b}: c128 state")
+            for budget in (1 << 30, 5 << 30):
+                got = theirs.calculate_pool_sizes(budget, 256).max_total_num_tokens
+                require(got == P.pool_tokens(budget, ours), f"layers {a}-{b}: tokens {P.pool_tokens(budget, ours)} "
+                        f"!= SGLang's {got} for a {budget} byte budget")
+    finally:
+        reset_context()
+
+
+def _meta_model_bytes(folder, draft: bool):
+    """Per-unit bytes of SGLang's real model built on the meta device (params + distinct buffers)."""
+    import torch
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.model_loader.loader import (
+        DefaultModelLoader,
+        _get_quantization_config,
+        _initialize_model,
+        set_default_torch_dtype,
+    )
+
+    from sglang_cpu import init_sglang_cpu
+
+    init_sglang_cpu()
+    mc = ModelConfig(str(folder), dtype="bfloat16", is_draft_model=draft)
+    loader = DefaultModelLoader(LoadConfig())
+    qc = _get_quantization_config(mc, loader.load_config)
+    with set_default_torch_dtype(mc.dtype), torch.device("meta"):
+        model = _initialize_model(mc, loader.load_config, qc)
+    units: dict[str, int] = {}
+    rope = 0
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        nbytes = p.numel() * p.element_size()
+        if name.endswith("weight_scale_inv") and ".experts." not in name and p.dim() == 2:
+            rows = params[name[: -len("_scale_inv")]].shape[0]
+            nbytes = p.shape[1] * rows * 2               # what Marlin repacks the block scale into
+        parts = name.split(".")
+        if draft:
+            unit = "embed" if "embed_tokens" in name else "head" if "lm_head" in name else "mtp"
+        elif "layers" in parts:
+            unit = f"layer.{parts[parts.index('layers') + 1]}"
+        else:
+            unit = {"model.embed_tokens.weight": "embed", "lm_head.weight": "head"}.get(name, "final")
+        units[unit] = units.get(unit, 0) + nbytes
+    for _name, b in model.named_buffers():             # shared RoPE tables appear once
+        rope += b.numel() * b.element_size()
+    return units, rope
+
+
+def test_load_rules_match_sglangs_module_tree_on_meta(tmp_path, sglang_plugin):
+    spec = SynthSpec(layers=5, hash_layers=2)
+    folder = write_headers_only(tmp_path / "small", spec, layers_per_shard=2)
+    model = P.load_model(folder)
+    theirs, rope = _meta_model_bytes(folder, draft=False)
+    for unit in [f"layer.{i}" for i in range(5)] + ["embed", "head", "final"]:
+        ours = sum(model.units[unit])
+        require(ours == theirs[unit], f"{unit}: plan {ours} != SGLang's parameters {theirs[unit]}")
+    require(rope == 2 * model.rope_kind_bytes(), f"RoPE buffers {rope} != two kinds of {model.rope_kind_bytes()}")
+    draft, draft_rope = _meta_model_bytes(folder, draft=True)
+    require(sum(model.units["mtp"]) == draft["mtp"], f"MTP draft: plan {model.units['mtp']} != SGLang {draft['mtp']}")
+    require(draft["embed"] == sum(model.units["embed"]), "the draft's own embedding is the target's size")
+    require(draft_rope == model.rope_kind_bytes(), "the draft's window-only layer has one RoPE kind")
