@@ -10,8 +10,21 @@ from sglang_ampere.synth import SynthSpec, write_checkpoint
 #: 4 layers: ratios 0, 0, 4 (CSA + indexer), 128 (HCA), then MTP. Window and index top-k are
 #: lowered so that 300 tokens leave the window, cross compressor boundaries and make the
 #: indexer choose 3 of up to 75 entries.
-TINY = dict(layers=4, experts=4, topk=2, hidden=128, moe_inter=128, heads=2, q_lora_rank=128, o_groups=1,
-            o_lora_rank=128, index_heads=2, vocab=300, hash_layers=1, mtp=1)
+TINY = dict(
+    layers=4,
+    experts=4,
+    topk=2,
+    hidden=128,
+    moe_inter=128,
+    heads=2,
+    q_lora_rank=128,
+    o_groups=1,
+    o_lora_rank=128,
+    index_heads=2,
+    vocab=300,
+    hash_layers=1,
+    mtp=1,
+)
 WINDOW, INDEX_TOPK = 16, 3
 
 

@@ -23,7 +23,7 @@ def _e4m3_values() -> list[tuple[float, int]]:
     out = []
     for b in range(0x7F):
         e, m = b >> 3, b & 7
-        v = (m / 8) * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
+        v = (m / 8) * 2.0**-6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
         out.append((v, b))
     return out
 
@@ -46,12 +46,12 @@ def test_fp8_fake_quant_rounds_to_e4m3_with_pow2_block_scales(gen):
     want = torch.empty_like(got)
     for r in range(3):
         for b0 in range(0, 448, 64):
-            blk = x[r, b0:b0 + 64].double().tolist()
+            blk = x[r, b0 : b0 + 64].double().tolist()
             s = _pow2_ceil(max(max(abs(v) for v in blk), 1e-4) / 448)
             for i, v in enumerate(blk):
                 want[r, b0 + i] = _nearest_even(v / s, table) * s
     assert torch.equal(got, want)
-    assert not torch.equal(got, x.double())      # it really rounds (a clamp-only port is the identity)
+    assert not torch.equal(got, x.double())  # it really rounds (a clamp-only port is the identity)
 
 
 def test_fp4_fake_quant_rounds_to_e2m1_ties_to_even(gen):
@@ -61,8 +61,8 @@ def test_fp4_fake_quant_rounds_to_e2m1_ties_to_even(gen):
     want = torch.empty_like(got)
     for r in range(2):
         for b0 in range(0, 128, 32):
-            blk = x[r, b0:b0 + 32].double().tolist()
-            s = _pow2_ceil(max(max(abs(v) for v in blk), 6 * 2.0 ** -126) / 6)
+            blk = x[r, b0 : b0 + 32].double().tolist()
+            s = _pow2_ceil(max(max(abs(v) for v in blk), 6 * 2.0**-126) / 6)
             for i, v in enumerate(blk):
                 want[r, b0 + i] = _nearest_even(v / s, table) * s
     assert torch.equal(got, want)
@@ -82,14 +82,19 @@ def test_hadamard_is_the_normalised_sylvester_transform(gen):
 def test_rope_yarn_frequencies_and_rotation(gen):
     dim, base, orig, factor = 64, 160000.0, 65536, 16.0
     f = ops.rope_frequencies(dim, base, orig, factor, 32, 1).double()
-    cd = lambda rot: dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+    def cd(rot):
+        return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
     low, high = max(math.floor(cd(32)), 0), min(math.ceil(cd(1)), dim - 1)
     for i in range(dim // 2):
         f0 = base ** (-2 * i / dim)
         ramp = min(max((i - low) / (high - low), 0.0), 1.0)
         assert f[i].item() == pytest.approx(f0 / factor * ramp + f0 * (1 - ramp), rel=1e-6)
     plain = ops.rope_frequencies(dim, 10000.0, 0, factor, 32, 1).double()
-    assert torch.allclose(plain, torch.tensor([10000.0 ** (-2 * i / dim) for i in range(dim // 2)], dtype=F64), rtol=1e-6)
+    assert torch.allclose(
+        plain, torch.tensor([10000.0 ** (-2 * i / dim) for i in range(dim // 2)], dtype=F64), rtol=1e-6
+    )
     x = torch.randn(7, 3, 96, generator=gen)
     pos = torch.tensor([0, 1, 5, 100, 4095, 70000, 1 << 19])
     got = ops.rope(x, pos, f.float())
@@ -136,11 +141,15 @@ def test_hyper_connections_pre_post_head(gen):
     out = torch.randn(T, D, generator=gen)
     y, post, comb = ops.hc_pre(R, fn, scale, base, hc, iters, eps, heps)
     R2 = ops.hc_post(out, R, post, comb)
-    hfn, hscale, hbase = torch.randn(hc, hc * D, generator=gen) * 0.05, torch.rand(1, generator=gen) + 0.5, torch.randn(hc, generator=gen)
+    hfn, hscale, hbase = (
+        torch.randn(hc, hc * D, generator=gen) * 0.05,
+        torch.rand(1, generator=gen) + 0.5,
+        torch.randn(hc, generator=gen),
+    )
     head = ops.hc_head(R, hfn, hscale, hbase, eps, heps)
     for t in range(T):
         flat = R[t].double().flatten()
-        rs = 1 / math.sqrt(float((flat ** 2).mean()) + eps)
+        rs = 1 / math.sqrt(float((flat**2).mean()) + eps)
         mix = (fn.double() @ flat * rs).tolist()
         p, q, c = _sinkhorn64(mix, scale.double().tolist(), base.double().tolist(), hc, iters, heps)
         want_y = sum(p[i] * R[t, i].double() for i in range(hc))
@@ -153,7 +162,9 @@ def test_hyper_connections_pre_post_head(gen):
         w = [1 / (1 + math.exp(-(hm[i] * hscale.item() + hbase[i].item()))) + heps for i in range(hc)]
         assert torch.allclose(head[t].double(), sum(w[i] * R[t, i].double() for i in range(hc)), rtol=1e-5, atol=1e-5)
     # Sinkhorn output is (nearly) doubly stochastic.
-    assert torch.allclose(comb.sum(-1), torch.ones(T, hc), atol=1e-3) and torch.allclose(comb.sum(-2), torch.ones(T, hc), atol=1e-4)
+    assert torch.allclose(comb.sum(-1), torch.ones(T, hc), atol=1e-3) and torch.allclose(
+        comb.sum(-2), torch.ones(T, hc), atol=1e-4
+    )
 
 
 def test_sink_attention_matches_explicit_softmax(gen):
@@ -162,22 +173,50 @@ def test_sink_attention_matches_explicit_softmax(gen):
     sink = torch.randn(H, generator=gen)
     mask = torch.rand(T, N, generator=gen) < 0.6
     mask[:, 0] = True
-    got = ops.sink_attention(q, kv, mask, sink, d ** -0.5).double()
+    got = ops.sink_attention(q, kv, mask, sink, d**-0.5).double()
     for t in range(T):
         for h in range(H):
             ks = [k for k in range(N) if mask[t, k]]
-            s = [float(q[t, h].double() @ kv[k].double()) * d ** -0.5 for k in ks]
+            s = [float(q[t, h].double() @ kv[k].double()) * d**-0.5 for k in ks]
             den = sum(math.exp(v) for v in s) + math.exp(sink[h].item())
-            want = sum(math.exp(v) / den * kv[k].double() for v, k in zip(s, ks))
+            want = sum(math.exp(v) / den * kv[k].double() for v, k in zip(s, ks, strict=True))
             assert torch.allclose(got[t, h], want, rtol=1e-5, atol=1e-6)
 
 
 def _cfg(**kw) -> M.ModelConfig:
-    base = dict(vocab=50, hidden=32, layers=1, mtp=0, heads=2, head_dim=128, rope_dim=64, q_lora=32, o_groups=1,
-                o_lora=32, window=8, ratios=(4,), index_heads=2, index_dim=128, index_topk=2, experts=4, topk=2,
-                hash_layers=0, route_scale=1.5, swiglu_limit=1.0, hc=4, hc_iters=20, hc_eps=1e-6, eps=1e-6,
-                rope_theta=10000.0, compress_rope_theta=160000.0, yarn_factor=16.0, yarn_orig=65536, beta_fast=32.0,
-                beta_slow=1.0, max_positions=1 << 20)
+    base = dict(
+        vocab=50,
+        hidden=32,
+        layers=1,
+        mtp=0,
+        heads=2,
+        head_dim=128,
+        rope_dim=64,
+        q_lora=32,
+        o_groups=1,
+        o_lora=32,
+        window=8,
+        ratios=(4,),
+        index_heads=2,
+        index_dim=128,
+        index_topk=2,
+        experts=4,
+        topk=2,
+        hash_layers=0,
+        route_scale=1.5,
+        swiglu_limit=1.0,
+        hc=4,
+        hc_iters=20,
+        hc_eps=1e-6,
+        eps=1e-6,
+        rope_theta=10000.0,
+        compress_rope_theta=160000.0,
+        yarn_factor=16.0,
+        yarn_orig=65536,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        max_positions=1 << 20,
+    )
     base.update(kw)
     return M.ModelConfig(**base)
 
@@ -187,8 +226,12 @@ def test_compressor_entries_and_decode_state(gen, ratio):
     cfg, D, d = _cfg(), 32, 128
     coff = 2 if ratio == 4 else 1
     T = 2 * ratio + 3
-    raw = {"c.wkv.weight": torch.randn(coff * d, D, generator=gen) * 0.2, "c.wgate.weight": torch.randn(coff * d, D, generator=gen),
-           "c.ape": torch.randn(ratio, coff * d, generator=gen), "c.norm.weight": 1 + 0.1 * torch.randn(d, generator=gen)}
+    raw = {
+        "c.wkv.weight": torch.randn(coff * d, D, generator=gen) * 0.2,
+        "c.wgate.weight": torch.randn(coff * d, D, generator=gen),
+        "c.ape": torch.randn(ratio, coff * d, generator=gen),
+        "c.norm.weight": 1 + 0.1 * torch.randn(d, generator=gen),
+    }
     w = Weights(raw, "native")
     x = torch.randn(T, D, generator=gen)
     ent = M.compress(x, w, "c.", ratio, d, 0, M.CompressorState(), cfg, False, torch.float32).double()
@@ -203,7 +246,7 @@ def test_compressor_entries_and_decode_state(gen, ratio):
         sc = torch.stack([c[1] for c in cand])
         wts = torch.exp(sc - sc.max(0).values) / torch.exp(sc - sc.max(0).values).sum(0)
         e = (wts * torch.stack([c[0] for c in cand])).sum(0)
-        e = raw["c.norm.weight"].double() * e / torch.sqrt((e ** 2).mean() + cfg.eps)
+        e = raw["c.norm.weight"].double() * e / torch.sqrt((e**2).mean() + cfg.eps)
         z = torch.complex(e[64:][0::2], e[64:][1::2]) * torch.polar(torch.ones(32, dtype=F64), j * ratio * f)
         e = torch.cat((e[:64], torch.stack((z.real, z.imag), -1).flatten()))
         # the no-RoPE part is fp8-rounded: within half an e4m3 step (2^-4 relative to the block scale)
@@ -213,19 +256,22 @@ def test_compressor_entries_and_decode_state(gen, ratio):
     # Feeding the same tokens one at a time gives the same entries (the decode-time state).
     st = M.CompressorState()
     for p in range(T):
-        inc = M.compress(x[p:p + 1], w, "c.", ratio, d, p, st, cfg, False, torch.float32)
+        inc = M.compress(x[p : p + 1], w, "c.", ratio, d, p, st, cfg, False, torch.float32)
     assert torch.equal(inc.double(), ent)
     assert st.kv.shape[0] == T % ratio + (ratio if ratio == 4 else 0)
 
 
 def test_moe_routing_and_clamped_swiglu(gen):
-    cfg, D, I, E = _cfg(hash_layers=1, swiglu_limit=0.5), 32, 16, 4
-    raw = {"ffn.gate.weight": torch.randn(E, D, generator=gen), "ffn.gate.bias": torch.randn(E, generator=gen),
-           "ffn.gate.tid2eid": torch.tensor([[0, 1], [2, 3], [3, 1]])}
+    cfg, D, Fi, E = _cfg(hash_layers=1, swiglu_limit=0.5), 32, 16, 4
+    raw = {
+        "ffn.gate.weight": torch.randn(E, D, generator=gen),
+        "ffn.gate.bias": torch.randn(E, generator=gen),
+        "ffn.gate.tid2eid": torch.tensor([[0, 1], [2, 3], [3, 1]]),
+    }
     for e in range(E):
-        for n, shape in (("w1", (I, D)), ("w3", (I, D)), ("w2", (D, I))):
+        for n, shape in (("w1", (Fi, D)), ("w3", (Fi, D)), ("w2", (D, Fi))):
             raw[f"ffn.experts.{e}.{n}.weight"] = torch.randn(shape, generator=gen)
-    for n, shape in (("w1", (I, D)), ("w3", (I, D)), ("w2", (D, I))):
+    for n, shape in (("w1", (Fi, D)), ("w3", (Fi, D)), ("w2", (D, Fi))):
         raw[f"ffn.shared_experts.{n}.weight"] = torch.randn(shape, generator=gen)
     w = Weights(raw, "native")
     x = torch.randn(3, D, generator=gen)
@@ -242,17 +288,27 @@ def test_moe_routing_and_clamped_swiglu(gen):
         for t in range(3):
             xx = x[t].double()
             s = torch.sqrt(torch.log1p(torch.exp(raw["ffn.gate.weight"].double() @ xx)))
-            sel = raw["ffn.gate.tid2eid"][ids[t]].tolist() if hashed else \
-                sorted(range(E), key=lambda e: -(s[e] + raw["ffn.gate.bias"][e].double()).item())[:2]
+            sel = (
+                raw["ffn.gate.tid2eid"][ids[t]].tolist()
+                if hashed
+                else sorted(range(E), key=lambda e: -(s[e] + raw["ffn.gate.bias"][e].double()).item())[:2]
+            )
             wsum = sum(s[e] for e in sel)
-            want = sum((s[e] / wsum * 1.5) * ffn(xx, f"ffn.experts.{e}.") @ raw[f"ffn.experts.{e}.w2.weight"].double().t() for e in sel)
+            want = sum(
+                (s[e] / wsum * 1.5) * ffn(xx, f"ffn.experts.{e}.") @ raw[f"ffn.experts.{e}.w2.weight"].double().t()
+                for e in sel
+            )
             want = want + ffn(xx, "ffn.shared_experts.") @ raw["ffn.shared_experts.w2.weight"].double().t()
             assert torch.allclose(got[t], want, rtol=1e-4, atol=1e-4)
 
 
 def test_indexer_scores_and_topk_selection(gen):
     T, Hh, C, d = 5, 3, 7, 128
-    qi, keys, wts = torch.randn(T, Hh, d, generator=gen), torch.randn(C, d, generator=gen), torch.randn(T, Hh, generator=gen)
+    qi, keys, wts = (
+        torch.randn(T, Hh, d, generator=gen),
+        torch.randn(C, d, generator=gen),
+        torch.randn(T, Hh, generator=gen),
+    )
     got = M.index_scores(qi, keys, wts).double()
     for t in range(T):
         for j in range(C):

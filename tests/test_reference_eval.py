@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from convert_testlib import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
 from reference_testlib import converted, tiny_native
+from safetensors.torch import load_file
+
 from sglang_ampere.convert.audit import audit
 from sglang_ampere.reference.eval import evaluate
 from sglang_ampere.reference.model import ReferenceModel, new_caches
@@ -26,8 +26,14 @@ def ck(tmp_path_factory):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 300, (T,), generator=g).tolist()
     (root / "tokens.json").write_text(json.dumps(ids))
-    return {"root": root, "native": native, "ids": ids, "tokens": root / "tokens.json",
-            "mse": converted(native, root / "mse"), "absmax": converted(native, root / "absmax", expert_mode="absmax")}
+    return {
+        "root": root,
+        "native": native,
+        "ids": ids,
+        "tokens": root / "tokens.json",
+        "mse": converted(native, root / "mse"),
+        "absmax": converted(native, root / "absmax", expert_mode="absmax"),
+    }
 
 
 def _expert_snr(path, native) -> float:
@@ -46,11 +52,11 @@ def test_native_vs_dsv4_int_kl_is_finite_and_follows_the_tensor_snr(ck):
         assert len(r["layer_snr_db"]) == 4 and all(0 < s < 60 for s in r["layer_snr_db"])
         res[mode] = (r, _expert_snr(ck[mode], ck["native"]))
     (rm, sm), (ra, sa) = res["mse"], res["absmax"]
-    assert sm - sa > 3                       # the converter's mse scales beat absmax per tensor ...
+    assert sm - sa > 3  # the converter's mse scales beat absmax per tensor ...
     # ... and the model sees the same gap: first-layer hidden SNR moves by about the tensor SNR gap,
     # and the KL grows.
     gap = rm["layer_snr_db"][0] - ra["layer_snr_db"][0]
-    assert abs(gap - (sm - sa)) < 3, (gap, sm - sa)
+    assert abs(gap - (sm - sa)) < 1.5, (gap, sm - sa)  # seen: within 0.6 dB over 8 seeds
     assert ra["kl"]["mean"] > 1.2 * rm["kl"]["mean"]
     # the same model against itself: zero KL, identical top-1, infinite SNR
     same = evaluate(ck["native"], ck["ids"], ck["native"], dtype="float32", stream=False)
@@ -78,8 +84,22 @@ def test_a_broken_converted_tensor_shows_as_a_large_kl(ck, tmp_path):
 
 def test_cli_json_and_logits_dump_cover_prefill_and_decode_rows(ck, tmp_path, capsys):
     out = tmp_path / "logits.safetensors"
-    rc = cli("eval", ck["mse"], "--against", ck["native"], "--tokens", ck["tokens"], "--decode", "7",
-             "--dtype", "float32", "--dump-logits", out, "--json", "--quiet")
+    rc = cli(
+        "eval",
+        ck["mse"],
+        "--against",
+        ck["native"],
+        "--tokens",
+        ck["tokens"],
+        "--decode",
+        "7",
+        "--dtype",
+        "float32",
+        "--dump-logits",
+        out,
+        "--json",
+        "--quiet",
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert (r["tokens"], r["prefill"], r["decode"]) == (T, T - 7, 7)
@@ -100,16 +120,19 @@ def test_cli_text_input_uses_the_checkpoint_tokenizer(ck, tmp_path, capsys):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 3, encoding="utf-8")
     assert cli("eval", ck["mse"], "--text", text, "--json", "--quiet") == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["tokens"] == 1 + len(text.read_bytes())          # BOS + one token per byte (synth tokenizer)
+    assert r["tokens"] == 1 + len(text.read_bytes())  # BOS + one token per byte (synth tokenizer)
 
 
-@pytest.mark.parametrize("case,needle", [
-    ("range", "token id 300 is out of range"),
-    ("cap", "over the cap of 10"),
-    ("missing", "missing tensors ['layers.1.attn.wkv.weight']"),
-    ("unknown", "quant_method 'awq'"),
-    ("decode", "--decode 200 must be between 0"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("range", "token id 300 is out of range"),
+        ("cap", "over the cap of 10"),
+        ("missing", "missing tensors ['layers.1.attn.wkv.weight']"),
+        ("unknown", "quant_method 'awq'"),
+        ("decode", "--decode 200 must be between 0"),
+    ],
+)
 def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
     model, tokens, extra = ck["mse"], ck["tokens"], []
     if case == "range":
@@ -121,8 +144,10 @@ def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
         extra = ["--decode", "200"]
     elif case == "missing":
         model = copy_ckpt(ck["mse"], tmp_path / "m")
-        mutate_shard(shard_of(model, "layers.1.attn.wkv.weight"),
-                     lambda t: [t.pop(k) for k in ("layers.1.attn.wkv.weight", "layers.1.attn.wkv.scale")])
+        mutate_shard(
+            shard_of(model, "layers.1.attn.wkv.weight"),
+            lambda t: [t.pop(k) for k in ("layers.1.attn.wkv.weight", "layers.1.attn.wkv.scale")],
+        )
         idx = json.loads((model / "model.safetensors.index.json").read_text())
         for k in ("layers.1.attn.wkv.weight", "layers.1.attn.wkv.scale"):
             idx["weight_map"].pop(k)

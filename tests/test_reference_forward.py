@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-
 from convert_testlib import fresh_seed
 from reference_testlib import INDEX_TOPK, WINDOW, converted, tiny_native
+
 from sglang_ampere.formats import fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize
 from sglang_ampere.reference.model import ReferenceModel, new_caches
 from sglang_ampere.reference.weights import Checkpoint, ReferenceError
@@ -36,14 +36,19 @@ def test_access_layer_decodes_with_the_formats_codecs(ckpts):
     assert (nat.kind, cv.kind) == ("native", "dsv4_int")
     wn, wc = nat.part("layers.2."), cv.part("layers.2.")
     r = wn.raw
-    assert torch.equal(wn.get("attn.wq_a.weight"), fp8_block_dequantize(r["layers.2.attn.wq_a.weight"], r["layers.2.attn.wq_a.scale"]))
+    assert torch.equal(
+        wn.get("attn.wq_a.weight"), fp8_block_dequantize(r["layers.2.attn.wq_a.weight"], r["layers.2.attn.wq_a.scale"])
+    )
     e = "layers.2.ffn.experts.1.w2."
     assert torch.equal(wn.get("ffn.experts.1.w2.weight"), mxfp4_dequantize(r[e + "weight"], r[e + "scale"]))
     rc = wc.raw
     assert rc[e + "scale"].dtype == torch.bfloat16 and rc["layers.2.attn.wq_a.weight"].dtype == torch.int8
     assert torch.equal(wc.get("ffn.experts.1.w2.weight"), int4_group_dequantize(rc[e + "weight"], rc[e + "scale"]))
-    assert torch.equal(wc.get("attn.wq_a.weight"), int8_block_dequantize(rc["layers.2.attn.wq_a.weight"], rc["layers.2.attn.wq_a.scale"]))
-    assert torch.equal(wc.get("attn.compressor.ape"), wn.get("attn.compressor.ape"))     # kept tensors are identical
+    assert torch.equal(
+        wc.get("attn.wq_a.weight"),
+        int8_block_dequantize(rc["layers.2.attn.wq_a.weight"], rc["layers.2.attn.wq_a.scale"]),
+    )
+    assert torch.equal(wc.get("attn.compressor.ape"), wn.get("attn.compressor.ape"))  # kept tensors are identical
     before = nat.bytes_read
     nat.part("layers.0.")
     assert nat.bytes_read - before == nat.disk_bytes("layers.0.")
@@ -68,11 +73,11 @@ def test_prefill_equals_prefill_plus_decode_at_every_position(ckpts, ids, kind):
     assert (m.cfg.window, m.cfg.index_topk, m.cfg.ratios[:4]) == (WINDOW, INDEX_TOPK, (0, 0, 4, 128))
     full = m.forward(ids, 0, new_caches(m.cfg))
     assert full.shape == (T, 300) and bool(torch.isfinite(full).all())
-    P = 100      # decode from inside the first ratio-128 window to past its end (128) and on
+    P = 100  # decode from inside the first ratio-128 window to past its end (128) and on
     caches = new_caches(m.cfg)
     parts = [m.forward(ids[:P], 0, caches)]
     for p in range(P, T):
-        parts.append(m.forward(ids[p:p + 1], p, caches))
+        parts.append(m.forward(ids[p : p + 1], p, caches))
     inc = torch.cat(parts)
     err = (inc - full).abs().max().item()
     assert err <= 1e-5 * full.abs().max().item(), err
@@ -83,7 +88,7 @@ def test_prefill_equals_prefill_plus_decode_at_every_position(ckpts, ids, kind):
 def test_indexer_topk_really_selects(ckpts, ids):
     m = ReferenceModel(ckpts["native"], dtype=torch.float32, stream=False)
     sparse = m.forward(ids, 0, new_caches(m.cfg))
-    m.cfg = dataclasses.replace(m.cfg, index_topk=10_000)        # every visible entry
+    m.cfg = dataclasses.replace(m.cfg, index_topk=10_000)  # every visible entry
     dense = m.forward(ids, 0, new_caches(m.cfg))
     # Identical while at most INDEX_TOPK entries are visible ((t+1)//4 <= 3, t < 15), different later.
     assert torch.equal(sparse[:15], dense[:15])
@@ -105,8 +110,9 @@ def test_streaming_equals_all_in_memory(ckpts, ids):
 
 
 def test_bfloat16_path_is_close_to_float32(ckpts, ids):
-    lf = ReferenceModel(ckpts["native"], dtype=torch.float32, stream=False).forward(ids[:64], 0, new_caches(
-        ReferenceModel(ckpts["native"]).cfg))
+    lf = ReferenceModel(ckpts["native"], dtype=torch.float32, stream=False).forward(
+        ids[:64], 0, new_caches(ReferenceModel(ckpts["native"]).cfg)
+    )
     mb = ReferenceModel(ckpts["native"], dtype=torch.bfloat16, stream=False)
     lb = mb.forward(ids[:64], 0, new_caches(mb.cfg))
     assert lb.dtype == torch.float32 and bool(torch.isfinite(lb).all())
@@ -142,12 +148,16 @@ def test_mtp_block_input_and_prefill_equals_decode(ckpts, ids, monkeypatch):
     # R_in[t, k] = e_proj(rmsnorm(embed[next_t], enorm)) + h_proj(rmsnorm(R[t, k], hnorm)), in float64
     w = m.ckpt.part("mtp.0.")
     emb = m.ckpt.globals().get("embed.weight").double()[ids[1:n]]
-    rms = lambda v, g: g.double() * v / torch.sqrt((v ** 2).mean(-1, keepdim=True) + m.cfg.eps)
-    want = (rms(emb, w.get("enorm.weight")) @ w.get("e_proj.weight").double().t())[:, None] + \
-        rms(R[:-1].double(), w.get("hnorm.weight")) @ w.get("h_proj.weight").double().t()
+
+    def rms(v, g):
+        return g.double() * v / torch.sqrt((v**2).mean(-1, keepdim=True) + m.cfg.eps)
+
+    want = (rms(emb, w.get("enorm.weight")) @ w.get("e_proj.weight").double().t())[:, None] + rms(
+        R[:-1].double(), w.get("hnorm.weight")
+    ) @ w.get("h_proj.weight").double().t()
     assert torch.allclose(seen["x"].double(), want, rtol=1e-4, atol=1e-4)
     caches = new_caches(m.cfg)
     parts = [m.mtp(R[:40], ids[1:41], 0, caches)]
     for p in range(40, n - 1):
-        parts.append(m.mtp(R[p:p + 1], ids[p + 1:p + 2], p, caches))
+        parts.append(m.mtp(R[p : p + 1], ids[p + 1 : p + 2], p, caches))
     assert (torch.cat(parts) - full).abs().max().item() <= 1e-5 * full.abs().max().item()

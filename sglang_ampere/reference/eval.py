@@ -69,7 +69,11 @@ def load_tokens(text: Path | None, tokens: Path | None, model_path: Path) -> lis
     ids = Tokenizer.from_file(str(tok_file)).encode(body, add_special_tokens=False).ids
     tc = Path(model_path) / "tokenizer_config.json"
     cfg = json.loads((Path(model_path) / "config.json").read_text())
-    if tc.is_file() and json.loads(tc.read_text(encoding="utf-8")).get("add_bos_token") and cfg.get("bos_token_id") is not None:
+    if (
+        tc.is_file()
+        and json.loads(tc.read_text(encoding="utf-8")).get("add_bos_token")
+        and cfg.get("bos_token_id") is not None
+    ):
         ids = [int(cfg["bos_token_id"])] + ids
     return ids
 
@@ -77,8 +81,9 @@ def load_tokens(text: Path | None, tokens: Path | None, model_path: Path) -> lis
 class _Run:
     """One model over the sequence: logits [T, V] f32 and (optionally) per-layer hidden states."""
 
-    def __init__(self, model: ReferenceModel, ids: torch.Tensor, decode: int, keep_hidden: bool = False,
-                 on_hidden=None, bar=None):
+    def __init__(
+        self, model: ReferenceModel, ids: torch.Tensor, decode: int, keep_hidden: bool = False, on_hidden=None, bar=None
+    ):
         T = ids.numel()
         P = T - decode
         hidden: dict[int, list[torch.Tensor]] = {}
@@ -95,7 +100,7 @@ class _Run:
         t0 = time.perf_counter()
         rows = [model.forward(ids[:P], 0, caches, hidden=hook).cpu()]
         for p in range(P, T):
-            rows.append(model.forward(ids[p:p + 1], p, caches, hidden=hook).cpu())
+            rows.append(model.forward(ids[p : p + 1], p, caches, hidden=hook).cpu())
         self.seconds = time.perf_counter() - t0
         self.logits = torch.cat(rows)
         self.hidden = hidden
@@ -109,8 +114,8 @@ def _nll(logits: torch.Tensor, ids: torch.Tensor) -> float:
 def _kl_top1(ref: torch.Tensor, got: torch.Tensor) -> tuple[torch.Tensor, float]:
     kls = []
     for a in range(0, ref.shape[0], 256):
-        p = torch.log_softmax(ref[a:a + 256].double(), -1)
-        q = torch.log_softmax(got[a:a + 256].double(), -1)
+        p = torch.log_softmax(ref[a : a + 256].double(), -1)
+        q = torch.log_softmax(got[a : a + 256].double(), -1)
         kls.append((p.exp() * (p - q)).sum(-1).clamp(min=0))
     agree = float((ref.argmax(-1) == got.argmax(-1)).double().mean())
     return torch.cat(kls), agree
@@ -122,8 +127,17 @@ def _snr_db(sig: float, noise: float) -> float:
     return 10 * math.log10(sig / noise) if sig > 0 else -math.inf
 
 
-def evaluate(model_path, ids, against=None, decode: int = 0, dtype: str = "bfloat16", device: str = "cpu",
-             max_tokens: int = DEFAULT_MAX_TOKENS, stream: bool = True, progress: bool = False) -> dict:
+def evaluate(
+    model_path,
+    ids,
+    against=None,
+    decode: int = 0,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    stream: bool = True,
+    progress: bool = False,
+) -> dict:
     """Run MODEL (and REF) over ``ids``; returns the report (see the module docstring) and logits."""
     if dtype not in DTYPES:
         raise ReferenceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -143,7 +157,9 @@ def evaluate(model_path, ids, against=None, decode: int = 0, dtype: str = "bfloa
     for ck in cks:
         check_complete(ck)
     if against is not None and cks[0].config["vocab_size"] != cks[1].config["vocab_size"]:
-        raise ReferenceError(f"MODEL vocab_size {cks[0].config['vocab_size']} differs from REF's {cks[1].config['vocab_size']}")
+        raise ReferenceError(
+            f"MODEL vocab_size {cks[0].config['vocab_size']} differs from REF's {cks[1].config['vocab_size']}"
+        )
     models = [ReferenceModel(ck, DTYPES[dtype], device, stream=stream) for ck in cks]
     for m in models:
         m.check_ids(ids)
@@ -168,7 +184,7 @@ def evaluate(model_path, ids, against=None, decode: int = 0, dtype: str = "bfloa
             counters[i] = k + 1
             r = ref_run.hidden[i][k].double()
             s = sums.setdefault(i, [0.0, 0.0])
-            s[0] += float((r ** 2).sum())
+            s[0] += float((r**2).sum())
             s[1] += float(((r - R.double().cpu()) ** 2).sum())
 
         run = _Run(models[0], ids, decode, on_hidden=compare, bar=bar)
@@ -176,12 +192,22 @@ def evaluate(model_path, ids, against=None, decode: int = 0, dtype: str = "bfloa
         if bar is not None:
             bar.close()
     ck = cks[0]
-    report["model"] = {"path": str(ck.path), "kind": ck.kind, "ppl": math.exp(_nll(run.logits, ids)),
-                       "seconds": run.seconds, "bytes_read": ck.bytes_read}
+    report["model"] = {
+        "path": str(ck.path),
+        "kind": ck.kind,
+        "ppl": math.exp(_nll(run.logits, ids)),
+        "seconds": run.seconds,
+        "bytes_read": ck.bytes_read,
+    }
     if ref_run is not None:
         kl, top1 = _kl_top1(ref_run.logits, run.logits)
-        report["against"] = {"path": str(cks[1].path), "kind": cks[1].kind, "ppl": math.exp(_nll(ref_run.logits, ids)),
-                             "seconds": ref_run.seconds, "bytes_read": cks[1].bytes_read}
+        report["against"] = {
+            "path": str(cks[1].path),
+            "kind": cks[1].kind,
+            "ppl": math.exp(_nll(ref_run.logits, ids)),
+            "seconds": ref_run.seconds,
+            "bytes_read": cks[1].bytes_read,
+        }
         report["kl"] = {"mean": float(kl.mean()), "p95": float(torch.quantile(kl, 0.95)), "max": float(kl.max())}
         report["top1_agreement"] = top1
         report["layer_snr_db"] = [_snr_db(*sums[i]) for i in sorted(sums)]
@@ -191,8 +217,12 @@ def evaluate(model_path, ids, against=None, decode: int = 0, dtype: str = "bfloa
 
 def format_report(r: dict) -> str:
     m = r["model"]
-    lines = [f"tokens {r['tokens']} (prefill {r['prefill']} + decode {r['decode']}), dtype {r['dtype']}, device {r['device']}",
-             f"MODEL {m['path']} ({m['kind']}): perplexity {m['ppl']:.4f}  [{m['seconds']:.1f} s, {m['bytes_read'] / 1e9:.2f} GB read]"]
+    lines = [
+        f"tokens {r['tokens']} (prefill {r['prefill']} + decode {r['decode']}), "
+        f"dtype {r['dtype']}, device {r['device']}",
+        f"MODEL {m['path']} ({m['kind']}): perplexity {m['ppl']:.4f}  "
+        f"[{m['seconds']:.1f} s, {m['bytes_read'] / 1e9:.2f} GB read]",
+    ]
     if "against" in r:
         a = r["against"]
         lines.append(f"REF   {a['path']} ({a['kind']}): perplexity {a['ppl']:.4f}  [{a['seconds']:.1f} s]")
@@ -204,20 +234,39 @@ def format_report(r: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Run the reference DeepSeek-V4-Flash forward over a text or token file and report perplexity; "
-                     "with --against REF also KL(REF || MODEL), top-1 agreement and per-layer hidden-state SNR.")
+    p.description = (
+        "Run the reference DeepSeek-V4-Flash forward over a text or token file and report perplexity; "
+        "with --against REF also KL(REF || MODEL), top-1 agreement and per-layer hidden-state SNR."
+    )
     p.add_argument("model", type=Path, help="checkpoint folder to measure (dsv4_int or native)")
-    p.add_argument("--against", type=Path, default=None, help="reference checkpoint (e.g. the native release MODEL came from)")
+    p.add_argument(
+        "--against", type=Path, default=None, help="reference checkpoint (e.g. the native release MODEL came from)"
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", type=Path, help="UTF-8 text, tokenized with MODEL's tokenizer.json")
     src.add_argument("--tokens", type=Path, help="JSON list of token ids")
-    p.add_argument("--decode", type=int, default=0, help="score the last N tokens by single-token decode steps (default 0)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
-                   help="bfloat16 (as served; default) or float32 (same steps in float32, for exact comparisons)")
+    p.add_argument(
+        "--decode", type=int, default=0, help="score the last N tokens by single-token decode steps (default 0)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="bfloat16",
+        help="bfloat16 (as served; default) or float32 (same steps in float32, for exact comparisons)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help=f"refuse longer inputs (default {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--dump-logits", type=Path, default=None, help="write MODEL's logits (safetensors 'logits', float32 [T, vocab])")
-    p.add_argument("--in-memory", action="store_true", help="keep every layer's weights resident instead of streaming them")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help=f"refuse longer inputs (default {DEFAULT_MAX_TOKENS})",
+    )
+    p.add_argument(
+        "--dump-logits", type=Path, default=None, help="write MODEL's logits (safetensors 'logits', float32 [T, vocab])"
+    )
+    p.add_argument(
+        "--in-memory", action="store_true", help="keep every layer's weights resident instead of streaming them"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -225,8 +274,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         ids = load_tokens(args.text, args.tokens, args.model)
-        r = evaluate(args.model, ids, args.against, args.decode, args.dtype, args.device, args.max_tokens,
-                     stream=not args.in_memory, progress=not args.quiet)
+        r = evaluate(
+            args.model,
+            ids,
+            args.against,
+            args.decode,
+            args.dtype,
+            args.device,
+            args.max_tokens,
+            stream=not args.in_memory,
+            progress=not args.quiet,
+        )
         logits = r.pop("_logits")
         if args.dump_logits is not None:
             from safetensors.torch import save_file

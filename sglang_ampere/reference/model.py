@@ -119,36 +119,63 @@ class ModelConfig:
         try:
             rs = c.get("rope_scaling") or {}
             cfg = cls(
-                vocab=int(c["vocab_size"]), hidden=int(c["hidden_size"]), layers=int(c["num_hidden_layers"]),
-                mtp=int(c.get("num_nextn_predict_layers", 0)), heads=int(c["num_attention_heads"]),
-                head_dim=int(c["head_dim"]), rope_dim=int(c["qk_rope_head_dim"]), q_lora=int(c["q_lora_rank"]),
-                o_groups=int(c["o_groups"]), o_lora=int(c["o_lora_rank"]), window=int(c["sliding_window"]),
-                ratios=tuple(int(r) for r in c["compress_ratios"]), index_heads=int(c["index_n_heads"]),
-                index_dim=int(c["index_head_dim"]), index_topk=int(c["index_topk"]),
-                experts=int(c["n_routed_experts"]), topk=int(c["num_experts_per_tok"]),
-                hash_layers=int(c.get("num_hash_layers", 0)), route_scale=float(c["routed_scaling_factor"]),
-                swiglu_limit=float(c.get("swiglu_limit", 0.0)), hc=int(c["hc_mult"]),
-                hc_iters=int(c["hc_sinkhorn_iters"]), hc_eps=float(c["hc_eps"]), eps=float(c["rms_norm_eps"]),
-                rope_theta=float(c["rope_theta"]), compress_rope_theta=float(c["compress_rope_theta"]),
-                yarn_factor=float(rs.get("factor", 1.0)), yarn_orig=int(rs.get("original_max_position_embeddings", 0)),
-                beta_fast=float(rs.get("beta_fast", 32)), beta_slow=float(rs.get("beta_slow", 1)),
+                vocab=int(c["vocab_size"]),
+                hidden=int(c["hidden_size"]),
+                layers=int(c["num_hidden_layers"]),
+                mtp=int(c.get("num_nextn_predict_layers", 0)),
+                heads=int(c["num_attention_heads"]),
+                head_dim=int(c["head_dim"]),
+                rope_dim=int(c["qk_rope_head_dim"]),
+                q_lora=int(c["q_lora_rank"]),
+                o_groups=int(c["o_groups"]),
+                o_lora=int(c["o_lora_rank"]),
+                window=int(c["sliding_window"]),
+                ratios=tuple(int(r) for r in c["compress_ratios"]),
+                index_heads=int(c["index_n_heads"]),
+                index_dim=int(c["index_head_dim"]),
+                index_topk=int(c["index_topk"]),
+                experts=int(c["n_routed_experts"]),
+                topk=int(c["num_experts_per_tok"]),
+                hash_layers=int(c.get("num_hash_layers", 0)),
+                route_scale=float(c["routed_scaling_factor"]),
+                swiglu_limit=float(c.get("swiglu_limit", 0.0)),
+                hc=int(c["hc_mult"]),
+                hc_iters=int(c["hc_sinkhorn_iters"]),
+                hc_eps=float(c["hc_eps"]),
+                eps=float(c["rms_norm_eps"]),
+                rope_theta=float(c["rope_theta"]),
+                compress_rope_theta=float(c["compress_rope_theta"]),
+                yarn_factor=float(rs.get("factor", 1.0)),
+                yarn_orig=int(rs.get("original_max_position_embeddings", 0)),
+                beta_fast=float(rs.get("beta_fast", 32)),
+                beta_slow=float(rs.get("beta_slow", 1)),
                 max_positions=int(c.get("max_position_embeddings", 1 << 20)),
             )
         except KeyError as e:
             raise ReferenceError(f"config.json has no {e.args[0]!r}; not a DeepSeek-V4-Flash config") from e
         if len(cfg.ratios) < cfg.layers + cfg.mtp:
-            raise ReferenceError(f"config.json: compress_ratios has {len(cfg.ratios)} entries, need {cfg.layers + cfg.mtp}")
+            raise ReferenceError(
+                f"config.json: compress_ratios has {len(cfg.ratios)} entries, need {cfg.layers + cfg.mtp}"
+            )
         bad = sorted({r for r in cfg.ratios if r not in (0, 4, 128)})
         if bad:
             raise ReferenceError(f"config.json: compress ratios {bad} are not 0, 4 or 128")
         if c.get("scoring_func", "sqrtsoftplus") != "sqrtsoftplus" or c.get("n_shared_experts", 1) != 1:
-            raise ReferenceError("config.json: the reference implements scoring_func sqrtsoftplus with one shared expert")
+            raise ReferenceError(
+                "config.json: the reference implements scoring_func sqrtsoftplus with one shared expert"
+            )
         return cfg
 
     def freqs(self, ratio: int) -> torch.Tensor:
         if ratio:
-            return ops.rope_frequencies(self.rope_dim, self.compress_rope_theta, self.yarn_orig, self.yarn_factor,
-                                        self.beta_fast, self.beta_slow)
+            return ops.rope_frequencies(
+                self.rope_dim,
+                self.compress_rope_theta,
+                self.yarn_orig,
+                self.yarn_factor,
+                self.beta_fast,
+                self.beta_slow,
+            )
         return ops.rope_frequencies(self.rope_dim, self.rope_theta, 0, 1.0, self.beta_fast, self.beta_slow)
 
 
@@ -158,15 +185,15 @@ class ModelConfig:
 
 @dataclass
 class CompressorState:
-    entries: torch.Tensor | None = None      # [C, d] compressed rows so far
-    kv: torch.Tensor | None = None           # [n, coff*d] f32 projections of positions start..
-    score: torch.Tensor | None = None        # same, gate scores + ape
-    start: int = 0                           # position of kv[0] (a multiple of the ratio)
+    entries: torch.Tensor | None = None  # [C, d] compressed rows so far
+    kv: torch.Tensor | None = None  # [n, coff*d] f32 projections of positions start..
+    score: torch.Tensor | None = None  # same, gate scores + ape
+    start: int = 0  # position of kv[0] (a multiple of the ratio)
 
 
 @dataclass
 class LayerCache:
-    rows: torch.Tensor | None = None          # [P, head_dim]: every position's kv row (after fp8 fake quant)
+    rows: torch.Tensor | None = None  # [P, head_dim]: every position's kv row (after fp8 fake quant)
     comp: CompressorState = field(default_factory=CompressorState)
     index: CompressorState = field(default_factory=CompressorState)
 
@@ -187,8 +214,18 @@ def linear(x: torch.Tensor, w: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return ops.gemm(x, w, dt)
 
 
-def compress(x: torch.Tensor, w: Weights, prefix: str, ratio: int, dim: int, pos0: int, st: CompressorState,
-             cfg: ModelConfig, rotate: bool, dt: torch.dtype) -> torch.Tensor:
+def compress(
+    x: torch.Tensor,
+    w: Weights,
+    prefix: str,
+    ratio: int,
+    dim: int,
+    pos0: int,
+    st: CompressorState,
+    cfg: ModelConfig,
+    rotate: bool,
+    dt: torch.dtype,
+) -> torch.Tensor:
     """Feed ``x [T, D]`` at positions ``pos0..`` to a compressor; returns all its entries so far."""
     T = x.shape[0]
     overlap = ratio == 4
@@ -208,7 +245,7 @@ def compress(x: torch.Tensor, w: Weights, prefix: str, ratio: int, dim: int, pos
             ka = torch.cat((prev_a, ka[:, :, dim:]), 1)
             kb = torch.cat((prev_b, kb[:, :, dim:]), 1)
         acc = ops.acc_dtype(dt)
-        ent = (ka.to(acc) * torch.softmax(kb.to(acc), dim=1)).sum(1).float()[first_new - w0:]
+        ent = (ka.to(acc) * torch.softmax(kb.to(acc), dim=1)).sum(1).float()[first_new - w0 :]
         ent = ops.rmsnorm(ent.to(dt), w.cached(prefix + "norm.weight"), cfg.eps, dt)
         ent = ops.rope(ent, torch.arange(first_new, last, device=x.device) * ratio, cfg.freqs(ratio))
         if rotate:
@@ -218,14 +255,15 @@ def compress(x: torch.Tensor, w: Weights, prefix: str, ratio: int, dim: int, pos
             ent = torch.cat((ops.fp8_fake_quant(ent[:, :-rd]), ent[:, -rd:]), -1)
         st.entries = _cat(st.entries, ent)
     keep = (max(last - 1, 0) if overlap else last) * ratio
-    st.kv, st.score, st.start = rows_a[keep - st.start:], rows_b[keep - st.start:], keep
+    st.kv, st.score, st.start = rows_a[keep - st.start :], rows_b[keep - st.start :], keep
     if st.entries is None:
         st.entries = x.new_zeros((0, dim), dtype=dt)
     return st.entries
 
 
-def attention(x: torch.Tensor, w: Weights, cfg: ModelConfig, ratio: int, pos0: int, cache: LayerCache,
-              dt: torch.dtype) -> torch.Tensor:
+def attention(
+    x: torch.Tensor, w: Weights, cfg: ModelConfig, ratio: int, pos0: int, cache: LayerCache, dt: torch.dtype
+) -> torch.Tensor:
     T = x.shape[0]
     H, hd, rd = cfg.heads, cfg.head_dim, cfg.rope_dim
     freqs = cfg.freqs(ratio)
@@ -247,7 +285,7 @@ def attention(x: torch.Tensor, w: Weights, cfg: ModelConfig, ratio: int, pos0: i
             qi = ops.fp4_fake_quant(ops.hadamard(ops.rope(qi, pos, freqs)))
             keys = compress(x, w, "attn.indexer.compressor.", ratio, cfg.index_dim, pos0, cache.index, cfg, True, dt)
             wts = linear(x, w.cached("attn.indexer.weights_proj.weight"), dt).float()
-            wts = wts * (cfg.index_dim ** -0.5 * cfg.index_heads ** -0.5)
+            wts = wts * (cfg.index_dim**-0.5 * cfg.index_heads**-0.5)
             select = (qi, keys, wts)
         comp = compress(x, w, "attn.compressor.", ratio, hd, pos0, cache.comp, cfg, False, dt)
 
@@ -259,7 +297,7 @@ def attention(x: torch.Tensor, w: Weights, cfg: ModelConfig, ratio: int, pos0: i
         lo = max(0, pos0 + a - cfg.window + 1)
         s_pos = torch.arange(lo, pos0 + b, device=x.device)
         mask = (s_pos[None, :] <= tq[:, None]) & (s_pos[None, :] > tq[:, None] - cfg.window)
-        keys = rows[lo: pos0 + b]
+        keys = rows[lo : pos0 + b]
         if comp is not None and comp.shape[0]:
             C = comp.shape[0]
             vis = torch.arange(C, device=x.device)[None, :] < ((tq + 1) // ratio)[:, None]
@@ -267,7 +305,7 @@ def attention(x: torch.Tensor, w: Weights, cfg: ModelConfig, ratio: int, pos0: i
                 vis = vis & _topk_mask(select, a, b, vis, cfg.index_topk)
             mask = torch.cat((mask, vis), 1)
             keys = torch.cat((keys, comp), 0)
-        out.append(ops.sink_attention(q[a:b], keys, mask, sink, hd ** -0.5))
+        out.append(ops.sink_attention(q[a:b], keys, mask, sink, hd**-0.5))
     o = ops.rope(torch.cat(out, 0), pos, freqs, inverse=True)
     G = cfg.o_groups
     wo_a = w.cached("attn.wo_a.weight").to(dt).view(G, cfg.o_lora, -1)
@@ -304,7 +342,9 @@ def moe(x: torch.Tensor, ids: torch.Tensor, w: Weights, cfg: ModelConfig, layer:
     for e in torch.unique(idx).tolist():
         t, slot = torch.where(idx == e)
         p = f"ffn.experts.{e}."
-        h = ops.swiglu(linear(x[t], w.get(p + "w1.weight"), dt), linear(x[t], w.get(p + "w3.weight"), dt), cfg.swiglu_limit)
+        h = ops.swiglu(
+            linear(x[t], w.get(p + "w1.weight"), dt), linear(x[t], w.get(p + "w3.weight"), dt), cfg.swiglu_limit
+        )
         h = h * gw[t, slot, None]
         y.index_add_(0, t, linear(h, w.get(p + "w2.weight"), dt).float())
     s = "ffn.shared_experts."
@@ -313,8 +353,16 @@ def moe(x: torch.Tensor, ids: torch.Tensor, w: Weights, cfg: ModelConfig, layer:
     return y.to(dt)
 
 
-def block(R: torch.Tensor, ids: torch.Tensor, w: Weights, cfg: ModelConfig, layer: int, pos0: int, cache: LayerCache,
-          dt: torch.dtype) -> torch.Tensor:
+def block(
+    R: torch.Tensor,
+    ids: torch.Tensor,
+    w: Weights,
+    cfg: ModelConfig,
+    layer: int,
+    pos0: int,
+    cache: LayerCache,
+    dt: torch.dtype,
+) -> torch.Tensor:
     """One decoder layer on the hc streams ``R [T, hc, D]``."""
     ratio = cfg.ratios[layer]
     hc = dict(hc=cfg.hc, iters=cfg.hc_iters, norm_eps=cfg.eps, hc_eps=cfg.hc_eps)
@@ -338,17 +386,25 @@ class ReferenceModel:
     layer once and keeps it.
     """
 
-    def __init__(self, ckpt: Checkpoint | str, dtype: torch.dtype = torch.bfloat16, device="cpu", stream: bool = True,
-                 progress: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        ckpt: Checkpoint | str,
+        dtype: torch.dtype = torch.bfloat16,
+        device="cpu",
+        stream: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ):
         self.ckpt = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint(ckpt)
         self.cfg = ModelConfig.from_dict(self.ckpt.config)
         self.dt, self.device, self.stream, self.progress = dtype, torch.device(device), stream, progress
         self.g = self.ckpt.globals().to(self.device)
-        self._embed = self.g.raw["embed.weight"].to(self.device)     # BF16 as stored: resident
+        self._embed = self.g.raw["embed.weight"].to(self.device)  # BF16 as stored: resident
         self._head = self.g.raw["head.weight"].to(self.device)
         for i in range(self.cfg.layers):
             if not self.ckpt.names(f"layers.{i}."):
-                raise ReferenceError(f"{self.ckpt.path}: layer {i} has no tensors (num_hidden_layers is {self.cfg.layers})")
+                raise ReferenceError(
+                    f"{self.ckpt.path}: layer {i} has no tensors (num_hidden_layers is {self.cfg.layers})"
+                )
         self._resident: list[Weights] | None = None
         if not stream:
             self._resident = [self._load(i) for i in range(self.cfg.layers)]
@@ -380,15 +436,27 @@ class ReferenceModel:
 
     def head(self, R: torch.Tensor, w: Weights | None = None, prefix: str = "") -> torch.Tensor:
         w = w or self.g
-        h = ops.hc_head(R, w.cached(prefix + "hc_head_fn"), w.cached(prefix + "hc_head_scale"),
-                        w.cached(prefix + "hc_head_base"), self.cfg.eps, self.cfg.hc_eps)
+        h = ops.hc_head(
+            R,
+            w.cached(prefix + "hc_head_fn"),
+            w.cached(prefix + "hc_head_scale"),
+            w.cached(prefix + "hc_head_base"),
+            self.cfg.eps,
+            self.cfg.hc_eps,
+        )
         h = ops.rmsnorm(h, w.cached(prefix + "norm.weight"), self.cfg.eps, self.dt).float()
         head = self._head
-        return torch.cat([ops.gemm_f32(h, head[v: v + 16384], self.dt) for v in range(0, head.shape[0], 16384)], 1)
+        return torch.cat([ops.gemm_f32(h, head[v : v + 16384], self.dt) for v in range(0, head.shape[0], 16384)], 1)
 
     @torch.inference_mode()
-    def forward(self, ids, pos0: int, caches: list[LayerCache], hidden: Callable[[int, torch.Tensor], None] | None = None,
-                return_streams: bool = False):
+    def forward(
+        self,
+        ids,
+        pos0: int,
+        caches: list[LayerCache],
+        hidden: Callable[[int, torch.Tensor], None] | None = None,
+        return_streams: bool = False,
+    ):
         """Logits ``f32 [T, vocab]`` for ``ids`` at positions ``pos0..``; ``caches`` carry state.
 
         ``hidden(layer, R)`` sees each layer's output streams; ``return_streams`` also returns

@@ -75,10 +75,10 @@ import torch
 
 from ..formats import E2M1_MAGNITUDES, E2M1_MAX, E4M3_MAX, float_to_e4m3
 
-FP8_ACT_BLOCK = 64       # kv no-RoPE dims: one scale per 64
-FP4_ACT_BLOCK = 32       # indexer q and k: one scale per 32
+FP8_ACT_BLOCK = 64  # kv no-RoPE dims: one scale per 64
+FP4_ACT_BLOCK = 32  # indexer q and k: one scale per 32
 FP8_AMAX_FLOOR = 1e-4
-FP4_AMAX_FLOOR = E2M1_MAX * 2.0 ** -126
+FP4_AMAX_FLOOR = E2M1_MAX * 2.0**-126
 
 
 def acc_dtype(dt: torch.dtype) -> torch.dtype:
@@ -120,8 +120,9 @@ def _correction_range(beta_fast: float, beta_slow: float, dim: int, base: float,
 
 
 @lru_cache(16)
-def rope_frequencies(dim: int, base: float, original_seq_len: int, factor: float, beta_fast: float,
-                     beta_slow: float) -> torch.Tensor:
+def rope_frequencies(
+    dim: int, base: float, original_seq_len: int, factor: float, beta_fast: float, beta_slow: float
+) -> torch.Tensor:
     """``f_i`` (float32 ``[dim/2]``), YaRN-interpolated when ``original_seq_len > 0``."""
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     if original_seq_len > 0:
@@ -138,7 +139,7 @@ def rope(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor, inverse: bool 
     """Rotate the last ``2 * len(freqs)`` dims of ``x [T, ..., d]`` at positions ``pos [T]``."""
     rd = 2 * freqs.numel()
     acc = acc_dtype(x.dtype)
-    ang = torch.outer(pos.to(torch.float32), freqs.to(pos.device))           # [T, rd/2], f32 as DeepSeek
+    ang = torch.outer(pos.to(torch.float32), freqs.to(pos.device))  # [T, rd/2], f32 as DeepSeek
     cos, sin = torch.cos(ang.to(acc)).float().to(acc), torch.sin(ang.to(acc)).float().to(acc)
     if inverse:
         sin = -sin
@@ -156,7 +157,7 @@ def rope(x: torch.Tensor, pos: torch.Tensor, freqs: torch.Tensor, inverse: bool 
 
 def pow2_ceil(v: torch.Tensor) -> torch.Tensor:
     """``2^ceil(log2 v)`` for positive float32 ``v``, exactly (from the exponent bits)."""
-    m, e = torch.frexp(v)                         # v = m * 2^e, m in [0.5, 1)
+    m, e = torch.frexp(v)  # v = m * 2^e, m in [0.5, 1)
     e = torch.where(m == 0.5, e - 1, e)
     return torch.ldexp(torch.ones_like(v), e)
 
@@ -166,7 +167,7 @@ def fp8_fake_quant(x: torch.Tensor, block: int = FP8_ACT_BLOCK) -> torch.Tensor:
     xb = x.float().unflatten(-1, (-1, block))
     amax = xb.abs().amax(-1, keepdim=True).clamp_min(FP8_AMAX_FLOOR)
     s = pow2_ceil(amax * torch.tensor(1.0 / E4M3_MAX, dtype=torch.float32))
-    q = float_to_e4m3(xb / s).float()             # clamps to +-448 and rounds to nearest even
+    q = float_to_e4m3(xb / s).float()  # clamps to +-448 and rounds to nearest even
     return (q * s).flatten(-2).to(x.dtype)
 
 
@@ -208,7 +209,7 @@ def hadamard(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     h = _sylvester(n).to(x.device)
     acc = acc_dtype(x.dtype)
-    return (x.to(acc) @ h.to(acc) * n ** -0.5).to(x.dtype)
+    return (x.to(acc) @ h.to(acc) * n**-0.5).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,13 +222,20 @@ def hc_mixes(x: torch.Tensor, fn: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf @ fn.float().to(acc).t() * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).float()
 
 
-def sinkhorn_split(mix: torch.Tensor, scale: torch.Tensor, base: torch.Tensor, hc: int, iters: int, eps: float,
-                   acc: torch.dtype = torch.float32):
+def sinkhorn_split(
+    mix: torch.Tensor,
+    scale: torch.Tensor,
+    base: torch.Tensor,
+    hc: int,
+    iters: int,
+    eps: float,
+    acc: torch.dtype = torch.float32,
+):
     """``mix [T, (2+hc)*hc]`` -> pre ``[T, hc]``, post ``[T, hc]``, comb ``[T, hc, hc]`` (f32)."""
     mix, scale, base = mix.to(acc), scale.float().to(acc), base.float().to(acc)
     pre = torch.sigmoid(mix[:, :hc] * scale[0] + base[:hc]) + eps
-    post = 2 * torch.sigmoid(mix[:, hc:2 * hc] * scale[1] + base[hc:2 * hc])
-    c = mix[:, 2 * hc:].view(-1, hc, hc) * scale[2] + base[2 * hc:].view(hc, hc)
+    post = 2 * torch.sigmoid(mix[:, hc : 2 * hc] * scale[1] + base[hc : 2 * hc])
+    c = mix[:, 2 * hc :].view(-1, hc, hc) * scale[2] + base[2 * hc :].view(hc, hc)
     c = torch.softmax(c, dim=-1) + eps
     c = c / (c.sum(-2, keepdim=True) + eps)
     for _ in range(iters - 1):
@@ -247,7 +255,9 @@ def hc_pre(r: torch.Tensor, fn, scale, base, hc: int, iters: int, norm_eps: floa
 def hc_post(out: torch.Tensor, r: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
     """``R'[k] = post_k * out + sum_j comb[j, k] R[j]`` (f32, result in R's dtype)."""
     acc = acc_dtype(r.dtype)
-    y = post.to(acc).unsqueeze(-1) * out.to(acc).unsqueeze(1) + (comb.to(acc).unsqueeze(-1) * r.to(acc).unsqueeze(2)).sum(1)
+    y = post.to(acc).unsqueeze(-1) * out.to(acc).unsqueeze(1) + (
+        comb.to(acc).unsqueeze(-1) * r.to(acc).unsqueeze(2)
+    ).sum(1)
     return y.float().to(r.dtype)
 
 
@@ -262,7 +272,9 @@ def hc_head(r: torch.Tensor, fn, scale, base, norm_eps: float, hc_eps: float) ->
 # Attention
 
 
-def sink_attention(q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor, sink: torch.Tensor, scale: float) -> torch.Tensor:
+def sink_attention(
+    q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor, sink: torch.Tensor, scale: float
+) -> torch.Tensor:
     """``q [T, H, d]``, ``kv [N, d]``, ``mask [T, N]`` (True = candidate), ``sink [H]`` -> ``[T, H, d]``."""
     acc = acc_dtype(q.dtype)
     s = torch.einsum("thd,nd->thn", q.to(acc), kv.to(acc)) * scale

@@ -14,8 +14,9 @@ What it reads
 Every decision is taken from the tensors' real dtypes and the role :func:`inventory.classify`
 gives the name (the schema's target lists are declarative and broader than what is INT8), with
 the layout rules of :mod:`sglang_ampere.rules`; the bit-level decoding is
-:mod:`sglang_ampere.formats`, called here and nowhere else in ``reference/``. Shard headers are read with :mod:`sglang_ampere.convert.headers` (which checks
-every offset against the file size); tensor bytes are read one tensor at a time, so
+:mod:`sglang_ampere.formats`, called here and nowhere else in ``reference/``. Shard headers
+are read with :mod:`sglang_ampere.convert.headers` (which checks every offset against the
+file size); tensor bytes are read one tensor at a time, so
 ``bytes_read`` counts exactly what a pass reads from disk.
 
 Dequantization happens per tensor, when the forward asks for it (:meth:`Weights.get`), to
@@ -30,16 +31,20 @@ from pathlib import Path
 
 import torch
 
-from .. import QUANT_METHOD
+from .. import QUANT_METHOD, rules
 from ..convert.headers import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
-from ..formats import (FormatError, fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize,
-                       uint8_channel_dequantize)
-from .. import rules
+from ..formats import (
+    FormatError,
+    fp8_block_dequantize,
+    int4_group_dequantize,
+    int8_block_dequantize,
+    mxfp4_dequantize,
+    uint8_channel_dequantize,
+)
 from ..inventory import DENSE, EXPERT, classify
 from ..schema import SchemaError, parse_quantization_config
 
 NATIVE, DSV4_INT = "native", "dsv4_int"
-
 
 
 class ReferenceError(ValueError):
@@ -50,8 +55,10 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
     """``native`` or ``dsv4_int`` from config.json, or :class:`ReferenceError`."""
     arch = config.get("architectures") or []
     if config.get("model_type") != "deepseek_v4" and "DeepseekV4ForCausalLM" not in arch:
-        raise ReferenceError(f"{where}: model_type {config.get('model_type')!r} / architectures {arch}: "
-                             "the reference forward runs DeepSeek-V4-Flash (model_type deepseek_v4) only")
+        raise ReferenceError(
+            f"{where}: model_type {config.get('model_type')!r} / architectures {arch}: "
+            "the reference forward runs DeepSeek-V4-Flash (model_type deepseek_v4) only"
+        )
     qc = config.get("quantization_config") or {}
     method = qc.get("quant_method")
     if method == "fp8":
@@ -64,8 +71,10 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
         except SchemaError as e:
             raise ReferenceError(str(e)) from e
         return DSV4_INT
-    raise ReferenceError(f"{where}: quantization_config.quant_method {method!r}: the reference reads native "
-                         f"DeepSeek-V4-Flash (fp8) and {QUANT_METHOD} checkpoints only")
+    raise ReferenceError(
+        f"{where}: quantization_config.quant_method {method!r}: the reference reads native "
+        f"DeepSeek-V4-Flash (fp8) and {QUANT_METHOD} checkpoints only"
+    )
 
 
 _DTYPE_NAMES = {v: k for k, v in rules.TORCH_DTYPES.items()}
@@ -82,7 +91,7 @@ def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> to
         return w.float() if w.dtype.is_floating_point else w
     if s is None:
         if role.role == DENSE and wd in rules.FLOAT_DTYPES and kind == DSV4_INT:
-            return w.float()                                   # a dense layer kept in BF16
+            return w.float()  # a dense layer kept in BF16
         raise FormatError(name, f"{wd} {role.role} weight without its .scale")
     sd, ss = _DTYPE_NAMES.get(s.dtype, str(s.dtype)), tuple(s.shape)
     if role.role == EXPERT:
@@ -105,7 +114,9 @@ def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> to
         return int8_block_dequantize(w, s, name)
     if strategy == "channel":
         return uint8_channel_dequantize(w, s, name)
-    raise FormatError(name, f"dense weight {wd} {list(ws)} with scale {sd} {list(ss)} is neither block nor channel INT8")
+    raise FormatError(
+        name, f"dense weight {wd} {list(ws)} with scale {sd} {list(ss)} is neither block nor channel INT8"
+    )
 
 
 class Weights:
@@ -196,7 +207,9 @@ class Checkpoint:
 
     def globals(self) -> Weights:
         """The resident tensors: embedding, final norm, head and hc_head."""
-        names = [n for n in ("embed.weight", "norm.weight", "head.weight", "hc_head_fn", "hc_head_base", "hc_head_scale")]
+        names = [
+            n for n in ("embed.weight", "norm.weight", "head.weight", "hc_head_fn", "hc_head_base", "hc_head_scale")
+        ]
         missing = [n for n in names if n not in self.where]
         if missing:
             raise ReferenceError(f"{self.path}: missing tensors {missing}")
@@ -206,4 +219,13 @@ class Checkpoint:
         return sum(info.nbytes for n, (_, info) in self.where.items() if n.startswith(prefix))
 
 
-__all__ = ["Checkpoint", "CheckpointError", "FormatError", "ReferenceError", "Weights", "checkpoint_kind", "NATIVE", "DSV4_INT"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "FormatError",
+    "ReferenceError",
+    "Weights",
+    "checkpoint_kind",
+    "NATIVE",
+    "DSV4_INT",
+]
