@@ -161,3 +161,25 @@ def test_mtp_block_input_and_prefill_equals_decode(ckpts, ids, monkeypatch):
     for p in range(40, n - 1):
         parts.append(m.mtp(R[p : p + 1], ids[p + 1 : p + 2], p, caches))
     assert (torch.cat(parts) - full).abs().max().item() <= 1e-5 * full.abs().max().item()
+
+
+def test_streaming_holds_at_most_two_layers(ckpts, ids, monkeypatch):
+    import gc
+    import weakref
+
+    live = weakref.WeakSet()
+    real_load = ReferenceModel._load
+    at_load = []
+
+    def load(self, i):
+        gc.collect()
+        at_load.append(len(live))  # layers still held when the read of layer i starts
+        w = real_load(self, i)
+        live.add(w)
+        return w
+
+    monkeypatch.setattr(ReferenceModel, "_load", load)
+    m = ReferenceModel(ckpts["int"], dtype=torch.float32, stream=True)
+    m.forward(ids[:8], 0, new_caches(m.cfg))
+    # reading layer i+1 overlaps computing layer i, and nothing older is held
+    assert len(at_load) == 4 and max(at_load) <= 1, at_load

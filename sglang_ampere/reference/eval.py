@@ -150,9 +150,11 @@ def evaluate(
     if not 0 <= decode < T:
         raise ReferenceError(f"--decode {decode} must be between 0 and the number of tokens - 1 ({T - 1})")
     try:
-        torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as e:
         raise ReferenceError(f"--device {device!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ReferenceError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     cks = [Checkpoint(model_path)] + ([Checkpoint(against)] if against is not None else [])
     for ck in cks:
         check_complete(ck)
@@ -252,7 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=sorted(DTYPES),
         default="bfloat16",
-        help="bfloat16 (as served; default) or float32 (same steps in float32, for exact comparisons)",
+        help="bfloat16 (as served; default) or float32 (the same steps in float32, products accumulated in "
+        "float64 so that prefill and decode agree exactly; for comparisons)",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument(

@@ -466,6 +466,7 @@ class ReferenceModel:
         R = self.embed(ids).unsqueeze(1).repeat(1, self.cfg.hc, 1)
         for i, w in self._layers():
             R = block(R, ids, w, self.cfg, i, pos0, caches[i], self.dt)
+            del w  # before the next layer is fetched: at most this one and the one being read are held
             if hidden is not None:
                 hidden(i, R)
             if self.progress is not None:
