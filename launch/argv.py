@@ -75,6 +75,10 @@ def make_parser(prog: str = "sglang-ampere launch") -> argparse.ArgumentParser:
                        help=f"{what[flag]} implementation below sm_90 (sets {var})")
     p.add_argument("--num-gpus", type=int, metavar="N",
                    help="GPUs per node for the topology check (default: the GPUs visible here)")
+    p.add_argument("--speculative", choices=("none", "mtp", "dspark"), default=None,
+                   help="mtp: SGLang's EAGLE with the checkpoint's MTP layer (steps 3, top-k 1, 4 draft "
+                        "tokens; sets SGLANG_ENABLE_PP_SPEC=1 with --pp-size > 1); dspark: the 0731 drafter "
+                        "(pp 1 only); every combination is checked by SGLang's own argument validation")
     p.add_argument("--dry-run", action="store_true",
                    help="print the environment changes and the exact command instead of running it")
     return p

@@ -32,6 +32,9 @@ from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
 from .resolve import EnvChange, fill_server_args, resolve_arch, resolve_env
+from .speculative import pp_spec_env, speculative_args, validate
+from .stage_plan import VAR as PARTITION_VAR
+from .stage_plan import plan_stages
 from .topology import check_topology, topology_of, with_node_rank
 
 __all__ = ["EnvChange", "LaunchError", "Plan", "build_plan", "dry_run_command", "format_plan", "main",
@@ -52,6 +55,8 @@ class Plan:
     dry_run: bool = False
     preset_args_used: list = field(default_factory=list)     # ArgEntry added to argv
     preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
+    spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
+    stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
 
 
 def _load_preset(opts: argparse.Namespace, arch: str) -> Preset:
@@ -100,6 +105,12 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     notes += env_notes
 
     preset_args, used, kept = ([], [], []) if server is None else fill_server_args(preset, server)
+    spec_args, spec_used = ([], []) if server is None else speculative_args(opts.speculative, server)
+    preset_args = spec_args + preset_args
+    stage_table = ""
+    if server is not None and topo is not None:
+        final = parse_server_args(cli + preset_args)
+        stage_table = _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes)
     base = [python or sys.executable, "-m", "sglang.launch_server"]
     node_argvs: list[list[str]] = []
     if topo is not None and topo.nnodes > 1:
@@ -111,10 +122,30 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
 
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
-                preset_args_used=used, preset_args_kept=kept)
+                preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, stage_table=stage_table)
+    if server is not None and (opts.speculative not in (None, "none") or server.value("speculative_algorithm")):
+        # SGLang's own verdict on every speculative combination, before 12 processes start.
+        validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
     if not help_only:
         plan.notes += _jit_cache_notes(arch, env)
     return plan
+
+
+def _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes) -> str:
+    """The environment the final arguments need: SGLANG_ENABLE_PP_SPEC for EAGLE over pp > 1, and
+    the layer split (``SGLANG_PP_LAYER_PARTITION``) from the memory plan. Returns the plan's table."""
+    pp_spec = pp_spec_env(final, topo.pp, environ, overrides)
+    if pp_spec is not None:
+        env[pp_spec[0]] = pp_spec[1]
+        changes.append(EnvChange(pp_spec[0], None, pp_spec[1], "EAGLE with --pp-size > 1",
+                                 "SGLang 0.5.23 allows EAGLE (MTP) over pipeline parallelism only with it"))
+    memory = min((g.memory_gib for g in found), default=None)
+    staged = plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib)
+    notes += staged.notes
+    if staged.value is not None:
+        env[PARTITION_VAR] = staged.value
+        changes.append(EnvChange(PARTITION_VAR, None, staged.value, "sglang-ampere plan", staged.reason))
+    return staged.table
 
 
 def _jit_cache_notes(arch: str, env: Mapping[str, str]) -> list[str]:

@@ -56,6 +56,10 @@ def format_plan(plan: Plan) -> str:
                    "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
         out.append(f"# C4 indexer below sm_90: {_setting(plan, INDEXER_VAR)} "
                    "(--nsa-indexer-backend {torch,tilelang} to change)")
+    for flag, value, reason in plan.spec_args_used:
+        out.append(f"# speculative: {flag} {value}  {reason}")
+    if plan.stage_table:
+        out += [ln if ln.startswith("#") else "# " + ln for ln in plan.stage_table.rstrip("\n").splitlines()]
     for n in plan.notes:
         out.append(f"# {n}")
     if plan.node_argvs:

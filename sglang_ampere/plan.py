@@ -207,10 +207,28 @@ def _dense_strategy(config: dict) -> str:
 
 
 def load_model(path: str | Path) -> Model:
-    """Read ``config.json`` and every shard header of a dsv4_int checkpoint (no tensor data)."""
+    """Read ``config.json`` and every shard header of a dsv4_int checkpoint (no tensor data).
+
+    Cached per folder while its files keep their sizes and modification times.
+    """
+    path = Path(path)
+    try:
+        stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.iterdir()))
+    except OSError:
+        stamp = ()
+    key = (str(path.resolve()), stamp)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = _load_model(path)
+    return _MODELS[key]
+
+
+_MODELS: dict = {}
+
+
+def _load_model(path: Path) -> Model:
     from .convert.headers import CheckpointError, list_shards, read_header
 
-    path = Path(path)
     cfg_path = path / "config.json"
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))

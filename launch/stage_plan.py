@@ -1,0 +1,103 @@
+"""The layer split for ``--pp-size > 1``: ``SGLANG_PP_LAYER_PARTITION`` from ``sglang-ampere plan``.
+
+SGLang splits the layers evenly and gives the remainder to the last stages, which also hold the
+head (and, with MTP, the draft): the tightest stage is the last one. When pp > 1 and the user
+set no ``SGLANG_PP_LAYER_PARTITION`` (environment or ``--env``), the launcher sets the split
+that maximises the smallest free memory per stage (:mod:`sglang_ampere.plan`), computed from
+the checkpoint's headers for the memory of the GPUs here (or the preset's card size on a dry
+run without GPUs), with the server arguments as they will be (the user's, then the preset's).
+The dry run prints the per-stage table; a context x concurrency that does not fit is a warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from sglang_ampere import plan as plan_mod
+
+from .argv import ServerArgv
+from .topology import Topology
+
+VAR = "SGLANG_PP_LAYER_PARTITION"
+#: SGLang 0.5.23's values when the arguments are not given: DeepSeek-V4 sets 256 running
+#: requests (48 with speculative decoding, ``speculative_hook``); the DSV4 SWA ratio default
+#: is 0.1 (``pool_configurator.DSV4_DEFAULT_SWA_FULL_TOKENS_RATIO``).
+DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC, DEFAULT_SWA = 256, 48, 0.1
+
+
+@dataclass
+class StagePlan:
+    value: str | None = None                 # the split to set (None: nothing to set)
+    reason: str = ""
+    table: str = ""                          # the plan's table, for --dry-run
+    notes: list[str] = field(default_factory=list)
+
+
+def speculative_of(server: ServerArgv) -> str:
+    algo = (server.value("speculative_algorithm") or "").upper()
+    return {"": "none", "EAGLE": "mtp", "NEXTN": "mtp", "DSPARK": "dspark"}.get(algo, "mtp")
+
+
+def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
+    spec = speculative_of(server)
+    running = server.value("max_running_requests") or (DEFAULT_MAX_RUNNING_SPEC if spec != "none" else DEFAULT_MAX_RUNNING)
+    return plan_mod.Settings(
+        context_length=int(server.value("context_length") or model.config["max_position_embeddings"]),
+        max_running_requests=int(running),
+        chunked_prefill_size=int(server.value("chunked_prefill_size") or plan_mod.DEFAULT_CHUNKED_PREFILL),
+        mem_fraction_static=float(server.value("mem_fraction_static") or 0.85),
+        swa_ratio=float(server.value("swa_full_tokens_ratio") or DEFAULT_SWA),
+        speculative=spec,
+    )
+
+
+def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
+                gpu_memory_gib: float | None, preset_memory_gib: float | None) -> StagePlan:
+    """What to set for the split, and the table. Never raises: a plan that cannot be made is a note."""
+    out = StagePlan()
+    if topo.pp <= 1:
+        return out
+    mem = gpu_memory_gib or preset_memory_gib
+    user = overrides.get(VAR, environ.get(VAR))
+    if mem is None:
+        out.notes.append(f"note: no GPU memory known (no GPU here, no card size in the preset): "
+                         f"{VAR} is left to SGLang's even split; `sglang-ampere plan` computes one")
+        return out
+    try:
+        model = plan_mod.load_model(server.value("model_path"))
+        settings = settings_of(server, model)
+        gpus = topo.tp * topo.pp
+        partition = None
+        if user is not None:
+            try:
+                partition = [int(x) for x in user.split(",")]
+            except ValueError:
+                out.notes.append(f"warning: {VAR}={user!r} is not a comma-separated list of layer counts; "
+                                 "SGLang will refuse it")
+                return out
+        plan = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings,
+                                  partition=partition)
+    except plan_mod.PlanError as exc:
+        out.notes.append(f"warning: memory plan: {exc}")
+        return out
+    out.table = plan_mod.format_table(plan)
+    ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
+    dflt = plan.default_min_free_bytes / plan_mod.GIB
+    if user is None:
+        out.value = plan.partition_env
+        out.reason = (f"layer split from the checkpoint headers for {mem:g} GiB cards: smallest free memory per "
+                      f"stage {ours:.2f} GiB (SGLang's even split: {dflt:.2f} GiB); computed, not measured")
+    else:
+        best = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings)
+        better = min(r.free_bytes for r in best.ranks) / plan_mod.GIB
+        out.notes.append(f"note: keeping your {VAR}={user} (smallest free {ours:.2f} GiB per stage; "
+                         f"the plan's {best.partition_env} gives {better:.2f} GiB)")
+    if not plan.fits:
+        s = plan.settings
+        out.notes.append(
+            f"warning: --context-length {s.context_length} x --max-running-requests {s.max_running_requests} "
+            f"does not fit: the KV cache holds {plan.max_total_tokens} tokens on the tightest stage "
+            f"(up to {plan.max_total_tokens // max(1, s.max_running_requests)} per request); lower one of them")
+    out.notes += [f"warning: {n}" for n in plan.notes if "does not fit" not in n and "tokens do not fit" not in n]
+    return out

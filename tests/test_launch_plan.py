@@ -1,0 +1,100 @@
+"""``launch`` with the memory plan and ``--speculative``, checked by SGLang's own argument validation.
+
+The model is a headers-only dsv4_int copy of DeepSeek-V4-Flash (real config and inventory), so
+SGLang's resolution reads the real ``config.json`` and the plan the real headers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from plan_testlib import write_headers_only
+from sglang_ampere.checking import require
+from sglang_ampere.launch.errors import LaunchError
+from sglang_ampere.launch.launcher import build_plan, format_plan
+from sglang_ampere.launch.speculative import validate
+
+pytest.importorskip("sglang")
+
+ARCHES = ("sm80", "sm86", "sm89", "sm90", "sm120")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return write_headers_only(tmp_path_factory.mktemp("launch_plan") / "dsv4_int_real")
+
+
+@pytest.fixture
+def caller(tmp_path):
+    return {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
+
+
+def _plan(real, caller, *args):
+    return build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
+
+
+def test_pp12_sets_the_partition_plan_computes(real, caller, capsys):
+    from sglang_ampere.cli import main
+
+    require(main(["plan", str(real), "--gpus", "12x24", "--json"]) == 0, "plan exits 0")
+    doc = json.loads(capsys.readouterr().out)
+    plan = _plan(real, caller, "--pp-size", "12")
+    change = {c.name: c for c in plan.changes}.get("SGLANG_PP_LAYER_PARTITION")
+    require(change is not None and change.new == doc["SGLANG_PP_LAYER_PARTITION"],
+            f"launch set {change}, plan says {doc['SGLANG_PP_LAYER_PARTITION']}")
+    require(plan.env["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env carries it")
+    text = format_plan(plan)
+    require("# stage  layers" in text and text.count("\n#    ") >= 12, "the dry run shows the per-stage table")
+    require("SGLANG_PP_LAYER_PARTITION=" + change.new + " \\" in text, "the command sets it")
+
+
+def test_user_partition_is_kept_and_pp1_sets_none(real, caller):
+    mine = "4,4,4,4,4,4,4,4,4,3,0,0"
+    plan = _plan(real, {**caller, "SGLANG_PP_LAYER_PARTITION": "3,3,3,3,3,4,4,4,4,4,4,4"}, "--pp-size", "12")
+    require("SGLANG_PP_LAYER_PARTITION" not in {c.name for c in plan.changes}, "the user's split wins")
+    require(any("keeping your SGLANG_PP_LAYER_PARTITION" in n for n in plan.notes), f"notes {plan.notes}")
+    plan = _plan(real, caller, "--pp-size", "12", "--env", f"SGLANG_PP_LAYER_PARTITION={mine}")
+    require(plan.env["SGLANG_PP_LAYER_PARTITION"] == mine, "--env wins")
+    one = _plan(real, caller)
+    require("SGLANG_PP_LAYER_PARTITION" not in one.env and not one.stage_table, "pp 1 has no split")
+
+
+def test_warns_when_context_times_concurrency_does_not_fit(real, caller):
+    plan = _plan(real, caller, "--pp-size", "12", "--context-length", "1048576", "--max-running-requests", "256")
+    require(any(n.startswith("warning: --context-length 1048576 x --max-running-requests 256 does not fit")
+                for n in plan.notes), f"notes {plan.notes}")
+
+
+@pytest.mark.parametrize("spec", ["none", "mtp"])
+@pytest.mark.parametrize("pp", [1, 12])
+@pytest.mark.parametrize("arch", ARCHES)
+def test_every_preset_argv_passes_sglangs_own_validation(real, caller, arch, pp, spec):
+    args = ["--gpu", arch, "--dry-run", "--model-path", str(real), "--pp-size", str(pp), "--speculative", spec]
+    plan = build_plan(args, environ=caller, smi_output="")
+    validate(plan.argv[3:], plan.env)       # raises LaunchError with SGLang's reason if refused
+    algo = "--speculative-algorithm" in plan.argv
+    require(algo == (spec == "mtp"), f"{arch} pp {pp} {spec}: argv {plan.argv}")
+    require((plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1") == (spec == "mtp" and pp > 1),
+            f"{arch} pp {pp} {spec}: SGLANG_ENABLE_PP_SPEC={plan.env.get('SGLANG_ENABLE_PP_SPEC')}")
+    require(("SGLANG_PP_LAYER_PARTITION" in plan.env) == (pp > 1), f"{arch} pp {pp}: partition set iff pp > 1")
+
+
+def test_refused_combinations_get_sglangs_reason_and_the_fix(real, caller):
+    with pytest.raises(LaunchError, match=r"refuses this combination: DSpark pipeline parallelism .* To fix: use "
+                                          r"--speculative mtp"):
+        _plan(real, caller, "--pp-size", "12", "--speculative", "dspark")
+    with pytest.raises(LaunchError, match=r"topk == 1 .* To fix: use --speculative-eagle-topk 1"):
+        _plan(real, caller, "--speculative", "mtp", "--speculative-eagle-topk", "2")
+    with pytest.raises(LaunchError, match=r"only supported on prefill nodes.* To fix: set SGLANG_ENABLE_PP_SPEC=1"):
+        _plan(real, {**caller, "SGLANG_ENABLE_PP_SPEC": "0"}, "--pp-size", "12", "--speculative", "mtp")
+    with pytest.raises(LaunchError, match="contradicts"):
+        _plan(real, caller, "--speculative", "mtp", "--speculative-algorithm", "DSPARK")
+
+
+def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real, caller):
+    plan = _plan(real, caller, "--pp-size", "12", "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "2",
+                 "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "3")
+    require(plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1", "EAGLE over pp 12 needs SGLANG_ENABLE_PP_SPEC=1")
+    require(plan.argv.count("--speculative-num-steps") == 1 and "2" in plan.argv, "the user's values are kept")
