@@ -320,3 +320,75 @@ def test_indexer_scores_and_topk_selection(gen):
         cands = [j for j in range(C) if vis[t, j]]
         best = sorted(cands, key=lambda j: (-got[t, j].item(), j))[:2]
         assert sorted(torch.nonzero(sel[t]).flatten().tolist()) == sorted(best)
+
+
+def _rope64(v, pos, f):
+    """float64 interleaved RoPE of the last 2*len(f) dims (angle as the float32 product)."""
+    rd = 2 * f.numel()
+    ang = (torch.tensor(float(pos), dtype=torch.float32) * f.float()).double()
+    z = torch.complex(v[..., -rd:][..., 0::2], v[..., -rd:][..., 1::2]) * torch.polar(torch.ones_like(ang), ang)
+    return torch.cat((v[..., :-rd], torch.stack((z.real, z.imag), -1).flatten(-2)), -1)
+
+
+@pytest.mark.parametrize("ratio,T,groups", [(0, 21, 2), (128, 140, 1)])
+def test_attention_layer_against_float64(gen, ratio, T, groups):
+    D, H, hd, ql, ol, win = 32, 2, 128, 32, 32, 8
+    cfg = _cfg(ratios=(ratio,), window=win, o_groups=groups, o_lora=ol)
+    r = {
+        "attn.wq_a.weight": torch.randn(ql, D, generator=gen) / 6,
+        "attn.q_norm.weight": 1 + 0.1 * torch.randn(ql, generator=gen),
+        "attn.wq_b.weight": torch.randn(H * hd, ql, generator=gen) / 6,
+        "attn.wkv.weight": torch.randn(hd, D, generator=gen) / 6,
+        "attn.kv_norm.weight": 1 + 0.1 * torch.randn(hd, generator=gen),
+        "attn.wo_a.weight": torch.randn(groups * ol, H * hd // groups, generator=gen) / 16,
+        "attn.wo_b.weight": torch.randn(D, groups * ol, generator=gen) / 6,
+        "attn.attn_sink": torch.randn(H, generator=gen),
+    }
+    if ratio:
+        r |= {
+            "attn.compressor.wkv.weight": torch.randn(hd, D, generator=gen) / 6,
+            "attn.compressor.wgate.weight": torch.randn(hd, D, generator=gen),
+            "attn.compressor.ape": torch.randn(ratio, hd, generator=gen),
+            "attn.compressor.norm.weight": 1 + 0.1 * torch.randn(hd, generator=gen),
+        }
+    x = torch.randn(T, D, generator=gen)
+    cache = M.LayerCache()
+    got = M.attention(x, Weights(r, "native"), cfg, ratio, 0, cache, torch.float32).double()
+    d = {k: v.double() for k, v in r.items()}
+    f = cfg.freqs(ratio)
+    if ratio:
+        assert torch.equal(f, ops.rope_frequencies(64, 160000.0, 65536, 16.0, 32.0, 1.0))  # YaRN, compress theta
+    else:
+        assert torch.equal(f, ops.rope_frequencies(64, 10000.0, 0, 1.0, 32.0, 1.0))  # plain rope_theta
+
+    def rms(v, w=None):
+        v = v / torch.sqrt((v**2).mean(-1, keepdim=True) + cfg.eps)
+        return v if w is None else w * v
+
+    xd = x.double()
+    rows = cache.rows.double()
+    for t in range(T):
+        kv = _rope64(rms(xd[t] @ d["attn.wkv.weight"].t(), d["attn.kv_norm.weight"]), t, f)
+        assert torch.allclose(rows[t, 64:], kv[64:], rtol=0, atol=1e-5)  # RoPE dims unquantized
+        step = 2.0 ** math.ceil(math.log2(float(kv[:64].abs().max()) / 448)) * 32  # e4m3 step in [256, 448]
+        assert (rows[t, :64] - kv[:64]).abs().max().item() <= step / 2 + 1e-6  # no-RoPE dims FP8-rounded
+    comp = cache.comp.entries.double() if ratio else torch.zeros(0, hd, dtype=F64)
+    for t in range(T):
+        qr = rms(xd[t] @ d["attn.wq_a.weight"].t(), d["attn.q_norm.weight"])
+        q = _rope64(rms((qr @ d["attn.wq_b.weight"].t()).view(H, hd)), t, f)
+        cands = [rows[s] for s in range(max(0, t - win + 1), t + 1)]
+        cands += [comp[j] for j in range(comp.shape[0]) if (j + 1) * ratio <= t + 1]
+        K = torch.stack(cands)
+        o = torch.empty(H, hd, dtype=F64)
+        for h in range(H):
+            s = (K @ q[h]) * hd**-0.5
+            e = torch.exp(s - s.max())
+            o[h] = (e / (e.sum() + torch.exp(d["attn.attn_sink"][h] - s.max()))) @ K
+        o = _rope64(o, -t, f)  # inverse RoPE = rotation by -t
+        og = o.reshape(groups, -1)
+        wo_a = d["attn.wo_a.weight"].view(groups, ol, -1)
+        mid = torch.cat([wo_a[g] @ og[g] for g in range(groups)])
+        want = mid @ d["attn.wo_b.weight"].t()
+        assert torch.allclose(got[t], want, rtol=1e-4, atol=1e-5), (t, (got[t] - want).abs().max())
+    if ratio:
+        assert comp.shape[0] == T // ratio and T > ratio  # the last queries attend a compressed entry
