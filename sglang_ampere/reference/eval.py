@@ -158,6 +158,11 @@ def evaluate(
     cks = [Checkpoint(model_path)] + ([Checkpoint(against)] if against is not None else [])
     for ck in cks:
         check_complete(ck)
+    if against is not None and cks[0].config["num_hidden_layers"] != cks[1].config["num_hidden_layers"]:
+        raise ReferenceError(
+            f"MODEL has {cks[0].config['num_hidden_layers']} layers, REF {cks[1].config['num_hidden_layers']}: "
+            "not the same model"
+        )
     if against is not None and cks[0].config["vocab_size"] != cks[1].config["vocab_size"]:
         raise ReferenceError(
             f"MODEL vocab_size {cks[0].config['vocab_size']} differs from REF's {cks[1].config['vocab_size']}"
