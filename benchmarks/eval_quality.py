@@ -51,7 +51,8 @@ def main() -> int:
             f"{spec.hidden}), {a.tokens} seeded tokens ({a.decode} by decode steps), {a.dtype}\n"
         )
         print(
-            "| checkpoint | expert SNR dB | dense SNR dB | KL mean | KL p95 | KL max | top-1 | ppl (native) | layer SNR dB |"
+            "| checkpoint | expert SNR dB | dense SNR dB | KL mean | KL p95 | KL max | top-1 | ppl (native) "
+            "| layer SNR dB |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for name, opt in MODES.items():
@@ -71,7 +72,8 @@ def main() -> int:
             )
         r = evaluate(native, ids, native, decode=a.decode, dtype=a.dtype, stream=False)
         print(
-            f"| native (against itself) | - | - | {r['kl']['mean']:.4f} | {r['kl']['p95']:.4f} | {r['kl']['max']:.4f} | "
+            f"| native (against itself) | - | - | {r['kl']['mean']:.4f} | {r['kl']['p95']:.4f} | "
+            f"{r['kl']['max']:.4f} | "
             f"{r['top1_agreement']:.3f} | {r['model']['ppl']:.1f} | - |"
         )
     finally:
