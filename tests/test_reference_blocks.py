@@ -392,3 +392,29 @@ def test_attention_layer_against_float64(gen, ratio, T, groups):
         assert torch.allclose(got[t], want, rtol=1e-4, atol=1e-5), (t, (got[t] - want).abs().max())
     if ratio:
         assert comp.shape[0] == T // ratio and T > ratio  # the last queries attend a compressed entry
+
+
+def test_indexer_queries_and_head_weights_against_float64(gen):
+    cfg, D, ql, ih, T = _cfg(index_heads=3), 32, 32, 3, 6
+    r = {
+        "attn.indexer.wq_b.weight": torch.randn(ih * 128, ql, generator=gen) / 6,
+        "attn.indexer.weights_proj.weight": torch.randn(ih, D, generator=gen),
+    }
+    x, qr = torch.randn(T, D, generator=gen), torch.randn(T, ql, generator=gen)
+    pos = torch.arange(100, 100 + T)
+    qi, wts = M.indexer_query(x, qr, Weights(r, "native"), cfg, pos, torch.float32)
+    h = torch.tensor([[(-1.0) ** bin(i & j).count("1") for j in range(128)] for i in range(128)], dtype=F64)
+    f = ops.rope_frequencies(64, 160000.0, 65536, 16.0, 32.0, 1.0)
+    grid = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    for t in range(T):
+        want_w = (x[t].double() @ r["attn.indexer.weights_proj.weight"].double().t()) / math.sqrt(128 * ih)
+        assert torch.allclose(wts[t].double(), want_w, rtol=1e-5, atol=1e-6)
+        q = _rope64((qr[t].double() @ r["attn.indexer.wq_b.weight"].double().t()).view(ih, 128), int(pos[t]), f)
+        q = q @ h / math.sqrt(128)
+        for hh in range(ih):
+            for b0 in range(0, 128, 32):
+                blk, got = q[hh, b0 : b0 + 32], qi[t, hh, b0 : b0 + 32].double()
+                s = 2.0 ** math.ceil(math.log2(float(blk.abs().max()) / 6))
+                assert all(abs(v) / s in grid for v in got.tolist())  # on the FP4 grid of its block scale
+                # within half a grid step (largest step 2) of the exact value, allowing float32 rounding
+                assert (got - blk).abs().max().item() <= s + 1e-5

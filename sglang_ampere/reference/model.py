@@ -281,11 +281,8 @@ def attention(
     select = None
     if ratio:
         if ratio == 4:
-            qi = linear(qr, w.cached("attn.indexer.wq_b.weight"), dt).view(T, cfg.index_heads, cfg.index_dim)
-            qi = ops.fp4_fake_quant(ops.hadamard(ops.rope(qi, pos, freqs)))
+            qi, wts = indexer_query(x, qr, w, cfg, pos, dt)
             keys = compress(x, w, "attn.indexer.compressor.", ratio, cfg.index_dim, pos0, cache.index, cfg, True, dt)
-            wts = linear(x, w.cached("attn.indexer.weights_proj.weight"), dt).float()
-            wts = wts * (cfg.index_dim**-0.5 * cfg.index_heads**-0.5)
             select = (qi, keys, wts)
         comp = compress(x, w, "attn.compressor.", ratio, hd, pos0, cache.comp, cfg, False, dt)
 
@@ -312,6 +309,15 @@ def attention(
     acc = torch.float64 if dt == torch.float32 else dt
     o = torch.einsum("tgd,grd->tgr", o.reshape(T, G, -1).to(acc), wo_a.to(acc)).to(dt)
     return linear(o.flatten(1), w.cached("attn.wo_b.weight"), dt)
+
+
+def indexer_query(x, qr, w: Weights, cfg: ModelConfig, pos, dt):
+    """The indexer's queries ``fp4(hadamard(rope(qr @ wq_b^T)))`` ``[T, ih, 128]`` and head
+    weights ``(x @ weights_proj^T) * 128^-0.5 * ih^-0.5`` (f32) ``[T, ih]``."""
+    qi = linear(qr, w.cached("attn.indexer.wq_b.weight"), dt).view(x.shape[0], cfg.index_heads, cfg.index_dim)
+    qi = ops.fp4_fake_quant(ops.hadamard(ops.rope(qi, pos, cfg.freqs(4))))
+    wts = linear(x, w.cached("attn.indexer.weights_proj.weight"), dt).float()
+    return qi, wts * (cfg.index_dim**-0.5 * cfg.index_heads**-0.5)
 
 
 def index_scores(qi: torch.Tensor, keys: torch.Tensor, wts: torch.Tensor) -> torch.Tensor:
