@@ -183,3 +183,16 @@ def test_streaming_holds_at_most_two_layers(ckpts, ids, monkeypatch):
     m.forward(ids[:8], 0, new_caches(m.cfg))
     # reading layer i+1 overlaps computing layer i, and nothing older is held
     assert len(at_load) == 4 and max(at_load) <= 1, at_load
+
+
+def test_one_pass_over_chunks_equals_chunk_by_chunk_forward(ckpts, ids):
+    m = ReferenceModel(ckpts["int"], dtype=torch.float32, stream=True)
+    chunks = [(0, 150)] + [(p, p + 1) for p in range(150, 160)]
+    caches = new_caches(m.cfg)
+    step = torch.cat([m.forward(ids[a:b], a, caches) for a, b in chunks])
+    before = m.ckpt.bytes_read
+    one = m.forward_chunks(ids[:160], chunks, new_caches(m.cfg))
+    assert torch.equal(one, step)
+    assert m.ckpt.bytes_read - before == sum(m.ckpt.disk_bytes(f"layers.{i}.") for i in range(4))  # one pass
+    with pytest.raises(ReferenceError, match="contiguously"):
+        m.forward_chunks(ids[:10], [(0, 4), (5, 10)], new_caches(m.cfg))

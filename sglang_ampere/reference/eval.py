@@ -2,7 +2,9 @@
 
 Runs the reference forward (:mod:`.model`) over a token sequence: one prefill over all but the
 last ``--decode N`` tokens, then N single-token decode steps (so the decode caches are
-exercised too). Row ``t`` of the logits is the distribution after token ``t``. Reported:
+exercised too), all in one pass over the weights (each layer runs the prefill and the decode
+steps before the next layer is read: the tokens are known). Row ``t`` of the logits is the
+distribution after token ``t``. Reported:
 
 * perplexity ``exp(mean_t -log p(ids[t+1] | ids[..t]))`` over ``t = 0 .. T-2``, for MODEL and REF;
 * with ``--against REF`` (typically the native checkpoint MODEL was converted from):
@@ -98,11 +100,9 @@ class _Run:
             model.progress = lambda i: bar.update(1)
         caches = new_caches(model.cfg)
         t0 = time.perf_counter()
-        rows = [model.forward(ids[:P], 0, caches, hidden=hook).cpu()]
-        for p in range(P, T):
-            rows.append(model.forward(ids[p : p + 1], p, caches, hidden=hook).cpu())
+        chunks = [(0, P)] + [(p, p + 1) for p in range(P, T)]
+        self.logits = model.forward_chunks(ids, chunks, caches, hidden=hook).cpu()
         self.seconds = time.perf_counter() - t0
-        self.logits = torch.cat(rows)
         self.hidden = hidden
 
 
@@ -174,8 +174,7 @@ def evaluate(
     if progress:
         from tqdm import tqdm
 
-        passes = 1 + decode
-        bar = tqdm(total=sum(m.cfg.layers for m in models) * passes, unit="layer", desc="eval", file=sys.stderr)
+        bar = tqdm(total=sum(m.cfg.layers for m in models), unit="layer", desc="eval", file=sys.stderr)
     report: dict = {"tokens": T, "prefill": T - decode, "decode": decode, "dtype": dtype, "device": device}
     try:
         ref_run = None

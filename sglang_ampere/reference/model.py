@@ -481,6 +481,36 @@ class ReferenceModel:
         return (logits, R) if return_streams else logits
 
     @torch.inference_mode()
+    def forward_chunks(
+        self,
+        ids,
+        chunks: list[tuple[int, int]],
+        caches: list[LayerCache],
+        hidden: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Logits ``f32 [T, vocab]`` of ``forward`` called on each chunk ``ids[a:b]`` in turn, in ONE
+        pass over the weights: the tokens are all known (teacher forcing), so each layer runs every
+        chunk (a prefill, then single-token decode steps) with its cache before the next layer is
+        read. The same operations on the same shapes as chunk-by-chunk ``forward`` calls, so the
+        same numbers; ``hidden(layer, R)`` sees each chunk's output, layer by layer."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)
+        self.check_ids(ids)
+        if not chunks or chunks[0][0] != 0 or any(b0 != a1 for (_, b0), (a1, _) in zip(chunks, chunks[1:])):
+            raise ReferenceError(f"chunks {chunks} do not cover 0..T contiguously")
+        R = self.embed(ids).unsqueeze(1).repeat(1, self.cfg.hc, 1)
+        for i, w in self._layers():
+            outs = []
+            for a, b in chunks:
+                outs.append(block(R[a:b], ids[a:b], w, self.cfg, i, a, caches[i], self.dt))
+                if hidden is not None:
+                    hidden(i, outs[-1])
+            del w
+            R = torch.cat(outs)
+            if self.progress is not None:
+                self.progress(i)
+        return torch.cat([self.head(R[a:b]) for a, b in chunks])
+
+    @torch.inference_mode()
     def mtp(self, R: torch.Tensor, next_ids, pos0: int, caches: list[LayerCache], m: int = 0) -> torch.Tensor:
         """MTP block ``m``: logits for the token after ``next_ids`` from the main model's last streams."""
         if m >= self.cfg.mtp:
