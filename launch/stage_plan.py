@@ -81,7 +81,8 @@ def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], 
     except plan_mod.PlanError as exc:
         out.notes.append(f"warning: memory plan: {exc}")
         return out
-    out.table = plan_mod.format_table(plan)
+    # The plan's own notes become the launcher's warnings below; the table keeps the figures.
+    out.table = "".join(ln for ln in plan_mod.format_table(plan).splitlines(True) if not ln.startswith("# note:"))
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
     dflt = plan.default_min_free_bytes / plan_mod.GIB
     if user is None:

@@ -489,6 +489,7 @@ class Plan:
     max_total_tokens: int          # tokens every stage can hold in its free_bytes
     sglang_pool_tokens: int        # what SGLang's sizing gives at --mem-fraction-static
     max_mem_fraction_static: float
+    min_mem_fraction_static: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -516,6 +517,7 @@ class Plan:
             "fits": self.fits,
             "sglang_pool_tokens": self.sglang_pool_tokens,
             "max_mem_fraction_static": round(self.max_mem_fraction_static, 3),
+            "min_mem_fraction_static": round(self.min_mem_fraction_static, 3),
             "ranks": [r.to_json() for r in self.ranks],
             "notes": self.notes,
         }
@@ -590,6 +592,12 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
         r.sglang_headroom_bytes = int(avail - sglang_tokens * kv.bytes_per_token - kv.fixed_bytes)
     runtime = [r.reserve_bytes - r.reserves["cuda_context"] - r.reserves.get("nccl", 0) for r in ranks]
     fmax = 1 - max(runtime) / pre
+    # The smallest fraction that leaves SGLang a pool of one page per request on every stage.
+    fmin = max((pre - avail + kv.fixed_bytes + (s.max_running_requests + 1) * PAGE_SIZE * kv.bytes_per_token) / pre
+               for avail, kv, _ in sg)
+    if sglang_tokens == 0:
+        notes.append(f"at --mem-fraction-static {s.mem_fraction_static} SGLang finds no room for a KV pool on the "
+                     f"tightest stage; it needs at least {math.ceil(fmin * 1000) / 1000}")
     for r, need in zip(ranks, runtime):
         if r.sglang_headroom_bytes < need:
             notes.append(
@@ -602,7 +610,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
             f"{s.context_length * s.max_running_requests} tokens do not fit the {tokens} KV tokens left: at "
             f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
     return Plan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
-                fmax, notes)
+                fmax, fmin, notes)
 
 
 # ----------------------------------------------------------------------------- output
@@ -631,7 +639,8 @@ def format_table(plan: Plan) -> str:
         f"{s.max_running_requests} requests up to {plan.max_total_tokens // max(1, s.max_running_requests)} "
         f"tokens each): {'fits' if plan.fits else 'does NOT fit'} {s.context_length} x {s.max_running_requests}",
         f"# SGLang's pool at --mem-fraction-static {s.mem_fraction_static}: {plan.sglang_pool_tokens} tokens; "
-        f"keep it <= {math.floor(plan.max_mem_fraction_static * 1000) / 1000} to leave the reserves",
+        f"keep it between {math.ceil(plan.min_mem_fraction_static * 1000) / 1000} (a pool at all) and "
+        f"{math.floor(plan.max_mem_fraction_static * 1000) / 1000} (room for the reserves)",
     ]
     lines += [f"# note: {n}" for n in plan.notes]
     return "\n".join(lines) + "\n"
