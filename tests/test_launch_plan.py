@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from plan_testlib import write_headers_only
+
 from sglang_ampere.checking import require
 from sglang_ampere.launch.errors import LaunchError
 from sglang_ampere.launch.launcher import build_plan, format_plan
@@ -98,3 +98,14 @@ def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real, caller):
                  "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "3")
     require(plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1", "EAGLE over pp 12 needs SGLANG_ENABLE_PP_SPEC=1")
     require(plan.argv.count("--speculative-num-steps") == 1 and "2" in plan.argv, "the user's values are kept")
+
+
+def test_tp_times_pp_over_nodes(real, caller):
+    plan = build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(real), "--tp-size", "4", "--pp-size", "2",
+                       "--nnodes", "2", "--dist-init-addr", "10.0.0.1:5000", "--num-gpus", "4"],
+                      environ=caller, smi_output="")
+    require(plan.env.get("SGLANG_PP_LAYER_PARTITION") == "21,22", f"split {plan.env.get('SGLANG_PP_LAYER_PARTITION')}")
+    require("tp 4 x pp 2 over 2 nodes" in plan.stage_table, plan.stage_table)
+    text = format_plan(plan)
+    require(text.count("SGLANG_PP_LAYER_PARTITION=21,22 \\") == 2, "both nodes' commands carry the split")
+    require(any("does not fit" in n for n in plan.notes), "TP4 x PP2 on 24 GB cannot hold 65536 x 16")

@@ -19,8 +19,8 @@ import math
 import struct
 
 import pytest
-
 from plan_testlib import write_headers_only
+
 from sglang_ampere import plan as P
 from sglang_ampere.checking import require
 from sglang_ampere.synth import SynthSpec
@@ -147,7 +147,9 @@ def test_12x24_split_and_last_stage_draft(real_model):
     draft = P._share(real_model.units["mtp"], 1) + P._share(real_model.units["embed"], 1)
     require(last_mtp.weights["draft"] + last_mtp.weights["draft_embed"] == draft,
             "the MTP draft on pp > 1 holds its layer and its own embedding")
-    require(sum(mtp.partition[-1:]) <= sum(base.partition[-1:]), "the draft's stage must not get more layers")
+    require("draft" not in last.weights and mtp.partition[-1] < base.partition[-1],
+            f"the draft's stage gets fewer layers: {base.partition} -> {mtp.partition}")
+    require(all("draft" not in r.weights for r in mtp.ranks[:-1]), "the draft lives on the last stage only")
     one = P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="mtp"))
     require("draft_embed" not in one.ranks[0].weights, "with pp 1 the draft shares the target's embedding")
 
@@ -244,7 +246,6 @@ def _meta_model_bytes(folder, draft: bool):
         _initialize_model,
         set_default_torch_dtype,
     )
-
     from sglang_cpu import init_sglang_cpu
 
     init_sglang_cpu()
@@ -287,3 +288,41 @@ def test_load_rules_match_sglangs_module_tree_on_meta(tmp_path, sglang_plugin):
     require(sum(model.units["mtp"]) == draft["mtp"], f"MTP draft: plan {model.units['mtp']} != SGLang {draft['mtp']}")
     require(draft["embed"] == sum(model.units["embed"]), "the draft's own embedding is the target's size")
     require(draft_rope == model.rope_kind_bytes(), "the draft's window-only layer has one RoPE kind")
+
+
+def test_sglang_pool_budget_follows_sglangs_profile(real, real_model, sglang_plugin, monkeypatch):
+    """``KVCacheConfigurator._profile_available_bytes``: free after load - pre_load * (1 - F)."""
+    from types import SimpleNamespace as NS
+
+    import sglang.srt.mem_cache.kv_cache_configurator as K
+    from sglang.srt.runtime_context import SpawnRanks, get_parallel, publish, reset_context
+    from sglang.srt.server_args import ServerArgs
+
+    plan = P.make_plan(real_model, 12, 24)
+    pre = 24 * 2**30 - int(P.CUDA_CONTEXT_GIB * 2**30)
+    reset_context()
+    publish(ServerArgs(model_path=str(real), mem_fraction_static=0.85, max_running_requests=16, device="cuda"),
+            role="test", ranks=SpawnRanks(world_rank=0))
+    try:
+        with get_parallel().override(world_group=NS(cpu_group=None)):
+            _check_profile(K, NS, plan, pre, real_model, monkeypatch)
+    finally:
+        reset_context()
+
+
+def _check_profile(K, NS, plan, pre, real_model, monkeypatch):
+    """Per stage: SGLang's budget from a free-after-load figure equals the plan's; SGLang's pool is the
+    smallest token count over the stages (``_apply_token_constraints`` all-reduces the MIN)."""
+    tokens = []
+    for r in plan.ranks:
+        free_after_load = pre - r.weight_bytes - r.reserves["nccl"]
+        monkeypatch.setattr(K, "get_available_gpu_memory", lambda *a, _f=free_after_load, **k: _f / 2**30)
+        fake = NS(device="cuda", gpu_id=0, mambaish_config=None, model_config=NS(is_multimodal=False),
+                  post_capture_kv_active=False)
+        theirs = K.KVCacheConfigurator._profile_available_bytes(fake, pre / 2**30)
+        ours = free_after_load - pre * (1 - 0.85)
+        require(abs(theirs - ours) <= 1, f"stage {r.rank}: budget {ours} != SGLang's {theirs}")
+        kv = P.kv_model(real_model.config, range(r.first_layer, r.first_layer + r.layers), swa_ratio=0.05,
+                        max_running_requests=16, speculative=False)
+        tokens.append(P.pool_tokens(theirs, kv))
+    require(plan.sglang_pool_tokens == min(tokens), f"SGLang's pool {min(tokens)} != plan {plan.sglang_pool_tokens}")
