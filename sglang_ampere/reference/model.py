@@ -359,6 +359,26 @@ def moe(x: torch.Tensor, ids: torch.Tensor, w: Weights, cfg: ModelConfig, layer:
     return y.to(dt)
 
 
+def _hc(cfg: ModelConfig) -> dict:
+    return dict(hc=cfg.hc, iters=cfg.hc_iters, norm_eps=cfg.eps, hc_eps=cfg.hc_eps)
+
+
+def attn_half(R, w: Weights, cfg: ModelConfig, layer: int, pos0: int, cache: LayerCache, dt) -> torch.Tensor:
+    """``R <- hc_post(attention(rmsnorm(hc_pre(R))), R)``: the stateful half of a layer."""
+    x, post, comb = ops.hc_pre(
+        R, w.cached("hc_attn_fn"), w.cached("hc_attn_scale"), w.cached("hc_attn_base"), **_hc(cfg)
+    )
+    x = ops.rmsnorm(x, w.cached("attn_norm.weight"), cfg.eps, dt)
+    return ops.hc_post(attention(x, w, cfg, cfg.ratios[layer], pos0, cache, dt), R, post, comb)
+
+
+def ffn_half(R, ids, w: Weights, cfg: ModelConfig, layer: int, dt) -> torch.Tensor:
+    """``R <- hc_post(moe(rmsnorm(hc_pre(R))), R)``: row by row, no state."""
+    x, post, comb = ops.hc_pre(R, w.cached("hc_ffn_fn"), w.cached("hc_ffn_scale"), w.cached("hc_ffn_base"), **_hc(cfg))
+    x = ops.rmsnorm(x, w.cached("ffn_norm.weight"), cfg.eps, dt)
+    return ops.hc_post(moe(x, ids, w, cfg, layer, dt), R, post, comb)
+
+
 def block(
     R: torch.Tensor,
     ids: torch.Tensor,
@@ -370,14 +390,7 @@ def block(
     dt: torch.dtype,
 ) -> torch.Tensor:
     """One decoder layer on the hc streams ``R [T, hc, D]``."""
-    ratio = cfg.ratios[layer]
-    hc = dict(hc=cfg.hc, iters=cfg.hc_iters, norm_eps=cfg.eps, hc_eps=cfg.hc_eps)
-    x, post, comb = ops.hc_pre(R, w.cached("hc_attn_fn"), w.cached("hc_attn_scale"), w.cached("hc_attn_base"), **hc)
-    x = ops.rmsnorm(x, w.cached("attn_norm.weight"), cfg.eps, dt)
-    R = ops.hc_post(attention(x, w, cfg, ratio, pos0, cache, dt), R, post, comb)
-    x, post, comb = ops.hc_pre(R, w.cached("hc_ffn_fn"), w.cached("hc_ffn_scale"), w.cached("hc_ffn_base"), **hc)
-    x = ops.rmsnorm(x, w.cached("ffn_norm.weight"), cfg.eps, dt)
-    return ops.hc_post(moe(x, ids, w, cfg, layer, dt), R, post, comb)
+    return ffn_half(attn_half(R, w, cfg, layer, pos0, cache, dt), ids, w, cfg, layer, dt)
 
 
 # ------------------------------------------------------------------------------------------
@@ -491,21 +504,24 @@ class ReferenceModel:
         """Logits ``f32 [T, vocab]`` of ``forward`` called on each chunk ``ids[a:b]`` in turn, in ONE
         pass over the weights: the tokens are all known (teacher forcing), so each layer runs every
         chunk (a prefill, then single-token decode steps) with its cache before the next layer is
-        read. The same operations on the same shapes as chunk-by-chunk ``forward`` calls, so the
-        same numbers; ``hidden(layer, R)`` sees each chunk's output, layer by layer."""
+        read. Attention (the stateful half of a layer) runs chunk by chunk exactly as ``forward``
+        calls would; the FFN half runs once over all rows, so each routed expert is decoded once per
+        layer. In the float32 mode (batch-invariant) the numbers equal chunk-by-chunk ``forward``
+        calls exactly; ``hidden(layer, R)`` sees each chunk's output, layer by layer."""
         ids = torch.as_tensor(ids, dtype=torch.long, device=self.device).view(-1)
         self.check_ids(ids)
         if not chunks or chunks[0][0] != 0 or any(b0 != a1 for (_, b0), (a1, _) in zip(chunks, chunks[1:])):
             raise ReferenceError(f"chunks {chunks} do not cover 0..T contiguously")
         R = self.embed(ids).unsqueeze(1).repeat(1, self.cfg.hc, 1)
         for i, w in self._layers():
-            outs = []
-            for a, b in chunks:
-                outs.append(block(R[a:b], ids[a:b], w, self.cfg, i, a, caches[i], self.dt))
-                if hidden is not None:
-                    hidden(i, outs[-1])
+            # attention chunk by chunk (prefill, then decode steps on the cache); the FFN half has
+            # no state and runs once over all rows, so each expert is decoded once per layer
+            R = torch.cat([attn_half(R[a:b], w, self.cfg, i, a, caches[i], self.dt) for a, b in chunks])
+            R = ffn_half(R, ids, w, self.cfg, i, self.dt)
             del w
-            R = torch.cat(outs)
+            if hidden is not None:
+                for a, b in chunks:
+                    hidden(i, R[a:b])
             if self.progress is not None:
                 self.progress(i)
         return torch.cat([self.head(R[a:b]) for a, b in chunks])
