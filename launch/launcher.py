@@ -31,7 +31,7 @@ from .errors import LaunchError
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
-from .resolve import EnvChange, fill_server_args, resolve_arch, resolve_env
+from .resolve import EnvChange, fill_server_args, resolve_arch, resolve_env, target_arch
 from .speculative import pp_spec_env, speculative_args, validate
 from .stage_plan import VAR as PARTITION_VAR
 from .stage_plan import plan_stages
@@ -57,6 +57,7 @@ class Plan:
     preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
     spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
     stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
+    card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
 
 
 def _load_preset(opts: argparse.Namespace, arch: str) -> Preset:
@@ -90,9 +91,10 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         raise LaunchError("--num-gpus must be >= 1")
     server = None if help_only else parse_server_args(cli)
 
-    arch, found = resolve_arch(opts, environ, smi_output, need_gpu=not (opts.dry_run or help_only))
+    card_arch, found = resolve_arch(opts, environ, smi_output, need_gpu=not (opts.dry_run or help_only))
+    arch = target_arch(card_arch, environ, overrides)       # sm80 for sm_90+ under SGLANG_AMPERE_TARGET=ampere
     preset = _load_preset(opts, arch)
-    notes = _gpu_notes(opts, arch, found, preset)
+    notes = _gpu_notes(opts, card_arch, found, preset)
 
     topo = None
     if server is not None:
@@ -122,12 +124,13 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
 
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
-                preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, stage_table=stage_table)
+                preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, stage_table=stage_table,
+                card_arch=card_arch)
     if server is not None and (opts.speculative not in (None, "none") or server.value("speculative_algorithm")):
         # SGLang's own verdict on every speculative combination, before 12 processes start.
         validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
     if not help_only:
-        plan.notes += _jit_cache_notes(arch, env)
+        plan.notes += _jit_cache_notes(card_arch, env)      # SGLang JIT-compiles for the card's own arch
     return plan
 
 

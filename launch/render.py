@@ -10,6 +10,7 @@ from sglang_ampere import envvars
 
 from sglang_ampere import gpus as gpus_mod
 from .model_dir import arch_number
+from .resolve import ampere_target_line
 
 if TYPE_CHECKING:
     from .launcher import Plan
@@ -37,6 +38,9 @@ def format_plan(plan: Plan) -> str:
     desc = f" ({plan.preset.description})" if plan.preset.description else ""
     out.append(f"# sglang-ampere launch: preset {plan.preset.source}{desc}")
     out.append(f"# GPUs on this node: {gpu_txt}")
+    target = ampere_target_line(plan.card_arch or plan.arch, plan.arch)
+    if target:
+        out.append(f"# {target}")
     if plan.changes:
         out.append("# environment changes (variable=value  [source] reason):")
         for c in plan.changes:

@@ -60,6 +60,26 @@ def resolve_arch(opts: argparse.Namespace, environ: Mapping[str, str], smi_outpu
     return gpu, found
 
 
+def target_arch(card_arch: str, environ: Mapping[str, str], overrides: Mapping[str, str]) -> str:
+    """The preset architecture for a card of ``card_arch``: its own, or
+    :data:`sglang_ampere.gpus.AMPERE_STAND_IN` for an sm_90+ card under
+    ``SGLANG_AMPERE_TARGET=ampere`` (from ``--env`` or the caller's environment)."""
+    try:
+        return gpus_mod.preset_arch(card_arch, {**environ, **overrides})
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from exc
+
+
+def ampere_target_line(card_arch: str, arch: str) -> str | None:
+    """The ``--dry-run`` line saying that an sm_90+ card takes the Ampere path (None otherwise)."""
+    if card_arch == arch:
+        return None
+    return (f"{gpus_mod.TARGET_VAR}=ampere: this {card_arch} card takes the sm_80/sm_86 path (preset {arch}'s "
+            f"switches; sglang-ampere's sparse-MLA and C4-indexer kernels built for {card_arch} from the same "
+            "source; Marlin W8A16/W4A16 for dsv4_int), to validate the Ampere code; unset it to run "
+            "SGLang's own sm_90+ paths")
+
+
 def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[str, str],
                 opts: argparse.Namespace) -> tuple[dict[str, str], list[EnvChange], list[str]]:
     """Apply preset < caller < --env, then the sparse-MLA / indexer backend selection."""

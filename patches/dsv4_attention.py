@@ -3,7 +3,8 @@
 Target:   ``sglang.srt.layers.attention.deepseek_v4_backend`` (``BE`` below):
           ``BE._create_flashmla_metadata``, ``BE.DeepseekV4AttnBackend.__init__``,
           ``BE.DeepseekV4AttnBackend._use_sparse_prefill``, ``BE.DeepseekV4AttnBackend.forward``
-Hook:     AROUND, all four; on sm_90 and newer each one calls the original unchanged.
+Hook:     AROUND, all four; on sm_90 and newer each one calls the original unchanged, unless
+          ``SGLANG_AMPERE_TARGET=ampere`` sends the card down the path below (:func:`needs_ampere_path`).
 Why:      FlashMLA, the only attention kernel this backend has on CUDA, exists for sm_90/sm_100
           only. Below sm_90:
           * ``_create_flashmla_metadata`` returns ``None`` (FlashMLA's schedule object needs the
@@ -49,12 +50,16 @@ _ENV = {"prefill": "SGLANG_AMPERE_PREFILL_BACKEND", "decode": "SGLANG_AMPERE_DEC
 
 @functools.lru_cache(maxsize=1)
 def needs_ampere_path() -> bool:
-    """True on a CUDA GPU below sm_90 (decided once per process, on the current device)."""
+    """True on a CUDA GPU that takes the sm_80/sm_86 path: below sm_90, or any sm_90+ card under
+    ``SGLANG_AMPERE_TARGET=ampere`` (decided once per process, on the current device, by
+    :func:`sglang_ampere.gpus.takes_ampere_path`, the one place that decision is made)."""
     import torch
+
+    from sglang_ampere import gpus
 
     if not torch.cuda.is_available():
         return False
-    return torch.cuda.get_device_capability() < (9, 0)
+    return gpus.takes_ampere_path(torch.cuda.get_device_capability())
 
 
 def chosen_backends() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 Target:   ``sglang.srt.layers.attention.dsv4.indexer.fp8_paged_mqa_logits_torch`` (``IDX`` below)
           and ``sglang.srt.layers.attention.deepseek_v4_backend.DeepseekV4AttnBackend.__init__``
-Hook:     AROUND, both; on sm_90 and newer each one calls the original unchanged.
+Hook:     AROUND, both; on sm_90 and newer each one calls the original unchanged, unless
+          ``SGLANG_AMPERE_TARGET=ampere`` (``dsv4_attention.needs_ampere_path`` decides for both).
 Why:      Below sm_90 DeepGEMM's paged MQA logits cannot run, so the preset sets
           ``SGLANG_FP8_PAGED_MQA_LOGITS_TORCH=1`` and every ratio-4 layer scores its index keys
           with SGLang's ``fp8_paged_mqa_logits_torch``. That function gathers every row's whole

@@ -218,6 +218,30 @@ def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> 
     return checks, arches[0]
 
 
+def check_target(environ: Mapping[str, str], arch: str | None) -> tuple[list[Check], str | None]:
+    """``SGLANG_AMPERE_TARGET``: a line when it is set, and the preset the card then launches with."""
+    from sglang_ampere import gpus as gpus_mod
+
+    var = gpus_mod.TARGET_VAR
+    try:
+        forced = gpus_mod.ampere_target(environ)
+    except ValueError as exc:
+        return [Check("target", FAIL, str(exc), f"unset {var}, or set it to ampere")], arch
+    if not forced:
+        return [], arch
+    if arch is None:
+        return [Check("target", WARN, f"{var}=ampere, but no GPU architecture was decided",
+                      "pass --gpu ARCH to see the preset it selects")], None
+    stand_in = gpus_mod.preset_arch(arch, environ)
+    if stand_in == arch:
+        return [Check("target", OK, f"{var}=ampere: {arch} takes the sm_80/sm_86 path anyway (no change)")], arch
+    return [Check("target", WARN,
+                  f"{var}=ampere is on: this {arch} card takes the sm_80/sm_86 path (preset {stand_in}'s switches, "
+                  f"sglang-ampere's sparse-MLA and indexer kernels built for {arch}, Marlin W8A16/W4A16), "
+                  "to validate the Ampere code; slower than SGLang's own sm_90+ paths",
+                  f"unset {var} to serve with SGLang's own paths on this card")], stand_in
+
+
 def check_env_against_preset(arch: str, environ: Mapping[str, str]) -> list[Check]:
     from sglang_ampere.envvars import FORK_VARS
     from sglang_ampere.launch.presets import load_builtin
@@ -334,8 +358,10 @@ def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = N
     checks += probe_checks(run_probe(environ) if probe is None else probe)
     gpu_checks, arch = check_gpus(environ, smi_output, gpu)
     checks += gpu_checks
-    if arch is not None:
-        checks += check_env_against_preset(arch, environ)
+    target_checks, preset_arch = check_target(environ, arch)
+    checks += target_checks
+    if preset_arch is not None:
+        checks += check_env_against_preset(preset_arch, environ)
     checks += check_jit_tools(environ, arch)
     return checks
 

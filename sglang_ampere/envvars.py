@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ _VARS = (
            "largest intermediate (MB) the torch indexer-logits path may allocate per chunk"),
     EnvVar("SGLANG_AMPERE_MOE_BACKEND", "marlin", ("marlin", "triton"),
            "INT4 routed-expert kernel on CUDA: Marlin MoE (repacked at load) or SGLang's Triton WNA16 MoE"),
+    EnvVar("SGLANG_AMPERE_TARGET", "auto", ("auto", "ampere"),
+           "ampere = an sm_90+ GPU takes exactly the sm_80/sm_86 path (our sparse-MLA and indexer kernels "
+           "built for its arch, Marlin methods, the Ampere preset), so a Hopper card validates the Ampere code"),
     EnvVar("SGLANG_AMPERE_ALLOW_ANY_SGLANG", "0", ("0", "1"),
            "1 = start even if the installed SGLang is not the pinned release (unsupported)"),
 )
@@ -56,10 +60,10 @@ FORK_VARS: dict[str, str] = {
 }
 
 
-def get(name: str) -> str:
-    """The variable's value (or its default), validated against its choices."""
+def get(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The variable's value in ``environ`` (default ``os.environ``) or its default, validated."""
     var = VARS[name]
-    value = os.environ.get(name, var.default).strip()
+    value = (os.environ if environ is None else environ).get(name, var.default).strip()
     if var.choices is not None and value not in var.choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(var.choices)}")
     return value

@@ -1,5 +1,8 @@
 """GPU facts from ``nvidia-smi``, without initialising CUDA in this process, and the GPU
 architectures this package knows: the one module ``launch``, ``warmup`` and ``doctor`` share.
+It also holds the one decision "does this card take the Ampere path?" (:func:`takes_ampere_path`),
+which the patches, the TileLang kernels, the launcher and ``doctor`` all ask, so that
+``SGLANG_AMPERE_TARGET=ampere`` sends an sm_90+ card down exactly the sm_80/sm_86 path.
 
 The launcher must not touch CUDA itself: it replaces itself with SGLang, and a CUDA context
 created here would be inherited by nobody and would cost seconds. ``nvidia-smi`` reports what
@@ -14,11 +17,57 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from . import envvars
+
 #: Architectures with a preset (``env/<arch>.toml``) and JIT targets, with their compute
 #: capability, in the order ``--help`` lists them.
 ARCH_CAPS: dict[str, tuple[int, int]] = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0),
                                          "sm120": (12, 0)}
 KNOWN_ARCHES = tuple(ARCH_CAPS)
+
+#: ``SGLANG_AMPERE_TARGET``: ``auto`` (the card's own arch decides) or ``ampere``.
+TARGET_VAR = "SGLANG_AMPERE_TARGET"
+#: The preset an sm_90+ card launches with under ``SGLANG_AMPERE_TARGET=ampere``: sm80 has the
+#: sm86 preset's switches (it extends it; the switches are what select the code paths) and the
+#: server defaults sized for 40/80 GB cards, which every sm_90+ datacenter card is at least.
+AMPERE_STAND_IN = "sm80"
+
+
+def ampere_target(environ: Mapping[str, str] | None = None) -> bool:
+    """``SGLANG_AMPERE_TARGET=ampere`` is set (validated: ``auto`` or ``ampere``)."""
+    return envvars.get(TARGET_VAR, environ) == "ampere"
+
+
+def takes_ampere_path(capability: tuple[int, int], environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a CUDA card of this compute capability runs sglang-ampere's sm_80/sm_86 path.
+
+    sm_80..sm_89: always. sm_90 and newer: only with ``SGLANG_AMPERE_TARGET=ampere`` (then the
+    patches route FlashMLA and the indexer to our kernels, built for the card's own arch from the
+    same source, and the launcher applies the Ampere preset). Below sm_80: never (nothing runs).
+    """
+    cap = tuple(capability)
+    if cap < (8, 0):
+        return False
+    return cap < (9, 0) or ampere_target(environ)
+
+
+def arch_capability(arch: str) -> tuple[int, int]:
+    """``"sm86"`` -> ``(8, 6)``, ``"sm120"`` -> ``(12, 0)`` (known or not)."""
+    if arch in ARCH_CAPS:
+        return ARCH_CAPS[arch]
+    digits = arch[2:] if arch.startswith("sm") else ""
+    if not digits.isdigit() or len(digits) < 2:
+        raise ValueError(f"not an architecture name: {arch!r} (want e.g. sm86)")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def preset_arch(card_arch: str, environ: Mapping[str, str] | None = None) -> str:
+    """The preset a card of ``card_arch`` launches with: its own, or :data:`AMPERE_STAND_IN` for an
+    sm_90+ card under ``SGLANG_AMPERE_TARGET=ampere``."""
+    cap = arch_capability(card_arch)
+    if cap >= (9, 0) and takes_ampere_path(cap, environ):
+        return AMPERE_STAND_IN
+    return card_arch
 
 #: ``nvidia-smi`` query used for detection (one CSV line per GPU, no header, no units).
 QUERY_FIELDS = "index,name,compute_cap,memory.total,uuid"

@@ -91,11 +91,19 @@ SPLITS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def plan_for(arch: int) -> TilePlan:
+    """The tile plan for ``sm_{arch}``: sm_80..sm_89, and any newer card that takes the Ampere path
+    (``SGLANG_AMPERE_TARGET=ampere``, decided by :func:`sglang_ampere.gpus.takes_ampere_path`): it
+    runs the sm_86 plan, whose shared memory fits every newer arch's per-block limit."""
+    from sglang_ampere import gpus
+
     if arch in PLANS:
         return PLANS[arch]
     if 80 <= arch < 90:
         return PLANS[86]
-    raise ValueError(f"no TileLang indexer tile plan for sm_{arch}; these kernels are for sm_80..sm_89")
+    if arch >= 90 and gpus.takes_ampere_path(divmod(arch, 10)):
+        return PLANS[86]
+    raise ValueError(f"no TileLang indexer tile plan for sm_{arch}; these kernels are for sm_80..sm_89 "
+                     "(on a newer card, SGLANG_AMPERE_TARGET=ampere runs them as the Ampere path)")
 
 
 @dataclass(frozen=True)
@@ -193,9 +201,14 @@ def build(spec: KernelSpec):
 #: ``disable_safe_memory_legalize``: every global index is clamped or guarded in the kernel
 #: itself (page ids into the pool, page-table columns into the table, stores by ``col < width``);
 #: TileLang's own bounds checks would otherwise turn the 8-byte key loads into byte loads.
+#: TMA, warp specialisation, WGMMA (Hopper) and 256-bit loads (sm_100+) off: on an sm_90+ card
+#: under ``SGLANG_AMPERE_TARGET=ampere`` the kernel then keeps the sm_80/sm_86 instruction path
+#: (``mma.sync`` HMMA, ``cp.async``/plain loads); below sm_90 none of them exists anyway.
 PASS_CONFIGS = {
     "tl.disable_tma_lower": True,
     "tl.disable_warp_specialized": True,
+    "tl.disable_wgmma": True,
+    "tl.disable_vectorize_256": True,
     "tl.disable_safe_memory_legalize": True,
 }
 

@@ -56,11 +56,19 @@ SPLITS = (1, 2, 4, 8, 16)
 
 
 def plan_for(arch: int) -> TilePlan:
+    """The tile plan for ``sm_{arch}``: sm_80..sm_89, and any newer card that takes the Ampere path
+    (``SGLANG_AMPERE_TARGET=ampere``, decided by :func:`sglang_ampere.gpus.takes_ampere_path`): it
+    runs the sm_86 plan, whose shared memory fits every newer arch's per-block limit."""
+    from sglang_ampere import gpus
+
     if arch in PLANS:
         return PLANS[arch]
     if 80 <= arch < 90:
         return PLANS[86]          # sm_87/sm_89: same 99-100 KB shared-memory limit as sm_86
-    raise ValueError(f"no TileLang sparse-MLA tile plan for sm_{arch}; these kernels are for sm_80..sm_89")
+    if arch >= 90 and gpus.takes_ampere_path(divmod(arch, 10)):
+        return PLANS[86]
+    raise ValueError(f"no TileLang sparse-MLA tile plan for sm_{arch}; these kernels are for sm_80..sm_89 "
+                     "(on a newer card, SGLANG_AMPERE_TARGET=ampere runs them as the Ampere path)")
 
 
 @dataclass(frozen=True)
@@ -268,9 +276,16 @@ def build(spec: KernelSpec):
     return sparse_mla_paged2
 
 
+#: TMA, warp specialisation, WGMMA (Hopper) and 256-bit loads (sm_100+) off: on an sm_90+ card
+#: under ``SGLANG_AMPERE_TARGET=ampere`` the kernel then keeps the sm_80/sm_86 instruction path
+#: (``mma.sync`` HMMA, ``cp.async``/plain loads); below sm_90 none of them exists anyway. The one
+#: Hopper instruction left on sm_90 is ``stmatrix`` (one STSM), which TileLang picks for the
+#: fragment -> shared copy of P (same data movement as the sm_86 stores; no switch turns it off).
 PASS_CONFIGS = {
     "tl.disable_tma_lower": True,
     "tl.disable_warp_specialized": True,
+    "tl.disable_wgmma": True,
+    "tl.disable_vectorize_256": True,
 }
 
 

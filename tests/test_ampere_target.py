@@ -1,0 +1,252 @@
+"""SGLANG_AMPERE_TARGET=ampere: an sm_90+ card takes exactly the sm_80/sm_86 path.
+
+One decision (``gpus.takes_ampere_path``) feeds the patches, the TileLang tile plans, the
+launcher's preset and ``doctor``; these tests fake the card (monkeypatched capabilities, recorded
+``nvidia-smi`` output, ``--gpu sm90``) and check each consumer follows it, and compile the kernels
+for sm_90 to show what machine code the Ampere source becomes there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from launch_helpers import make_model, smi
+
+from sglang_ampere import doctor, envvars, gpus
+from sglang_ampere.kernels import tilelang_indexer as TI
+from sglang_ampere.kernels import tilelang_mla as M
+from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
+from sglang_ampere.patches import dsv4_attention as D
+from sglang_ampere.patches import dsv4_indexer as X
+
+VAR = "SGLANG_AMPERE_TARGET"
+ON = {VAR: "ampere"}
+AMPERE_SWITCHES = {"SGLANG_OPT_DEEPGEMM_HC_PRENORM": "0", "SGLANG_OPT_USE_TOPK_V2": "0",
+                   "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH": "1", "SGLANG_OPT_USE_TILELANG_INDEXER": "0",
+                   "SGLANG_OPT_FLASHMLA_SPARSE_PREFILL": "0", "SGLANG_OPT_FUSE_WQA_WKV": "0",
+                   "SGLANG_OPT_USE_TILELANG_MHC_PRE": "0", "SGLANG_OPT_USE_TILELANG_MHC_POST": "0",
+                   "SGLANG_OPT_FUSE_MHC_POST_PRE": "0"}
+
+
+@pytest.mark.parametrize("cap, off, on", [
+    ((7, 5), False, False),     # below sm_80 nothing runs, target or not
+    ((8, 0), True, True), ((8, 6), True, True), ((8, 9), True, True),
+    ((9, 0), False, True), ((10, 0), False, True), ((12, 0), False, True),
+])
+def test_one_decision(cap, off, on):
+    if gpus.takes_ampere_path(cap, {}) is not off or gpus.takes_ampere_path(cap, {VAR: "auto"}) is not off:
+        raise AssertionError(f"sm{cap}: default should be {off}")
+    if gpus.takes_ampere_path(cap, ON) is not on:
+        raise AssertionError(f"sm{cap} under {VAR}=ampere should be {on}")
+
+
+def test_bad_value_refused_and_declared():
+    with pytest.raises(ValueError, match="SGLANG_AMPERE_TARGET='hopper' is not one of auto, ampere"):
+        gpus.takes_ampere_path((9, 0), {VAR: "hopper"})
+    var = envvars.VARS[VAR]
+    if (var.default, var.choices) != ("auto", ("auto", "ampere")):
+        raise AssertionError(var)
+
+
+@pytest.mark.parametrize("card, env, preset", [
+    ("sm90", {}, "sm90"), ("sm90", ON, "sm80"), ("sm120", ON, "sm80"), ("sm100", ON, "sm80"),
+    ("sm86", ON, "sm86"), ("sm89", ON, "sm89"), ("sm80", {}, "sm80"),
+])
+def test_preset_arch(card, env, preset):
+    got = gpus.preset_arch(card, env)
+    if got != preset:
+        raise AssertionError(f"{card} {env}: {got} != {preset}")
+
+
+@pytest.fixture
+def fake_card(monkeypatch):
+    """Set the 'current CUDA device' to a capability; needs_ampere_path's cache is cleared around."""
+    def set_cap(cap):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: cap)
+        D.needs_ampere_path.cache_clear()
+    yield set_cap
+    D.needs_ampere_path.cache_clear()
+
+
+@pytest.mark.parametrize("cap, env, expect", [
+    ((9, 0), {}, False), ((9, 0), ON, True), ((12, 0), ON, True), ((8, 6), {}, True), ((8, 6), ON, True),
+])
+def test_patches_follow_the_decision(fake_card, monkeypatch, cap, env, expect):
+    monkeypatch.delenv(VAR, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    fake_card(cap)
+    if D.needs_ampere_path() is not expect:
+        raise AssertionError(f"needs_ampere_path on sm{cap} with {env}")
+    # The indexer patch asks the same function: its hook reroutes exactly when the decision says so.
+    monkeypatch.setattr(X, "indexer_impl", lambda name: (lambda *a, **k: f"ours:{name}"))
+    got = X.paged_mqa_logits_hook(lambda *a, **k: "original", "q")
+    want = f"ours:{envvars.VARS['SGLANG_AMPERE_INDEXER_BACKEND'].default}" if expect else "original"
+    if got != want:
+        raise AssertionError(f"indexer hook on sm{cap} with {env}: {got} != {want}")
+    # The attention patch's AROUND hook on _use_sparse_prefill: False on the Ampere path, else SGLang's.
+    got = D.use_sparse_prefill_hook(lambda *a, **k: "original", object())
+    if got != (False if expect else "original"):
+        raise AssertionError(f"_use_sparse_prefill hook on sm{cap} with {env}: {got}")
+
+
+#: Largest shared memory per block (opt-in) of the archs newer than sm_89: the sm_86 plans fit all.
+NEWER_SMEM = {90: 227 * 1024, 100: 227 * 1024, 103: 227 * 1024, 120: 99 * 1024, 121: 99 * 1024}
+
+
+@pytest.mark.parametrize("mod", [M, TI], ids=["sparse_mla", "indexer"])
+def test_tile_plans_on_newer_arches(mod, monkeypatch):
+    monkeypatch.delenv(VAR, raising=False)
+    for arch in NEWER_SMEM:
+        with pytest.raises(ValueError, match="SGLANG_AMPERE_TARGET=ampere"):
+            mod.plan_for(arch)
+    monkeypatch.setenv(VAR, "ampere")
+    for arch, limit in NEWER_SMEM.items():
+        plan = mod.plan_for(arch)
+        if plan != mod.PLANS[86]:
+            raise AssertionError(f"sm_{arch}: {plan} is not the sm_86 plan")
+        if plan.shared_bytes() > limit:
+            raise AssertionError(f"sm_{arch}: plan needs {plan.shared_bytes()} B shared > {limit}")
+        if mod.target_for(arch) != {"kind": "cuda", "arch": f"sm_{arch}"}:
+            raise AssertionError(f"sm_{arch}: built for {mod.target_for(arch)}, not the card's arch")
+    # The Hopper-only lowerings are switched off in the one pass configuration every build uses.
+    for key in ("tl.disable_tma_lower", "tl.disable_warp_specialized", "tl.disable_wgmma"):
+        if mod.PASS_CONFIGS.get(key) is not True:
+            raise AssertionError(f"{mod.__name__}.PASS_CONFIGS lacks {key}")
+
+
+def test_marlin_methods_on_sm90(monkeypatch):
+    """dsv4_int's INT8 method takes Marlin on any sm_80+ card (no arch ceiling), target or not."""
+    from sglang_ampere.quant import int8_linear
+
+    for cap in ((8, 6), (9, 0), (12, 0)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=cap: c)
+        if not int8_linear.marlin_usable(torch.device("cuda", 0)):
+            raise AssertionError(f"Marlin W8A16 refused on sm{cap}")
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def _plan(model, *extra, environ=None, gpu="sm90", smi_output=""):
+    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
+                      environ=environ or {}, smi_output=smi_output, python="python3")
+
+
+def test_dry_run_sm90_with_target(tmp_path):
+    model = make_model(tmp_path)
+    off = _plan(model)
+    on = _plan(model, environ=dict(ON))
+    via_flag = _plan(model, "--env", f"{VAR}=ampere")
+    if off.arch != "sm90" or off.preset.source != "sm90":
+        raise AssertionError((off.arch, off.preset.source))
+    for plan in (on, via_flag):
+        if (plan.arch, plan.card_arch, plan.preset.source) != ("sm80", "sm90", "sm80"):
+            raise AssertionError((plan.arch, plan.card_arch, plan.preset.source))
+        missing = {k: v for k, v in AMPERE_SWITCHES.items() if plan.env.get(k) != v}
+        if missing:
+            raise AssertionError(f"Ampere switches not applied: {missing}")
+        if plan.env.get(VAR) != "ampere":
+            raise AssertionError("the variable must reach SGLang's processes (the patches read it there)")
+        for flag, value in (("--context-length", "131072"), ("--chunked-prefill-size", "8192")):
+            i = plan.argv.index(flag)
+            if plan.argv[i + 1] != value:
+                raise AssertionError(f"{flag} {plan.argv[i + 1]}")
+        text = format_plan(plan)
+        for want in ("SGLANG_AMPERE_TARGET=ampere: this sm90 card takes the sm_80/sm_86 path (preset sm80",
+                     "# sparse MLA below sm_90: prefill=tilelang decode=tilelang",
+                     "# C4 indexer below sm_90: tilelang"):
+            if want not in text:
+                raise AssertionError(f"{want!r} missing from:\n{text}")
+    text = format_plan(off)
+    if "SGLANG_AMPERE_TARGET" in text or "sparse MLA below sm_90" in text:
+        raise AssertionError(f"the target line appears without the variable:\n{text}")
+
+
+def test_dry_run_real_h100_node(tmp_path):
+    """Detected H100s (recorded nvidia-smi), --gpu auto: the same switch, no 'mismatch' note."""
+    model = make_model(tmp_path)
+    plan = _plan(model, "--pp-size", "2", environ=dict(ON), gpu="auto", smi_output=smi("h100_80gb_hbm3_x8"))
+    if (plan.arch, plan.card_arch) != ("sm80", "sm90"):
+        raise AssertionError((plan.arch, plan.card_arch))
+    if any("chosen, but this node has" in n for n in plan.notes):
+        raise AssertionError(plan.notes)
+
+
+def test_native_checkpoint_refused_like_ampere(tmp_path):
+    native = make_model(tmp_path, quant_method="fp8", name="native")
+    _plan(native)                                    # sm90 without the target: SGLang's own FP8 path
+    with pytest.raises(LaunchError, match="needs sm_90"):
+        _plan(native, environ=dict(ON))
+
+
+def test_bad_target_value_is_a_launch_error(tmp_path):
+    with pytest.raises(LaunchError, match="SGLANG_AMPERE_TARGET='yes'"):
+        _plan(make_model(tmp_path), environ={VAR: "yes"})
+
+
+def test_ampere_card_unchanged(tmp_path):
+    model = make_model(tmp_path)
+    a, b = _plan(model, gpu="sm86"), _plan(model, gpu="sm86", environ=dict(ON))
+    if (b.arch, b.preset.source) != ("sm86", "sm86") or a.argv != b.argv:
+        raise AssertionError((b.arch, b.argv))
+    if "SGLANG_AMPERE_TARGET=ampere: this" in format_plan(b):
+        raise AssertionError("no target line where the card takes the Ampere path anyway")
+
+
+# ----------------------------------------------------------------------------- doctor
+
+
+def test_doctor_says_when_on():
+    checks, preset = doctor.check_target(dict(ON), "sm90")
+    if preset != "sm80" or [c.status for c in checks] != [doctor.WARN] or "is on" not in checks[0].detail:
+        raise AssertionError((preset, checks))
+    checks, preset = doctor.check_target({}, "sm90")
+    if checks or preset != "sm90":
+        raise AssertionError((preset, checks))
+    checks, preset = doctor.check_target({VAR: "x"}, "sm90")
+    if [c.status for c in checks] != [doctor.FAIL]:
+        raise AssertionError(checks)
+    # The environment is then checked against the stand-in preset: a contradicting Ampere switch fails.
+    env = {**ON, "SGLANG_OPT_USE_TOPK_V2": "1"}
+    preset_arch = doctor.check_target(env, "sm90")[1]
+    bad = [c for c in doctor.check_env_against_preset(preset_arch, env) if c.status == doctor.FAIL]
+    if preset_arch != "sm80" or not bad or "SGLANG_OPT_USE_TOPK_V2" not in bad[0].detail:
+        raise AssertionError(bad)
+
+
+# ----------------------------------------------------------------------------- machine code
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mod", [M, TI], ids=["sparse_mla", "indexer"])
+def test_sm90_machine_code_is_the_ampere_path(mod, tmp_path, monkeypatch):
+    """Lower the prefill kernel for sm_90 with its module's pass configuration, compile with nvcc
+    (no GPU needed) and read the SASS: tensor cores through HMMA (mma.sync, as on sm_86), no
+    Hopper WGMMA (HGMMA), no TMA (UTMA*/UBLKCP), no traps. The sparse-MLA kernel may keep one
+    STSM (stmatrix) for the fragment -> shared copy of P; see its PASS_CONFIGS comment."""
+    import re
+
+    from sglang_ampere import kernel_report as KR
+    from sglang_ampere.cuda_tools import read_sass
+
+    try:
+        KR.find_tool("nvcc")
+    except Exception as exc:
+        pytest.skip(f"nvcc not found: {exc}")
+    monkeypatch.setenv(VAR, "ampere")
+    spec = mod.report_specs(90)[0]
+    src, _ = KR.lower_to_cuda(spec, 90)
+    cubin = tmp_path / f"{spec.name}.cubin"
+    KR.nvcc_cubin(src, 90, cubin)
+    sass = read_sass(cubin)
+    count = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HMMA", "HGMMA", "UTMALDG", "UTMASTG",
+                                                                  "UBLKCP", "BPT.TRAP", "STSM")}
+    if count["HMMA"] == 0:
+        raise AssertionError(f"{spec.name}: no HMMA on sm_90: {count}")
+    hopper = {k: v for k, v in count.items() if k in ("HGMMA", "UTMALDG", "UTMASTG", "UBLKCP", "BPT.TRAP") and v}
+    if hopper:
+        raise AssertionError(f"{spec.name}: Hopper-only or trap instructions on sm_90: {hopper}")
+    if count["STSM"] > (2 if mod is M else 0):
+        raise AssertionError(f"{spec.name}: {count['STSM']} STSM")
