@@ -32,13 +32,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from sglang_ampere.convert.engine import convert  # noqa: E402
-from sglang_ampere.convert.options import Options  # noqa: E402
-from sglang_ampere.convert.plan import make_plan  # noqa: E402
-from sglang_ampere.convert.safetensors_out import fsync_dir  # noqa: E402
-from sglang_ampere.synth import SynthSpec, write_checkpoint  # noqa: E402
+from sglang_ampere.convert.engine import convert
+from sglang_ampere.convert.options import Options
+from sglang_ampere.convert.plan import make_plan
+from sglang_ampere.convert.safetensors_out import fsync_dir
+from sglang_ampere.synth import SynthSpec, write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -95,7 +95,10 @@ def snr_table(src: Path) -> dict[str, float]:
                             pass
                         dense[m][0] += st[0]
                         dense[m][1] += st[1]
-    db = lambda sig, noise: 10 * math.log10(sig / noise)  # noqa: E731
+
+    def db(sig, noise):
+        return 10 * math.log10(sig / noise)
+
     out = {f"experts {m}": db(st.signal, st.noise) for m, st in acc.items()}
     out.update({f"dense INT8 {m}": db(*v) for m, v in dense.items()})
     # Control: i.i.d. Gaussian FP8 weights (no per-row spread), as the anchors measured.
@@ -170,7 +173,9 @@ def main() -> int:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temp folder under /tmp)")
-    ap.add_argument("--write-results", action="store_true", help="update the Converter section of benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--write-results", action="store_true", help="update the Converter section of benchmarks/RESULTS.md"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -210,29 +215,46 @@ def main() -> int:
     lines = [
         "## Converter",
         "",
-        f"`python benchmarks/convert_throughput.py --experts {args.experts} --layers {args.layers} --shards {args.shards}`"
+        f"`python benchmarks/convert_throughput.py --experts {args.experts} --layers {args.layers} --shards "
+        f"{args.shards}`"
         f" — {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"Machine: {machine()}; shared with other jobs while measured.",
         "",
         f"Synthetic native checkpoint with the real expert shapes (hidden 4096, moe_inter 2048): "
-        f"{n_exp} routed-expert tensors, {src_bytes / 1e6:.0f} MB in, {out_bytes / 1e6:.0f} MB out, {args.shards} shards. "
+        f"{n_exp} routed-expert tensors, {src_bytes / 1e6:.0f} MB in, {out_bytes / 1e6:.0f} MB out, {args.shards} "
+        "shards. "
         "Best of 3 runs each; source in page cache, output written with fsync.",
         "",
         "| what | seconds | MB/s (source) | x I/O floor |",
         "|---|---|---|---|",
-        f"| I/O floor (read source + write output bytes, fsync, no conversion) | {floor:.2f} | {src_bytes / 1e6 / floor:.0f} | 1.00 |",
+        f"| I/O floor (read source + write output bytes, fsync, no conversion) | {floor:.2f} | "
+        f"{src_bytes / 1e6 / floor:.0f} | 1.00 |",
     ]
     for w, s in sorted(best.items()):
-        lines.append(f"| convert, default options (mse, block), --workers {w} | {s:.2f} | {src_bytes / 1e6 / s:.0f} | {s / floor:.2f} |")
+        lines.append(
+            f"| convert, default options (mse, block), --workers {w} | {s:.2f} | {src_bytes / 1e6 / s:.0f} | "
+            f"{s / floor:.2f} |"
+        )
     lines += ["", "`--workers 2` starts two fresh Python + torch processes (spawn) inside the timed region; with 4 "
               "small shards on this shared 2-core machine that start-up and the competition for the cores "
               "dominate. On the real checkpoint (46 shards of about 3.4 GB, minutes each) it is amortised, but "
               "this run does not measure that."]
-    lines += ["", f"Peak RSS of a fresh `sglang-ampere convert` process (1 worker, {cli_s:.1f} s including Python/torch start-up): "
-              f"{peak_mb:.0f} MB, of which {torch_mb:.0f} MB is `import torch` alone; output shards of up to {largest_out:.0f} MB (tensors stream one at a time, "
-              "so the peak follows the largest tensor, not the shard)."]
-    lines += ["", "SNR over all tensors of the same checkpoint (dB, total signal / total error vs the native dequantized values):", "",
-              "| mode | SNR dB |", "|---|---|"]
+    lines += [
+        "",
+        f"Peak RSS of a fresh `sglang-ampere convert` process (1 worker, {cli_s:.1f} s including Python/torch "
+        "start-up): "
+        f"{peak_mb:.0f} MB, of which {torch_mb:.0f} MB is `import torch` alone; output shards of up to "
+        f"{largest_out:.0f} MB (tensors stream one at a time, "
+        "so the peak follows the largest tensor, not the shard).",
+    ]
+    lines += [
+        "",
+        "SNR over all tensors of the same checkpoint (dB, total signal / total error vs the native dequantized "
+        "values):",
+        "",
+        "| mode | SNR dB |",
+        "|---|---|",
+    ]
     for k, v in snr.items():
         lines.append(f"| {k} | {v:.2f} |")
     gain_mse = snr["experts mse"] - snr["experts absmax"]
@@ -255,7 +277,11 @@ def write_section(section: str) -> None:
     """Replace (or append) the '## Converter' section of RESULTS.md, leaving the others alone."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     pat = re.compile(r"^## Converter\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pat.sub(lambda m: section.rstrip() + "\n\n", old) if pat.search(old) else old.rstrip() + "\n\n" + section.rstrip() + "\n"
+    new = (
+        pat.sub(lambda m: section.rstrip() + "\n\n", old)
+        if pat.search(old)
+        else old.rstrip() + "\n\n" + section.rstrip() + "\n"
+    )
     RESULTS.write_text(new)
 
 

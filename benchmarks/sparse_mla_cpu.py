@@ -41,8 +41,11 @@ def layer_floor(kind: str, ctx: int) -> dict:
 
 
 def floor_table() -> str:
-    out = ["| layer | context | candidate rows | KV bytes | q+out bytes | index bytes | total | memory floor (3090) | tensor-core floor (3090) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| layer | context | candidate rows | KV bytes | q+out bytes | index bytes | total | memory floor (3090) | "
+        "tensor-core floor (3090) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for ctx in (16384, 65536):
         for kind in ("swa", "c4", "c128"):
             f = layer_floor(kind, ctx)
@@ -70,7 +73,7 @@ def cpu_table(reps: int) -> str:
         kv = torch.randn(k + 7, DIM).to(torch.bfloat16)
         idx = torch.randperm(k + 7)[:k].int()[None]
         sink = torch.randn(HEADS)
-        dense = _time(lambda: S.sparse_mla_torch(q, kv, idx, sink, DIM ** -0.5), reps)
+        dense = _time(lambda q=q, kv=kv, idx=idx, sink=sink: S.sparse_mla_torch(q, kv, idx, sink, DIM ** -0.5), reps)
         ps = L.C4_PAGE_SIZE
         pages = -(-(k + 7) // ps)
         buf = L.new_pool(pages, ps)
@@ -82,7 +85,7 @@ def cpu_table(reps: int) -> str:
                   topk_length=torch.tensor([WINDOW], dtype=torch.int32), attn_sink=sink,
                   softmax_scale=DIM ** -0.5, extra_k_cache=L.pool_view(buf, ps),
                   extra_indices_in_kvcache=idx[:, None], extra_topk_length=torch.tensor([k], dtype=torch.int32))
-        paged = _time(lambda: S.sparse_mla_paged_torch(**kw), reps)
+        paged = _time(lambda kw=kw: S.sparse_mla_paged_torch(**kw), reps)
         rows.append(f"| {k // 1024}k (+128 window in the paged form) | {dense:.1f} ms | {paged:.1f} ms |")
     return "\n".join(rows)
 
@@ -96,8 +99,10 @@ def main() -> None:
     if args.floor:
         return
     print()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d', time.gmtime())}, median of {args.reps}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d', time.gmtime())}, median of {args.reps}"
+    )
     print(cpu_table(args.reps))
 
 

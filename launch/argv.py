@@ -21,8 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from sglang_ampere import QUANT_METHOD
-
 from .errors import LaunchError
 from .presets import KNOWN_ARCHES
 

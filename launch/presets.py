@@ -86,7 +86,10 @@ def parse_preset(data: dict, source: str, _chain: tuple[str, ...] = ()) -> Prese
     meta = data.get("preset", {})
     unknown_meta = set(meta) - {"arch", "description", "min_memory_gib", "extends"}
     if unknown_meta:
-        raise PresetError(f"{source}: unknown [preset] key(s) {sorted(unknown_meta)}; allowed: arch, description, min_memory_gib, extends")
+        raise PresetError(
+            f"{source}: unknown [preset] key(s) {sorted(unknown_meta)}; allowed: arch, description, min_memory_gib, "
+            "extends"
+        )
     unknown = set(data) - {"preset", "env", "arg"}
     if unknown:
         raise PresetError(f"{source}: unknown section(s) {sorted(unknown)}; allowed: preset, env, arg")

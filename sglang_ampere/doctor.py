@@ -31,7 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-from . import SGLANG_PIN, QUANT_METHOD
+from . import QUANT_METHOD, SGLANG_PIN
 from .cuda_tools import find_cuda_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"

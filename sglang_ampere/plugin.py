@@ -28,6 +28,7 @@ import importlib.metadata
 import logging
 
 from . import QUANT_METHOD, SGLANG_PIN, envvars, hook_registry, hook_state
+
 # Re-exported: the hook status lives in hook_state, which the quant config reads without
 # importing this module.
 from .hook_state import FAILED_HOOKS, hook_in_effect, verify_hooks
@@ -90,7 +91,7 @@ def collect_hooks(module_names: list[str] | None = None):
                 if not isinstance(hook, Hook) or hook.hook_type not in _HOOK_TYPES:
                     raise TypeError(f"hooks() returned {hook!r}; expected patches.Hook with hook_type in {_HOOK_TYPES}")
                 out.append((mod_name, hook))
-        except Exception as e:  # noqa: BLE001 - reported by name below
+        except Exception as e:  # reported by name below
             failed.append(f"{mod_name}: could not load its hooks ({type(e).__name__}: {e})")
     return out, failed
 

@@ -162,7 +162,9 @@ def parse_quantization_config(config: Mapping[str, Any]) -> Dsv4IntSchema:
     top = _exact_keys(config, "", {"quant_method", "format", "config_groups", "ignore"},
                       set(SGLANG_INJECTED_KEYS) | {ROUTED_EXPERTS_KEY})
     if top.get(ROUTED_EXPERTS_KEY, "int4") in ("mxfp4", None) or not isinstance(top.get(ROUTED_EXPERTS_KEY, ""), str):
-        raise SchemaError(ROUTED_EXPERTS_KEY, "dsv4_int routed experts are INT4 (uint4b8); use \"int4\" or leave the key out")
+        raise SchemaError(
+            ROUTED_EXPERTS_KEY, "dsv4_int routed experts are INT4 (uint4b8); use \"int4\" or leave the key out"
+        )
     if top["quant_method"] != QUANT_METHOD:
         raise SchemaError("quant_method", f"is {top['quant_method']!r}, expected {QUANT_METHOD!r}")
     _expect(top, "format", "", "int_packed")
@@ -198,7 +200,9 @@ def parse_quantization_config(config: Mapping[str, Any]) -> Dsv4IntSchema:
     block_size = None
     if strategy == "block":
         if list(lw["block_size"]) != [BLOCK, BLOCK]:
-            raise SchemaError(f"{lpath}.weights.block_size", f"is {lw['block_size']!r}; only [{BLOCK}, {BLOCK}] is served")
+            raise SchemaError(
+                f"{lpath}.weights.block_size", f"is {lw['block_size']!r}; only [{BLOCK}, {BLOCK}] is served"
+            )
         block_size = (BLOCK, BLOCK)
     _activations(lg, lpath)
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import MODEL_ARCHITECTURE
-from .formats.constants import BLOCK, MXFP4_GROUP
+from .formats.constants import BLOCK
 from .inventory import DENSE, EXPERT, TensorSpec, native_inventory
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
@@ -60,14 +60,22 @@ class SynthSpec:
 
         for field in ("hidden", "moe_inter", "q_lora_rank", "o_lora_rank"):
             v = getattr(self, field)
-            need(v > 0 and v % BLOCK == 0, f"--{field.replace('_', '-')} must be a positive multiple of {BLOCK} (kernel tiles), got {v}")
+            need(
+                v > 0 and v % BLOCK == 0,
+                f"--{field.replace('_', '-')} must be a positive multiple of {BLOCK} (kernel tiles), got {v}",
+            )
         need(self.layers >= 1, "--layers must be at least 1")
         need(1 <= self.topk <= self.experts, f"--topk ({self.topk}) must be between 1 and --experts ({self.experts})")
-        need(self.heads % self.o_groups == 0, f"--heads ({self.heads}) must be divisible by --o-groups ({self.o_groups})")
+        need(
+            self.heads % self.o_groups == 0, f"--heads ({self.heads}) must be divisible by --o-groups ({self.o_groups})"
+        )
         need((self.heads * HEAD_DIM // self.o_groups) % BLOCK == 0, "heads * 512 / o_groups must be a multiple of 128")
         need(self.index_heads >= 1 and self.heads >= 1, "--heads and --index-heads must be positive")
         need(0 <= self.hash_layers <= self.layers, f"--hash-layers must be between 0 and --layers ({self.layers})")
-        need(self.vocab >= 256 + len(SPECIAL_TOKENS), f"--vocab must be at least {256 + len(SPECIAL_TOKENS)} (byte-level tokenizer)")
+        need(
+            self.vocab >= 256 + len(SPECIAL_TOKENS),
+            f"--vocab must be at least {256 + len(SPECIAL_TOKENS)} (byte-level tokenizer)",
+        )
         need(self.mtp in (0, 1), "--mtp must be 0 or 1")
 
 
@@ -230,7 +238,15 @@ def tokenizer_files() -> dict[str, dict]:
     for ch in _byte_alphabet():
         vocab[ch] = len(vocab)
     added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
         for i, t in enumerate(SPECIAL_TOKENS)
     ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -290,9 +306,11 @@ def plan_shards(inventory: dict[str, TensorSpec], shards: int) -> list[list[Tens
     return [g for g in groups if g]
 
 
-def write_checkpoint(out: Path, spec: SynthSpec, seed: int = 0, shards: int = 4, overwrite: bool = False, progress: bool = True) -> Path:
+def write_checkpoint(
+    out: Path, spec: SynthSpec, seed: int = 0, shards: int = 4, overwrite: bool = False, progress: bool = True
+) -> Path:
     """Write the synthetic native checkpoint to ``out`` (atomically) and return it."""
-    import torch  # noqa: F401  (fail early with a clear import error)
+    import torch  # noqa: F401 - fail early with a clear import error
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -321,9 +339,15 @@ def write_checkpoint(out: Path, spec: SynthSpec, seed: int = 0, shards: int = 4,
                 total += t.numel() * t.element_size()
             save_file(tensors, str(tmp / fname), metadata={"format": "pt"})
         bar.close()
-        _write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        _write_json(
+            tmp / "model.safetensors.index.json",
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+        )
         _write_json(tmp / "config.json", config)
-        _write_json(tmp / "generation_config.json", {"bos_token_id": 0, "eos_token_id": 1, "do_sample": True, "temperature": 1.0, "top_p": 0.95})
+        _write_json(
+            tmp / "generation_config.json",
+            {"bos_token_id": 0, "eos_token_id": 1, "do_sample": True, "temperature": 1.0, "top_p": 0.95},
+        )
         for fname, content in tokenizer_files().items():
             _write_json(tmp / fname, content)
         _write_json(tmp / "synth.json", {"generator": "sglang-ampere synth", "seed": seed, "spec": asdict(spec)})
@@ -383,7 +407,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for field, help_ in _FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), type=int, default=None, help=f"{help_}; default {getattr(SynthSpec(), field)}")
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"{help_}; default {getattr(SynthSpec(), field)}",
+        )
 
 
 def spec_from_args(args: argparse.Namespace) -> SynthSpec:
@@ -395,7 +424,9 @@ def spec_from_args(args: argparse.Namespace) -> SynthSpec:
 def run(args: argparse.Namespace) -> int:
     try:
         spec = spec_from_args(args)
-        out = write_checkpoint(args.out, spec, seed=args.seed, shards=args.shards, overwrite=args.overwrite, progress=not args.quiet)
+        out = write_checkpoint(
+            args.out, spec, seed=args.seed, shards=args.shards, overwrite=args.overwrite, progress=not args.quiet
+        )
     except (ValueError, FileExistsError) as e:
         print(f"sglang-ampere synth: error: {e}", file=sys.stderr)
         return 2

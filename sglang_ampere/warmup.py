@@ -124,12 +124,11 @@ def _resolve_arch(gpu: str) -> str:
 
 def build(arch: str, targets: Sequence[JitTarget], out=sys.stderr) -> list[tuple[JitTarget, str, float]]:
     """Build each target for ``arch`` in this process. Returns (target, "ok"/error, seconds)."""
-    import torch  # noqa: F401  (SGLang's builders take torch dtypes)
     import importlib
 
-    from tqdm import tqdm
-
+    import torch  # SGLang's builders take torch dtypes
     from sglang.kernels.jit.utils import override_jit_cuda_arch
+    from tqdm import tqdm
 
     results = []
     major, minor = ARCH_CAPS[arch]

@@ -6,7 +6,6 @@ import struct
 import time
 
 import pytest
-import torch
 from convert_testlib import cli, copy_ckpt, first_name, fresh_seed, make_native, mutate_shard, shard_of
 
 from sglang_ampere.convert.audit import audit
@@ -94,9 +93,14 @@ def test_converted_counts_and_fidelity(native, converted, capsys):
     inv = native_inventory(cfg)
     n_exp = sum(1 for n in inv if ".experts." in n and n.endswith(".weight"))
     assert rep["counts"]["expert_int4"] == n_exp and rep["counts"]["missing_scales"] == 0
-    assert rep["counts"]["dense_int8_block"] == sum(1 for s in inv.values() if s.role == "dense" and s.name.endswith(".weight"))
+    assert rep["counts"]["dense_int8_block"] == sum(
+        1 for s in inv.values() if s.role == "dense" and s.name.endswith(".weight")
+    )
     f = rep["fidelity"]
-    assert f["expert_int4"]["tensors"] == n_exp and 17 < f["expert_int4"]["snr_db_min"] <= f["expert_int4"]["snr_db_median"]
+    assert (
+        f["expert_int4"]["tensors"] == n_exp
+        and 17 < f["expert_int4"]["snr_db_min"] <= f["expert_int4"]["snr_db_median"]
+    )
     assert f["expert_int4"]["snr_db_median"] > 22.5
     assert f["dense_int8_block"]["snr_db_median"] > 20
     assert f["preserved"]["identical"] == f["preserved"]["tensors"] > 0

@@ -23,7 +23,9 @@ def _plain_block(x):
             sc = torch.tensor(a, dtype=torch.float32) / 127
             sc = max(float(sc.to(torch.bfloat16)), ABSMAX_FLOOR)
             s[i, j] = sc
-            q[i * 128:(i + 1) * 128, j * 128:(j + 1) * 128] = torch.clamp(torch.round(blk / torch.tensor(sc, dtype=torch.float32)), -127, 127).to(torch.int8)
+            q[i * 128 : (i + 1) * 128, j * 128 : (j + 1) * 128] = torch.clamp(
+                torch.round(blk / torch.tensor(sc, dtype=torch.float32)), -127, 127
+            ).to(torch.int8)
     return q, s
 
 

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from sglang_ampere.convert.experts import (MSE_DIVISORS, ExpertStats, _candidates, reference_requantize,
-                                           requantize)
+from sglang_ampere.convert.experts import MSE_DIVISORS, ExpertStats, _candidates, reference_requantize, requantize
 from sglang_ampere.formats import FormatError, int4_group_dequantize, mxfp4_dequantize, mxfp4_quantize, unpack_uint4b8
 from sglang_ampere.formats.constants import ABSMAX_FLOOR
 
@@ -104,7 +103,9 @@ def test_compiled_and_torch_paths_agree_on_a_large_tensor_with_stats(gen, mode):
     rp, rs = mxfp4_quantize(x)
     packed[: n // 2], scale[: n // 2] = rp[: n // 2], rs[: n // 2].view(torch.uint8)
     sc, st = ExpertStats(), ExpertStats()
-    _same(requantize(packed, scale, mode, stats=sc, kernel="c"), requantize(packed, scale, mode, stats=st, kernel="torch"))
+    _same(
+        requantize(packed, scale, mode, stats=sc, kernel="c"), requantize(packed, scale, mode, stats=st, kernel="torch")
+    )
     assert (sc.signal, sc.noise, sc.noise_mse) == pytest.approx((st.signal, st.noise, st.noise_mse), rel=1e-12)
 
 
@@ -119,7 +120,9 @@ def test_fast_path_chunking_does_not_change_bytes(gen, monkeypatch):
 
 def test_int8_view_of_packed_bytes_is_accepted(gen):
     packed, scale = _no_overflow(*_random_mxfp4(gen, 8, 64, emin=120, emax=135))
-    _same(requantize(packed.view(torch.int8), scale.view(torch.float8_e8m0fnu), "mse"), requantize(packed, scale, "mse"))
+    _same(
+        requantize(packed.view(torch.int8), scale.view(torch.float8_e8m0fnu), "mse"), requantize(packed, scale, "mse")
+    )
 
 
 def test_all_zero_group_stores_floor_scale_and_code_zero():

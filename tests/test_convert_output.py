@@ -16,8 +16,13 @@ from sglang_ampere.convert.dense import int8_block, uint8_channel
 from sglang_ampere.convert.engine import convert
 from sglang_ampere.convert.experts import requantize
 from sglang_ampere.convert.options import Options
-from sglang_ampere.formats import (fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize,
-                                   uint8_channel_dequantize)
+from sglang_ampere.formats import (
+    fp8_block_dequantize,
+    int4_group_dequantize,
+    int8_block_dequantize,
+    mxfp4_dequantize,
+    uint8_channel_dequantize,
+)
 from sglang_ampere.inventory import DENSE, EXPERT, classify, native_inventory
 
 # The published schema, written from the format reference independently of convert/config.py.
@@ -90,7 +95,9 @@ def test_bytes_follow_the_rules_and_preserved_are_identical(native, block):
         r = classify(n)
         if r.role == EXPERT and r.part == "weight":
             q, s = requantize(t.view(torch.uint8), src[r.base + ".scale"], "mse")
-            assert torch.equal(out[n].view(torch.uint8), q) and torch.equal(out[r.base + ".scale"].view(torch.int16), s.view(torch.int16))
+            assert torch.equal(out[n].view(torch.uint8), q) and torch.equal(
+                out[r.base + ".scale"].view(torch.int16), s.view(torch.int16)
+            )
         elif r.role == DENSE and r.part == "weight":
             q, s = int8_block(fp8_block_dequantize(t, src[r.base + ".scale"]))
             assert torch.equal(out[n], q) and torch.equal(out[r.base + ".scale"].view(torch.int16), s.view(torch.int16))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from convert_testlib import copy_ckpt, cli, first_name, fresh_seed, make_native, mutate_shard, shard_of
+from convert_testlib import cli, copy_ckpt, first_name, fresh_seed, make_native, mutate_shard, shard_of
 
 from sglang_ampere.convert.headers import CheckpointError, read_header
 from sglang_ampere.convert.options import Options

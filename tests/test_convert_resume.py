@@ -9,8 +9,18 @@ import subprocess
 import time
 
 import pytest
-import torch
-from convert_testlib import PY, REPO, cli, copy_ckpt, files_of, first_name, fresh_seed, make_native, mutate_shard, shard_of
+from convert_testlib import (
+    PY,
+    REPO,
+    cli,
+    copy_ckpt,
+    files_of,
+    first_name,
+    fresh_seed,
+    make_native,
+    mutate_shard,
+    shard_of,
+)
 
 from sglang_ampere.convert.engine import convert
 from sglang_ampere.convert.manifest import MANIFEST_NAME

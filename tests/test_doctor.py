@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from launch_helpers import fake_nvidia_smi, smi
+
 from sglang_ampere import doctor
 
 CLI = Path(sys.executable).parent / "sglang-ampere"

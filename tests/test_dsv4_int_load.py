@@ -11,21 +11,21 @@ The MTP layer loads through the next-n draft class ``DeepseekV4ForCausalLMNextN`
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import (  # noqa: E402
+from dsv4int_testlib import (
     expected_locations,
     is_sentinel,
     load_real_model,
     random_dsv4_int,
     read_checkpoint,
 )
-from sglang_cpu import init_sglang_cpu  # noqa: E402
+from sglang_cpu import init_sglang_cpu
+
 
 @pytest.fixture(scope="module")
 def sglang_ready():
@@ -36,8 +36,11 @@ def sglang_ready():
     return plugin
 
 
-@pytest.fixture(scope="module", params=[("random", "block"), ("random", "channel"), ("convert", "block"), ("convert", "channel")],
-                ids=lambda p: "-".join(p))
+@pytest.fixture(
+    scope="module",
+    params=[("random", "block"), ("random", "channel"), ("convert", "block"), ("convert", "channel")],
+    ids=lambda p: "-".join(p),
+)
 def int_ckpt(request, synth_ckpt, tmp_path_factory):
     """``random``: codes avoid every sentinel value, so a byte SGLang never wrote cannot pass
     as checkpoint data. ``convert``: the real pipeline, ``sglang-ampere synth`` -> ``convert``."""
@@ -57,7 +60,9 @@ def check_exact(model, ckpt, config, strategy, fused, nextn, strict_sentinels=Tr
     for name, pname, idx, value in expected_locations(ckpt, config, strategy, fused, nextn):
         assert pname in params, f"{name}: expected parameter {pname} does not exist"
         got = params[pname].data[idx] if idx else params[pname].data
-        assert tuple(got.shape) == tuple(value.shape), f"{name} -> {pname}{idx}: shape {tuple(got.shape)} != {tuple(value.shape)}"
+        assert tuple(got.shape) == tuple(value.shape), (
+            f"{name} -> {pname}{idx}: shape {tuple(got.shape)} != {tuple(value.shape)}"
+        )
         if got.dtype != value.dtype:
             # SGLang keeps some BF16 checkpoint tensors (norms) in float32: a lossless upcast.
             assert got.dtype == torch.float32 and value.dtype == torch.bfloat16, \
@@ -80,6 +85,7 @@ def check_exact(model, ckpt, config, strategy, fused, nextn, strict_sentinels=Tr
 @pytest.mark.parametrize("fused", [True, False], ids=["fuse_wqa_wkv", "separate_wqa_wkv"])
 def test_target_and_mtp_load_exactly(sglang_ready, int_ckpt, fused, monkeypatch):
     from sglang.srt.environ import envs
+
     from sglang_ampere.quant.int4_moe import Dsv4Int4MoEMethod
     from sglang_ampere.quant.int8_linear import Dsv4Int8LinearMethod
 
@@ -92,7 +98,9 @@ def test_target_and_mtp_load_exactly(sglang_ready, int_ckpt, fused, monkeypatch)
         model, mc = load_real_model(path, draft=False)
         check_exact(model, ckpt, config, strategy, fused, nextn=False, strict_sentinels=random)
 
-        methods = {type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None}
+        methods = {
+            type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None
+        }
         assert {"Dsv4Int8LinearMethod", "Dsv4Int4MoEMethod", "UnquantizedLinearMethod"} <= methods
         attn = model.model.layers[2].self_attn
         assert isinstance((attn.wqkv_a if fused else attn.wq_a).quant_method, Dsv4Int8LinearMethod)
@@ -129,5 +137,8 @@ def test_negative_control_a_missing_expert_scale_is_caught(sglang_ready, synth_c
 
     model, _ = load_real_model(dst, draft=False)
     config = json.loads((dst / "config.json").read_text())
-    with pytest.raises(AssertionError, match=r"model\.layers\.3\.mlp\.experts\.w2_weight_scale_inv: \d+ of \d+ elements not from the checkpoint"):
+    with pytest.raises(
+        AssertionError,
+        match=r"model\.layers\.3\.mlp\.experts\.w2_weight_scale_inv: \d+ of \d+ elements not from the checkpoint",
+    ):
         check_exact(model, read_checkpoint(dst), config, "block", True, nextn=False)

@@ -39,8 +39,12 @@ def test_int8_wo_a_is_dequantized_to_bf16(variant, scale_first):
 def test_other_tensors_pass_through_untouched():
     g = torch.Generator().manual_seed(2)
     w, s, _ = _block(g)
-    items = [("layers.0.attn.wq_b.weight", w), ("layers.0.attn.wq_b.scale", s),
-             ("layers.0.ffn.experts.3.w1.weight", w[:, :64]), ("layers.0.ffn.gate.tid2eid", torch.zeros(4, 2, dtype=torch.int64))]
+    items = [
+        ("layers.0.attn.wq_b.weight", w),
+        ("layers.0.attn.wq_b.scale", s),
+        ("layers.0.ffn.experts.3.w1.weight", w[:, :64]),
+        ("layers.0.ffn.gate.tid2eid", torch.zeros(4, 2, dtype=torch.int64)),
+    ]
     out = list(dsv4_int_weight_stream(iter(items)))
     assert [n for n, _ in out] == [n for n, _ in items]
     assert all(a is b for (_, a), (_, b) in zip(out, items))

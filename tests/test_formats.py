@@ -7,7 +7,6 @@ import torch
 
 from sglang_ampere import formats as F
 
-
 # ---- independent bit-field decoders (plain Python, no torch casts) ----------------------
 
 def e2m1_from_bits(c: int) -> float:
@@ -171,7 +170,9 @@ def test_expand_block_scale_matches_loop(gen):
 def test_fp8_errors():
     w = torch.zeros(128, 256).to(F.E4M3_DTYPE)
     good = torch.full((1, 2), 127, dtype=torch.uint8).view(F.E8M0_DTYPE)
-    with pytest.raises(F.FormatError, match=r"wq_a.weight: block scale shape \(2, 2\) does not fit weight \(128, 256\)"):
+    with pytest.raises(
+        F.FormatError, match=r"wq_a.weight: block scale shape \(2, 2\) does not fit weight \(128, 256\)"
+    ):
         F.fp8_block_dequantize(w, torch.ones(2, 2), "wq_a.weight")
     with pytest.raises(F.FormatError, match="must be float8_e4m3fn, got bfloat16"):
         F.fp8_block_dequantize(w.float().bfloat16(), good, "wq_a.weight")
@@ -207,4 +208,8 @@ def test_format_error_pickles():
     import pickle
 
     e = pickle.loads(pickle.dumps(F.FormatError("layers.1.attn.wkv.scale", "bad")))
-    assert isinstance(e, F.FormatError) and e.tensor == "layers.1.attn.wkv.scale" and str(e) == "layers.1.attn.wkv.scale: bad"
+    assert (
+        isinstance(e, F.FormatError)
+        and e.tensor == "layers.1.attn.wkv.scale"
+        and str(e) == "layers.1.attn.wkv.scale: bad"
+    )

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("sglang")
 
-from sglang_ampere import hook_registry  # noqa: E402
+from sglang_ampere import hook_registry
 
 
 def test_private_members_exist_in_pinned_sglang():

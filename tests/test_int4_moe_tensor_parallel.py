@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import published_quant_config  # noqa: E402
-from sglang_cpu import init_sglang_cpu  # noqa: E402
+from dsv4int_testlib import published_quant_config
+from sglang_cpu import init_sglang_cpu
 
 TP, E, H, I, TOPK = 2, 4, 256, 256, 2
 
@@ -67,7 +67,9 @@ def test_moe_tp2_shards_and_recombines():
             shard = {"w1": "w1", "w3": "w3", "w2": "w2"}[w]
             kind = "w13" if w != "w2" else "w2"
             layer.weight_loader(getattr(layer, f"{kind}_weight"), q, f"experts.{kind}_weight", shard, e)
-            layer.weight_loader(getattr(layer, f"{kind}_weight_scale_inv"), s, f"experts.{kind}_weight_scale_inv", shard, e)
+            layer.weight_loader(
+                getattr(layer, f"{kind}_weight_scale_inv"), s, f"experts.{kind}_weight_scale_inv", shard, e
+            )
         half = I // TP
         for e in range(E):
             (q1, s1), (q3, s3), (q2, s2) = ck[(e, "w1")], ck[(e, "w3")], ck[(e, "w2")]
@@ -77,7 +79,9 @@ def test_moe_tp2_shards_and_recombines():
             assert torch.equal(layer.w2_weight.data[e], q2[:, rank * half // 2:(rank + 1) * half // 2])
             assert torch.equal(layer.w2_weight_scale_inv.data[e], s2[:, rank * half // 32:(rank + 1) * half // 32])
         layer.quant_method.process_weights_after_loading(layer)
-        out = layer.quant_method.apply(layer, StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk))
+        out = layer.quant_method.apply(
+            layer, StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk)
+        )
         outs.append(out.hidden_states.double())
 
     ref = torch.zeros(6, H, dtype=torch.float64)

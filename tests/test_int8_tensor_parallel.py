@@ -16,8 +16,8 @@ import torch
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import published_quant_config  # noqa: E402
-from sglang_cpu import init_sglang_cpu  # noqa: E402
+from dsv4int_testlib import published_quant_config
+from sglang_cpu import init_sglang_cpu
 
 TP = 2
 
@@ -86,8 +86,12 @@ def test_tp2_column_merged_and_row_parallel(strategy, rank_builder):
                                                                prefix="model.layers.2.self_attn.wq_b"))
         merged = rank_builder(rank, lambda: MergedColumnParallelLinear(h, [inter, inter], bias=False, quant_config=cfg,
                                                                         prefix="model.layers.2.mlp.shared_experts.gate_up_proj"))
-        row = rank_builder(rank, lambda: RowParallelLinear(2 * inter, h, bias=False, quant_config=cfg, reduce_results=False,
-                                                            prefix="model.layers.2.self_attn.wo_b"))
+        row = rank_builder(
+            rank,
+            lambda: RowParallelLinear(
+                2 * inter, h, bias=False, quant_config=cfg, reduce_results=False, prefix="model.layers.2.self_attn.wo_b"
+            ),
+        )
         for layer in (col, merged, row):
             assert isinstance(layer.quant_method, Dsv4Int8LinearMethod)
 
@@ -105,7 +109,9 @@ def test_tp2_column_merged_and_row_parallel(strategy, rank_builder):
         assert torch.equal(col.weight.data, wq_b[0][rank * half_n:(rank + 1) * half_n])
         assert torch.equal(col.weight_scale_inv.data, _rows(strategy, wq_b[1], rank * half_n, half_n))
         want_w = torch.cat([w1[0][rank * half_i:(rank + 1) * half_i], w3[0][rank * half_i:(rank + 1) * half_i]])
-        want_s = torch.cat([_rows(strategy, w1[1], rank * half_i, half_i), _rows(strategy, w3[1], rank * half_i, half_i)])
+        want_s = torch.cat(
+            [_rows(strategy, w1[1], rank * half_i, half_i), _rows(strategy, w3[1], rank * half_i, half_i)]
+        )
         assert torch.equal(merged.weight.data, want_w)
         assert torch.equal(merged.weight_scale_inv.data, want_s)
         assert torch.equal(row.weight.data, wo_b[0][:, rank * half_k:(rank + 1) * half_k])

@@ -3,8 +3,8 @@
 import shlex
 
 import pytest
-
 from launch_helpers import PY, make_model, smi
+
 from sglang_ampere.launch.launcher import build_plan, format_plan, main
 
 AMPERE_ENV = [

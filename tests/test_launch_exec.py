@@ -7,15 +7,14 @@
 environment reached SGLang.
 """
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from launch_helpers import fake_nvidia_smi
+
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
 
 pytestmark = pytest.mark.slow

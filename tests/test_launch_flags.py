@@ -1,11 +1,10 @@
 """Flag translation, precedence, fork-era variables and every user error of `launch`."""
 
 import io
-import json
 
 import pytest
-
 from launch_helpers import PY, make_model, smi
+
 from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan, main
 
 PREFILL, DECODE = "SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND"

@@ -1,10 +1,9 @@
 """GPU detection from recorded nvidia-smi outputs (no CUDA, no driver needed)."""
 
-import subprocess
 
 import pytest
-
 from launch_helpers import fake_nvidia_smi, smi
+
 from sglang_ampere import gpus
 from sglang_ampere.launch.launcher import LaunchError, resolve_arch, split_argv
 

@@ -4,9 +4,9 @@ import io
 import shlex
 
 import pytest
-
 from launch_helpers import PY, make_model, smi
-from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan, main
+
+from sglang_ampere.launch.launcher import LaunchError, build_plan, main
 
 
 @pytest.fixture

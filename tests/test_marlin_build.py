@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("sglang")
 
-from sglang_ampere.cuda_tools import find_tool  # noqa: E402
-from sglang_ampere.quant import marlin_sass  # noqa: E402
+from sglang_ampere.cuda_tools import find_tool
+from sglang_ampere.quant import marlin_sass
 
 
 def _toolchain_or_skip():
@@ -59,8 +59,14 @@ def test_instantiation_tables_cover_sglang_dispatch():
         text = (root / header).read_text()
         block = text[text.index("#define COMMON_GET_IF(W_TYPE)"):]
         block = block[: block.index("\n\n")]
-        got_m1 = [(int(t), int(n), int(k)) for n, k, t in re.findall(r"COMMON_GET_IF_M1\(W_TYPE, (\d+), (\d+), (\d+)\)", block)]
-        got_m234 = [(int(t), int(n), int(k)) for n, k, t in re.findall(r"COMMON_GET_IF_M234\(W_TYPE, (\d+), (\d+), (\d+)\)", block)]
+        got_m1 = [
+            (int(t), int(n), int(k))
+            for n, k, t in re.findall(r"COMMON_GET_IF_M1\(W_TYPE, (\d+), (\d+), (\d+)\)", block)
+        ]
+        got_m234 = [
+            (int(t), int(n), int(k))
+            for n, k, t in re.findall(r"COMMON_GET_IF_M234\(W_TYPE, (\d+), (\d+), (\d+)\)", block)
+        ]
         assert got_m1 == m1 and got_m234 == m234, header
         assert "COMMON_GET_IF(host::kU4B8)" in text and "COMMON_GET_IF(host::kU8B128)" in text
     assert len(marlin_sass.instantiations("dense")) == 30 and len(marlin_sass.instantiations("moe")) == 20

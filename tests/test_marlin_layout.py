@@ -97,7 +97,9 @@ def model_ckpt(request, synth_ckpt, tmp_path_factory):
     from sglang_ampere import plugin
 
     plugin.register()
-    path = random_dsv4_int(synth_ckpt, tmp_path_factory.mktemp(f"marlin_{request.param}") / "ckpt", request.param, seed=21)
+    path = random_dsv4_int(
+        synth_ckpt, tmp_path_factory.mktemp(f"marlin_{request.param}") / "ckpt", request.param, seed=21
+    )
     model, _ = load_real_model(path, draft=False, sentinels=False)
     return request.param, model, read_checkpoint(path)
 
@@ -111,7 +113,9 @@ def recorders(monkeypatch):
     permute = Recorder(real=mu.marlin_permute_scales)
     monkeypatch.setattr(repack_mod, "gptq_marlin_repack", repack)
     monkeypatch.setattr(mu, "marlin_permute_scales", permute)
-    monkeypatch.setattr(mu, "marlin_make_workspace", lambda device, max_blocks_per_sm=1: torch.zeros(4, dtype=torch.int32))
+    monkeypatch.setattr(
+        mu, "marlin_make_workspace", lambda device, max_blocks_per_sm=1: torch.zeros(4, dtype=torch.int32)
+    )
     return repack, permute
 
 

@@ -64,6 +64,7 @@ def test_register_is_idempotent_and_registers_everything():
     from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
     from sglang.srt.layers import linear
     from sglang.srt.layers.quantization import QUANTIZATION_METHODS
+
     from sglang_ampere import hook_registry, plugin
     from sglang_ampere.patches import dsv4_loader
     from sglang_ampere.quant.config import Dsv4IntConfig
@@ -105,6 +106,7 @@ def test_hook_with_missing_target_is_reported_by_name(tmp_path, monkeypatch):
         assert any("_no_such_function" in f for f in plugin.FAILED_HOOKS)
 
         from dsv4int_testlib import published_quant_config
+
         from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError
         from sglang_ampere.schema import parse_quantization_config
 
@@ -152,8 +154,8 @@ def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
     """Verification is repeated by Dsv4IntConfig, i.e. after SGLang applied every plugin's
     hooks: a hook removed later (e.g. by another plugin's REPLACE) still stops the load."""
     import sglang.srt.models.deepseek_v4 as dsv4
-
     from dsv4int_testlib import published_quant_config
+
     from sglang_ampere import plugin
     from sglang_ampere.patches import dsv4_loader
     from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError

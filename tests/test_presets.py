@@ -10,8 +10,8 @@ import sglang_ampere
 from sglang_ampere import envvars
 from sglang_ampere.envvars import FORK_VARS
 from sglang_ampere.envvars import HACK_FLASHMLA_VAR as HACK_VAR
-from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
+from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,9 @@ def test_no_dead_variables(name, arches):
 def test_variables_the_launcher_writes_are_read(name):
     """--nsa-*-backend and SGLANG_HACK_FLASHMLA_BACKEND become these; the sparse-MLA patch must read them."""
     assert name in envvars.VARS and set(envvars.VARS[name].choices) == {"torch", "tilelang"}
-    assert package_read_sites(name), f"{name} is written by the launcher but nothing in sglang_ampere/ or patches/ reads it"
+    assert package_read_sites(name), (
+        f"{name} is written by the launcher but nothing in sglang_ampere/ or patches/ reads it"
+    )
 
 
 def test_fork_variable_claims_hold_in_pinned_source():

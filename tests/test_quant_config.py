@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-
 from dsv4int_testlib import published_quant_config
+
 from sglang_ampere.schema import SchemaError, parse_quantization_config
 
 
@@ -122,7 +122,10 @@ def test_decisions_follow_real_dtypes(strategy):
     assert cfg.weight_block_size == ([128, 128] if strategy == "block" else None)
     assert cfg.can_fuse_shared_expert() is False
     dummy = LinearBase(1, 1)
-    kind = lambda p: type(cfg.get_quant_method(dummy, p)).__name__  # noqa: E731
+
+    def kind(p):
+        return type(cfg.get_quant_method(dummy, p)).__name__
+
     assert kind("model.layers.2.self_attn.wqkv_a") == "Dsv4Int8LinearMethod"           # fused, both INT8
     assert kind("model.layers.2.self_attn.wq_a") == "Dsv4Int8LinearMethod"
     assert kind("model.layers.2.self_attn.wq_b") == "Dsv4Int8LinearMethod"
@@ -148,6 +151,7 @@ def test_embeddings_and_attention_get_no_method():
 
 def test_fused_pair_with_mixed_dtypes_names_the_preset_variable():
     from sglang.srt.layers.linear import LinearBase
+
     from sglang_ampere.quant.config import Dsv4IntError
 
     t = _tensors()
@@ -157,7 +161,10 @@ def test_fused_pair_with_mixed_dtypes_names_the_preset_variable():
     with pytest.raises(Dsv4IntError, match="SGLANG_OPT_FUSE_WQA_WKV=0"):
         cfg.get_quant_method(LinearBase(1, 1), "model.layers.2.self_attn.wqkv_a")
     # Separate layers are fine.
-    assert type(cfg.get_quant_method(LinearBase(1, 1), "model.layers.2.self_attn.wkv")).__name__ == "UnquantizedLinearMethod"
+    assert (
+        type(cfg.get_quant_method(LinearBase(1, 1), "model.layers.2.self_attn.wkv")).__name__
+        == "UnquantizedLinearMethod"
+    )
 
 
 @pytest.mark.parametrize("change,match", [
@@ -169,6 +176,7 @@ def test_fused_pair_with_mixed_dtypes_names_the_preset_variable():
 ])
 def test_inconsistent_tensors_are_errors_naming_them(change, match):
     from sglang.srt.layers.linear import LinearBase
+
     from sglang_ampere.quant.config import Dsv4IntError
 
     t = _tensors()
@@ -205,13 +213,17 @@ def test_native_module_mapping():
 
     assert native_modules("model.layers.3.self_attn.wqkv_a") == ["layers.3.attn.wq_a", "layers.3.attn.wkv"]
     assert native_modules("model.layers.3.mlp.shared_experts.down_proj") == ["layers.3.ffn.shared_experts.w2"]
-    assert native_modules("model.decoder.mlp.shared_experts.gate_up_proj") == ["mtp.0.ffn.shared_experts.w1", "mtp.0.ffn.shared_experts.w3"]
+    assert native_modules("model.decoder.mlp.shared_experts.gate_up_proj") == [
+        "mtp.0.ffn.shared_experts.w1",
+        "mtp.0.ffn.shared_experts.w3",
+    ]
     assert native_modules("model.h_proj") == ["mtp.0.h_proj"]
     assert native_modules("model.layers.4.self_attn.indexer.wq_b") == ["layers.4.attn.indexer.wq_b"]
 
 
 def test_fused_block_pair_with_ragged_rows_is_refused():
     from sglang.srt.layers.linear import LinearBase
+
     from sglang_ampere.quant.config import Dsv4IntError
 
     t = _tensors()
@@ -226,6 +238,9 @@ def test_what_convert_writes_parses_back(strategy):
     from sglang_ampere.schema import make_quantization_config
 
     qc = make_quantization_config(strategy, "mse", ["layers.*.attn.wo_a"])
-    assert qc == {**published_quant_config(strategy, "mse", ["layers.*.attn.wo_a"]), "routed_experts_quant_method": "int4"}
+    assert qc == {
+        **published_quant_config(strategy, "mse", ["layers.*.attn.wo_a"]),
+        "routed_experts_quant_method": "int4",
+    }
     schema = parse_quantization_config(qc)
     assert schema.dense_strategy == strategy and schema.is_ignored("layers.3.attn.wo_a")

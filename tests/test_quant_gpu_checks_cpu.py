@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("sglang")
 
-from sglang_ampere.checking import CheckFailed  # noqa: E402
-from sglang_ampere.quant import gpu_checks as g  # noqa: E402
+from sglang_ampere.checking import CheckFailed
+from sglang_ampere.quant import gpu_checks as g
 
 
 def test_checks_are_listed_for_selftest():
@@ -26,7 +26,9 @@ def test_int8_check_plumbing(strategy):
 
 @pytest.mark.parametrize("backend", ["marlin", "triton"])
 def test_moe_check_plumbing(backend):
-    detail = g.check_int4_moe(backend, device="cpu", shape=dict(experts=4, hidden=256, inter=128, topk=2), tokens=(1, 6))
+    detail = g.check_int4_moe(
+        backend, device="cpu", shape=dict(experts=4, hidden=256, inter=128, topk=2), tokens=(1, 6)
+    )
     assert "reference" in detail and "clamp changes the output" in detail
 
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import load_real_model, random_dsv4_int, read_checkpoint  # noqa: E402
-from sglang_cpu import init_sglang_cpu  # noqa: E402
+from dsv4int_testlib import load_real_model, random_dsv4_int, read_checkpoint
+from sglang_cpu import init_sglang_cpu
 
 TOL = 1e-2
 
@@ -63,12 +63,17 @@ def test_int8_linears_match_float64(loaded):
     layer = model.model.layers[2]
     attn, mlp = layer.self_attn, layer.mlp
     cases = {
-        "wqkv_a (fused replicated)": (attn.wqkv_a, torch.cat([w64(ckpt, "layers.2.attn.wq_a"), w64(ckpt, "layers.2.attn.wkv")])),
+        "wqkv_a (fused replicated)": (
+            attn.wqkv_a,
+            torch.cat([w64(ckpt, "layers.2.attn.wq_a"), w64(ckpt, "layers.2.attn.wkv")]),
+        ),
         "wq_b (column parallel)": (attn.wq_b, w64(ckpt, "layers.2.attn.wq_b")),
         "wo_b (row parallel)": (attn.wo_b, w64(ckpt, "layers.2.attn.wo_b")),
         "indexer.wq_b": (attn.indexer.wq_b, w64(ckpt, "layers.2.attn.indexer.wq_b")),
-        "shared gate_up (merged)": (mlp.shared_experts.gate_up_proj,
-                                    torch.cat([w64(ckpt, "layers.2.ffn.shared_experts.w1"), w64(ckpt, "layers.2.ffn.shared_experts.w3")])),
+        "shared gate_up (merged)": (
+            mlp.shared_experts.gate_up_proj,
+            torch.cat([w64(ckpt, "layers.2.ffn.shared_experts.w1"), w64(ckpt, "layers.2.ffn.shared_experts.w3")]),
+        ),
         "shared down": (mlp.shared_experts.down_proj, w64(ckpt, "layers.2.ffn.shared_experts.w2")),
     }
     for what, (lin, w_ref) in cases.items():

@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 
@@ -48,7 +47,10 @@ def expected_names(cfg: dict) -> set[str]:
             for e in range(cfg["n_routed_experts"]):
                 s |= pair(f"{p}.ffn.experts.{e}.{w}")
         s.add(f"{p}.ffn.gate.tid2eid" if i < cfg["num_hash_layers"] else f"{p}.ffn.gate.bias")
-        comp = lambda c: {f"{c}.wkv.weight", f"{c}.wgate.weight", f"{c}.ape", f"{c}.norm.weight"}
+
+        def comp(c):
+            return {f"{c}.wkv.weight", f"{c}.wgate.weight", f"{c}.ape", f"{c}.norm.weight"}
+
         if ratio in (4, 128):
             s |= comp(f"{p}.attn.compressor")
         if ratio == 4:
@@ -63,7 +65,10 @@ def expected_names(cfg: dict) -> set[str]:
         p = f"mtp.{m}"
         names |= block(p, L + m, cfg["compress_ratios"][L + m])
         names |= pair(f"{p}.e_proj") | pair(f"{p}.h_proj")
-        names |= {f"{p}.{n}" for n in ("enorm.weight", "hnorm.weight", "norm.weight", "hc_head_fn", "hc_head_base", "hc_head_scale")}
+        names |= {
+            f"{p}.{n}"
+            for n in ("enorm.weight", "hnorm.weight", "norm.weight", "hc_head_fn", "hc_head_base", "hc_head_scale")
+        }
     return names
 
 
@@ -74,19 +79,33 @@ def test_real_inventory_matches_published_audit():
     assert c[EXPERT] == 2 * 33_792 and c[DENSE] == 2 * (352 + 21 + 2) and c[PRESERVED] == 853
     assert set(inv) == expected_names(make_config(REAL))
     want = {  # shapes and dtypes from the reference table
-        "layers.2.attn.wq_a.weight": ((1024, 4096), "F8_E4M3"), "layers.2.attn.wq_a.scale": ((8, 32), "F8_E8M0"),
-        "layers.2.attn.wq_b.weight": ((32768, 1024), "F8_E4M3"), "layers.2.attn.wq_b.scale": ((256, 8), "F8_E8M0"),
-        "layers.2.attn.wkv.scale": ((4, 32), "F8_E8M0"), "layers.2.attn.wo_a.weight": ((8192, 4096), "F8_E4M3"),
-        "layers.2.attn.wo_b.scale": ((32, 64), "F8_E8M0"), "layers.2.hc_attn_fn": ((24, 16384), "F32"),
-        "layers.2.attn.compressor.wkv.weight": ((1024, 4096), "BF16"), "layers.3.attn.compressor.wkv.weight": ((512, 4096), "BF16"),
-        "layers.2.attn.compressor.ape": ((4, 1024), "F32"), "layers.3.attn.compressor.ape": ((128, 512), "F32"),
-        "layers.2.attn.indexer.wq_b.scale": ((64, 8), "F8_E8M0"), "layers.2.attn.indexer.compressor.wkv.weight": ((256, 4096), "BF16"),
-        "layers.2.attn.indexer.compressor.ape": ((4, 256), "F32"), "layers.2.attn.indexer.compressor.norm.weight": ((128,), "BF16"),
-        "layers.0.ffn.gate.tid2eid": ((129280, 6), "I64"), "layers.5.ffn.gate.bias": ((256,), "F32"),
-        "layers.9.ffn.experts.255.w1.weight": ((2048, 2048), "I8"), "layers.9.ffn.experts.0.w3.scale": ((2048, 128), "F8_E8M0"),
-        "layers.9.ffn.experts.7.w2.weight": ((4096, 1024), "I8"), "layers.9.ffn.experts.7.w2.scale": ((4096, 64), "F8_E8M0"),
-        "layers.9.ffn.shared_experts.w1.scale": ((16, 32), "F8_E8M0"), "layers.9.ffn.shared_experts.w2.scale": ((32, 16), "F8_E8M0"),
-        "mtp.0.e_proj.weight": ((4096, 4096), "F8_E4M3"), "hc_head_fn": ((4, 16384), "F32"), "mtp.0.hc_head_scale": ((1,), "F32"),
+        "layers.2.attn.wq_a.weight": ((1024, 4096), "F8_E4M3"),
+        "layers.2.attn.wq_a.scale": ((8, 32), "F8_E8M0"),
+        "layers.2.attn.wq_b.weight": ((32768, 1024), "F8_E4M3"),
+        "layers.2.attn.wq_b.scale": ((256, 8), "F8_E8M0"),
+        "layers.2.attn.wkv.scale": ((4, 32), "F8_E8M0"),
+        "layers.2.attn.wo_a.weight": ((8192, 4096), "F8_E4M3"),
+        "layers.2.attn.wo_b.scale": ((32, 64), "F8_E8M0"),
+        "layers.2.hc_attn_fn": ((24, 16384), "F32"),
+        "layers.2.attn.compressor.wkv.weight": ((1024, 4096), "BF16"),
+        "layers.3.attn.compressor.wkv.weight": ((512, 4096), "BF16"),
+        "layers.2.attn.compressor.ape": ((4, 1024), "F32"),
+        "layers.3.attn.compressor.ape": ((128, 512), "F32"),
+        "layers.2.attn.indexer.wq_b.scale": ((64, 8), "F8_E8M0"),
+        "layers.2.attn.indexer.compressor.wkv.weight": ((256, 4096), "BF16"),
+        "layers.2.attn.indexer.compressor.ape": ((4, 256), "F32"),
+        "layers.2.attn.indexer.compressor.norm.weight": ((128,), "BF16"),
+        "layers.0.ffn.gate.tid2eid": ((129280, 6), "I64"),
+        "layers.5.ffn.gate.bias": ((256,), "F32"),
+        "layers.9.ffn.experts.255.w1.weight": ((2048, 2048), "I8"),
+        "layers.9.ffn.experts.0.w3.scale": ((2048, 128), "F8_E8M0"),
+        "layers.9.ffn.experts.7.w2.weight": ((4096, 1024), "I8"),
+        "layers.9.ffn.experts.7.w2.scale": ((4096, 64), "F8_E8M0"),
+        "layers.9.ffn.shared_experts.w1.scale": ((16, 32), "F8_E8M0"),
+        "layers.9.ffn.shared_experts.w2.scale": ((32, 16), "F8_E8M0"),
+        "mtp.0.e_proj.weight": ((4096, 4096), "F8_E4M3"),
+        "hc_head_fn": ((4, 16384), "F32"),
+        "mtp.0.hc_head_scale": ((1,), "F32"),
     }
     for name, (shape, dtype) in want.items():
         assert (inv[name].shape, inv[name].dtype) == (shape, dtype), name
@@ -178,7 +197,11 @@ def test_tokenizer_loads_and_round_trips(synth_ckpt):
     text = "Ampere has no FP8 tensor cores — ünïcode ok?"
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
-    assert max(ids) < cfg["vocab_size"] and tok.bos_token_id == cfg["bos_token_id"] and tok.eos_token_id == cfg["eos_token_id"]
+    assert (
+        max(ids) < cfg["vocab_size"]
+        and tok.bos_token_id == cfg["bos_token_id"]
+        and tok.eos_token_id == cfg["eos_token_id"]
+    )
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat.startswith(tok.bos_token) and "hi" in chat
 
@@ -199,7 +222,9 @@ def test_cli_errors_leave_nothing_behind(tmp_path):
 
 
 def test_cli_sizes_and_version(tmp_path):
-    r = run_cli("synth", str(tmp_path / "s"), "--layers", "5", "--experts", "4", "--hidden", "384", "--quiet", "--seed", "3")
+    r = run_cli(
+        "synth", str(tmp_path / "s"), "--layers", "5", "--experts", "4", "--hidden", "384", "--quiet", "--seed", "3"
+    )
     assert r.returncode == 0, r.stderr
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (cfg["num_hidden_layers"], cfg["n_routed_experts"], cfg["hidden_size"]) == (5, 4, 384)

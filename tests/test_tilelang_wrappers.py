@@ -7,7 +7,6 @@ to split b % num_splits; a split reports its normalised output and log2-sum-exp)
 
 from __future__ import annotations
 
-import math
 import secrets
 
 import pytest

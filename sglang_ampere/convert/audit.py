@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 from .. import QUANT_METHOD, rules
@@ -28,7 +27,13 @@ from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read
 from .options import Options
 from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan, read_config
 
-C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED = "expert_int4", "dense_int8_block", "dense_uint8_channel", "dense_bf16", "preserved"
+C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED = (
+    "expert_int4",
+    "dense_int8_block",
+    "dense_uint8_channel",
+    "dense_bf16",
+    "preserved",
+)
 #: The dense class of each dsv4_int INT8 strategy (see :func:`sglang_ampere.rules.dense_int8_strategy`).
 _DENSE_CLASS = {"block": C_BLOCK, "channel": C_CHANNEL}
 #: Problems ``format_report`` prints for a human (``--json`` and the report carry them all).
@@ -129,7 +134,10 @@ def _classify_converted(headers: dict[str, ShardHeader], problems: list[str]) ->
 def _check_config(config: dict, classes: dict, problems: list[str]) -> None:
     qc = config.get("quantization_config") or {}
     if config.get("expert_dtype") != "int4":
-        problems.append(f"config.json: expert_dtype is {config.get('expert_dtype')!r}, must be 'int4' (loaders would take the MXFP4 path)")
+        problems.append(
+            f"config.json: expert_dtype is {config.get('expert_dtype')!r}, must be 'int4' (loaders would take the "
+            "MXFP4 path)"
+        )
     if qc.get(ROUTED_EXPERTS_KEY) is None:
         problems.append(f"config.json: quantization_config.{ROUTED_EXPERTS_KEY} is missing; set it to "
                         f"{ROUTED_EXPERTS_INT4!r} or SGLang 0.5.23 takes the INT4 experts for MXFP4")
@@ -140,9 +148,15 @@ def _check_config(config: dict, classes: dict, problems: list[str]) -> None:
         return
     strategy = schema.dense_strategy
     if classes[C_BLOCK] and strategy != "block":
-        problems.append(f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_BLOCK])} dense tensors are block INT8")
+        problems.append(
+            f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_BLOCK])} dense tensors are block "
+            "INT8"
+        )
     if classes[C_CHANNEL] and strategy != "channel":
-        problems.append(f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_CHANNEL])} dense tensors are channel UINT8")
+        problems.append(
+            f"config.json: linears_w8a16 strategy is {strategy!r} but {len(classes[C_CHANNEL])} dense tensors are "
+            "channel UINT8"
+        )
 
 
 def _check_index(path: Path, headers: dict[str, ShardHeader], problems: list[str]) -> None:
@@ -175,7 +189,7 @@ def _check_inventory(config: dict, infos: dict, classes: dict, problems: list[st
         problems.append("config.json lacks DeepSeek-V4-Flash geometry keys; cannot check the tensor list")
         return
     kept = {n.rsplit(".", 1)[0] for n in classes[C_BF16]}
-    for n, spec in expected.items():
+    for n in expected:
         if n not in infos and not (n.endswith(".scale") and n.rsplit(".", 1)[0] in kept):
             problems.append(f"{n}: missing (the model with this config.json has it)")
     for n in infos:
@@ -191,12 +205,18 @@ def audit_converted(path: Path, config: dict, headers: dict[str, ShardHeader]) -
     _check_index(path, headers, problems)
     _check_inventory(config, infos, classes, problems)
     report = {
-        "kind": QUANT_METHOD, "path": str(path),
+        "kind": QUANT_METHOD,
+        "path": str(path),
         "shards": [{"name": s, "tensors": len(h.tensors), "bytes": h.file_size} for s, h in headers.items()],
         "bytes": sum(h.file_size for h in headers.values()),
         "tensors": len(infos),
-        "counts": {c: len(v) for c, v in classes.items()} | {"missing_scales": cls["missing_scales"], "orphan_scales": cls["orphan_scales"]},
-        "scale_mode": (((config.get("quantization_config") or {}).get("config_groups") or {}).get("experts_w4a16") or {}).get("weights", {}).get("scale_mode"),
+        "counts": {c: len(v) for c, v in classes.items()}
+        | {"missing_scales": cls["missing_scales"], "orphan_scales": cls["orphan_scales"]},
+        "scale_mode": (
+            ((config.get("quantization_config") or {}).get("config_groups") or {}).get("experts_w4a16") or {}
+        )
+        .get("weights", {})
+        .get("scale_mode"),
     }
     return report, problems, {"infos": infos, "classes": classes}
 
@@ -226,8 +246,13 @@ def _snr(ref, got) -> float:
 
 
 def fidelity(path: Path, src: Path, state: dict, sample: int, problems: list[str]) -> dict:
-    from ..formats import (fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize,
-                           uint8_channel_dequantize)
+    from ..formats import (
+        fp8_block_dequantize,
+        int4_group_dequantize,
+        int8_block_dequantize,
+        mxfp4_dequantize,
+        uint8_channel_dequantize,
+    )
     from ..formats.errors import FormatError
 
     src_headers = {p.name: read_header(p) for p in list_shards(src)}
@@ -300,7 +325,9 @@ def _verify_manifest(path: Path, headers: dict[str, ShardHeader], problems: list
         problems.append(str(e))
         return 0
     if manifest is None:
-        problems.append("--verify: no sglang-ampere-convert.json in this checkpoint (not written by `sglang-ampere convert`)")
+        problems.append(
+            "--verify: no sglang-ampere-convert.json in this checkpoint (not written by `sglang-ampere convert`)"
+        )
         return 0
     ok = 0
     for name in headers:
@@ -308,7 +335,9 @@ def _verify_manifest(path: Path, headers: dict[str, ShardHeader], problems: list
         if entry is None:
             problems.append(f"--verify: {name} is not in the manifest")
         elif sha256_file(path / name) != entry["sha256"]:
-            problems.append(f"--verify: {name} does not match its recorded SHA-256 (damaged; re-run convert to redo it)")
+            problems.append(
+                f"--verify: {name} does not match its recorded SHA-256 (damaged; re-run convert to redo it)"
+            )
         else:
             ok += 1
     return ok
@@ -325,7 +354,9 @@ def audit(path, against=None, sample: int = 64, verify: bool = False) -> tuple[d
         return {"kind": "unknown", "path": str(path)}, [str(e)]
     if (config.get("quantization_config") or {}).get("quant_method") != QUANT_METHOD:
         if against is not None:
-            return {"kind": "native", "path": str(path)}, ["--against needs a dsv4_int checkpoint as PATH (this one is native)"]
+            return {"kind": "native", "path": str(path)}, [
+                "--against needs a dsv4_int checkpoint as PATH (this one is native)"
+            ]
         return audit_native(path)
     try:
         shards = list_shards(path)
@@ -352,11 +383,23 @@ def format_report(report: dict, problems: list[str]) -> str:
     kind = report.get("kind")
     if kind == "native" and "counts" in report:
         c, p = report["counts"], report["plan"]
-        lines.append(f"{report['path']}: native DeepSeek-V4-Flash checkpoint, {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['source_bytes'])}")
-        lines.append(f"  routed experts MXFP4: {c['expert_weight']} weights + {c['expert_scale']} E8M0 scales -> INT4 uint4b8 + BF16 g32")
-        lines.append(f"  dense FP8:            {c['dense_weight']} weights + {c['dense_scale']} block scales -> INT8 W8A16 (block)")
+        lines.append(
+            f"{report['path']}: native DeepSeek-V4-Flash checkpoint, {report['tensors']} tensors in "
+            f"{len(report['shards'])} shard(s), {_gb(report['source_bytes'])}"
+        )
+        lines.append(
+            f"  routed experts MXFP4: {c['expert_weight']} weights + {c['expert_scale']} E8M0 scales -> INT4 uint4b8 "
+            "+ BF16 g32"
+        )
+        lines.append(
+            f"  dense FP8:            {c['dense_weight']} weights + {c['dense_scale']} block scales -> INT8 W8A16 "
+            "(block)"
+        )
         lines.append(f"  preserved:            {c['preserved']} tensors (copied byte for byte)")
-        lines.append(f"  plan: {p[K_EXPERT]} expert pairs, {p[K_DENSE]} dense pairs, {p[K_KEEP]} dense kept BF16, {p[K_COPY]} copies")
+        lines.append(
+            f"  plan: {p[K_EXPERT]} expert pairs, {p[K_DENSE]} dense pairs, {p[K_KEEP]} dense kept BF16, {p[K_COPY]} "
+            "copies"
+        )
         lines.append(f"  output size: {_gb(report['output_bytes'])} (source {_gb(report['source_bytes'])})")
         lines.append("  shards (in -> out):")
         for s in report["shards"]:
@@ -365,17 +408,28 @@ def format_report(report: dict, problems: list[str]) -> str:
         lines.append(f"{report['path']}: dsv4_int checkpoint")
         if "counts" in report:
             c = report["counts"]
-            lines.append(f"  {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['bytes'])}; expert scale mode {report.get('scale_mode')}")
-            lines.append(f"  expert INT4 pairs: {c[C_EXPERT]}   dense INT8 block: {c[C_BLOCK]}   dense UINT8 channel: {c[C_CHANNEL]}   "
-                         f"dense BF16: {c[C_BF16]}   preserved: {c[C_PRESERVED]}   missing scales: {c['missing_scales']}")
+            lines.append(
+                f"  {report['tensors']} tensors in {len(report['shards'])} shard(s), {_gb(report['bytes'])}; expert "
+                f"scale mode {report.get('scale_mode')}"
+            )
+            lines.append(
+                f"  expert INT4 pairs: {c[C_EXPERT]}   dense INT8 block: {c[C_BLOCK]}   dense UINT8 channel: "
+                f"{c[C_CHANNEL]}   "
+                f"dense BF16: {c[C_BF16]}   preserved: {c[C_PRESERVED]}   missing scales: {c['missing_scales']}"
+            )
         if "verified_shards" in report:
-            lines.append(f"  verified: {report['verified_shards']}/{len(report['shards'])} shard(s) match their recorded SHA-256")
+            lines.append(
+                f"  verified: {report['verified_shards']}/{len(report['shards'])} shard(s) match their recorded SHA-256"
+            )
         for cls, f in (report.get("fidelity") or {}).items():
             if cls == C_PRESERVED:
                 lines.append(f"  fidelity {cls}: {f['identical']}/{f['tensors']} byte-identical to the source")
             elif "snr_db_min" in f:
-                lines.append(f"  fidelity {cls}: SNR dB min {f['snr_db_min']:.2f} / median {f['snr_db_median']:.2f} / mean {f['snr_db_mean']:.2f} "
-                             f"over {f['tensors']} of {f['of']} tensors")
+                lines.append(
+                    f"  fidelity {cls}: SNR dB min {f['snr_db_min']:.2f} / median {f['snr_db_median']:.2f} / mean "
+                    f"{f['snr_db_mean']:.2f} "
+                    f"over {f['tensors']} of {f['of']} tensors"
+                )
     else:
         lines.append(f"{report.get('path')}: not a checkpoint")
     if problems:

@@ -3,9 +3,10 @@
 The ``quantization_config`` is exactly the published dsv4_int schema (reference
 dsv4-flash-format.md section 7, built by :func:`sglang_ampere.schema.make_quantization_config`),
 plus one key SGLang 0.5.23 reads: ``routed_experts_quant_method`` — without it SGLang probes a
-routed-expert tensor, sees I8 bytes and takes the packed INT4 experts for MXFP4. Provenance (source, revision, index hash,
-converter version, options) goes in a separate top-level key, ``dsv4_int_conversion``, so the
-schema itself stays as published. ``expert_dtype`` becomes ``"int4"``.
+routed-expert tensor, sees I8 bytes and takes the packed INT4 experts for MXFP4. Provenance
+(source, revision, index hash, converter version, options) goes in a separate top-level key,
+``dsv4_int_conversion``, so the schema itself stays as published. ``expert_dtype`` becomes
+``"int4"``.
 """
 
 from __future__ import annotations

@@ -63,11 +63,15 @@ def check_paths(src: Path, dst: Path) -> tuple[Path, Path]:
     if not src.is_dir():
         raise CheckpointError(f"{src} is not a folder; SRC must be the folder of a native checkpoint")
     if dst == src:
-        raise CheckpointError(f"destination {dst} is the source itself; choose a new folder for the dsv4_int checkpoint")
+        raise CheckpointError(
+            f"destination {dst} is the source itself; choose a new folder for the dsv4_int checkpoint"
+        )
     if src in dst.parents:
         raise CheckpointError(f"destination {dst} is inside the source {src}; choose a folder outside it")
     if dst in src.parents:
-        raise CheckpointError(f"the source {src} is inside the destination {dst}; choose a destination that does not contain it")
+        raise CheckpointError(
+            f"the source {src} is inside the destination {dst}; choose a destination that does not contain it"
+        )
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"destination {dst} exists and is not a folder")
     return src, dst
@@ -126,7 +130,9 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
                 while left:
                     chunk = f.read(min(COPY_CHUNK, left))
                     if not chunk:
-                        raise CheckpointError(f"shard {job.weight_shard}: tensor {job.name}: file ended early (truncated)")
+                        raise CheckpointError(
+                            f"shard {job.weight_shard}: tensor {job.name}: file ended early (truncated)"
+                        )
                     writer.write(job.name, chunk)
                     left -= len(chunk)
                 stats.setdefault(K_COPY, [0, 0.0, 0.0, 0.0])[0] += 1
@@ -284,7 +290,12 @@ def _check_device(device: str) -> None:
 
 
 def _record(new: Manifest, dst: Path, plan: Plan, sp: ShardPlan, res: dict, summary: Summary) -> None:
-    new.shards[sp.name] = {"name": sp.name, "sources": _source_ids(plan, sp), "sha256": res["sha256"], "bytes": res["bytes"]}
+    new.shards[sp.name] = {
+        "name": sp.name,
+        "sources": _source_ids(plan, sp),
+        "sha256": res["sha256"],
+        "bytes": res["bytes"],
+    }
     new.save(dst)
     summary.converted.append(sp.name)
     for kind, (n, sig, noise, noise_mse) in res["stats"].items():
@@ -359,7 +370,9 @@ def _finish(src: Path, dst: Path, plan: Plan, options: Options, new: Manifest) -
             shutil.copy2(p, tmp)
             os.replace(tmp, target)
     write_atomic(dst / "model.safetensors.index.json", dumps(index_json(weight_map, total)))
-    write_atomic(dst / "config.json", dumps(dsv4_int_config(plan.config, options, provenance(src, plan.config, options))))
+    write_atomic(
+        dst / "config.json", dumps(dsv4_int_config(plan.config, options, provenance(src, plan.config, options)))
+    )
     new.complete = True
     new.save(dst)
 
@@ -379,6 +392,7 @@ def describe(summary: Summary) -> str:
         if kind in (K_EXPERT, K_DENSE, K_KEEP) and st.signal:
             extra = f", SNR {st.snr_db():.2f} dB"
             if kind == K_EXPERT and plan.options.expert_mode == "optimal":
-                extra += f" (mse would give {st.snr_db(st.noise_mse):.2f} dB: gain {st.snr_db() - st.snr_db(st.noise_mse):+.3f} dB)"
+                mse = st.snr_db(st.noise_mse)
+                extra += f" (mse would give {mse:.2f} dB: gain {st.snr_db() - mse:+.3f} dB)"
         lines.append(f"  {names[kind]}: {st.tensors} tensor(s){extra}")
     return "\n".join(lines)

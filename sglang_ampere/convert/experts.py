@@ -35,7 +35,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..formats.constants import ABSMAX_FLOOR, E2M1_MAGNITUDES, E8M0_BIAS, E8M0_NAN, INT4_BIAS, INT4_MAX, INT4_MIN, MXFP4_GROUP
+from ..formats.constants import (
+    ABSMAX_FLOOR,
+    E2M1_MAGNITUDES,
+    E8M0_BIAS,
+    E8M0_NAN,
+    INT4_BIAS,
+    INT4_MAX,
+    INT4_MIN,
+    MXFP4_GROUP,
+)
 from ..formats.errors import FormatError
 from ..formats.mxfp4 import e2m1_table
 
@@ -86,7 +95,9 @@ def _candidates(absmax: float, floor: float, mode: str) -> list[float]:
 # Plain reference
 
 
-def reference_requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_requantize(
+    packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", name: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule above, implemented directly on float values (slow; the test oracle).
 
     ``packed`` uint8/int8 ``[N, K/2]`` E2M1 codes, ``scale`` E8M0 (or its uint8 bytes)
@@ -102,7 +113,9 @@ def reference_requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = 
     if bool((sb == E8M0_NAN).any()):
         raise FormatError(name, "E8M0 scale byte 255 (NaN) found; the checkpoint is damaged (re-download this shard)")
     codes = unpack_nibbles(packed, name).long().view(n, k // MXFP4_GROUP, MXFP4_GROUP)
-    x = e2m1_table(torch.float64)[codes] * torch.ldexp(torch.ones(sb.shape, dtype=torch.float64), sb - E8M0_BIAS).unsqueeze(-1)
+    x = e2m1_table(torch.float64)[codes] * torch.ldexp(
+        torch.ones(sb.shape, dtype=torch.float64), sb - E8M0_BIAS
+    ).unsqueeze(-1)
     x = x.reshape(-1, MXFP4_GROUP)
     absmax = x.abs().amax(dim=1)
     if bool((absmax > BF16_MAX).any()):
@@ -228,7 +241,9 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
     sb = scale.contiguous().view(torch.uint8).reshape(-1)                    # [G]
     if bool((sb == E8M0_NAN).any()):
         bad = int((sb == E8M0_NAN).sum())
-        raise FormatError(name, f"{bad} E8M0 scale byte(s) are 255 (NaN); the checkpoint is damaged (re-download this shard)")
+        raise FormatError(
+            name, f"{bad} E8M0 scale byte(s) are 255 (NaN); the checkpoint is damaged (re-download this shard)"
+        )
     if kernel not in KERNELS:
         raise ValueError(f"unknown expert kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     if kernel != "torch" and dev.type == "cpu":
@@ -236,7 +251,9 @@ def requantize(packed: torch.Tensor, scale: torch.Tensor, mode: str = "mse", nam
 
         fn = native_kernel.load()
         if fn is None and kernel == "c":
-            raise RuntimeError("the compiled INT4 kernel cannot be built here (no working C compiler); use the torch kernel")
+            raise RuntimeError(
+                "the compiled INT4 kernel cannot be built here (no working C compiler); use the torch kernel"
+            )
         if fn is not None:
             out, s_out = _requantize_c(fn, b, sb, t, name, stats)
             return out.view(n, half_k), s_out.view(n, 2 * half_k // MXFP4_GROUP)
@@ -261,7 +278,9 @@ def _requantize_c(fn, b, sb, t: _Tables, name, stats):
     out = torch.empty_like(b)
     s_out = torch.empty(g, dtype=torch.float64)
     st = torch.zeros(3, dtype=torch.float64)
-    if t.ncand > 1024:
+    from .native_kernel import MAX_CANDIDATES
+
+    if t.ncand > MAX_CANDIDATES:
         raise AssertionError("internal error: too many candidates for the compiled kernel")
     bad = fn(b.data_ptr(), sb.data_ptr(), g, t.ncand, t.n_mse, _EXACT_E_MIN, t.err_t.data_ptr(), t.scale.data_ptr(),
              t.lut.data_ptr(), _POW2.data_ptr(), _VALS2.data_ptr(), out.data_ptr(), s_out.data_ptr(),
@@ -288,7 +307,9 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
     # |x| >= 2^128 overflows BF16: magnitude 2 (code 4) at e=127, 4 (code 6) at e=126.
     over = ((e == 127) & (mcode >= 4)) | ((e == 126) & (mcode >= 6))
     if bool(over.any()):
-        raise FormatError(name, f"{int(over.sum())} group(s) hold values that overflow BF16; cannot store INT4 scales for them")
+        raise FormatError(
+            name, f"{int(over.sum())} group(s) hold values that overflow BF16; cannot store INT4 scales for them"
+        )
     combo = (torch.clamp(e, max=_EXACT_E_MIN) + E8M0_BIAS) * 8 + mcode
     hist = torch.cat((f_lo, f_hi), dim=1).double()                        # [G, 16]
     choice = torch.empty(g, dtype=torch.int64, device=b.device)

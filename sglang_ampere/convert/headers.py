@@ -92,7 +92,10 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
                 raise _bad(path, f"file is {size} bytes, too short to hold a safetensors header (truncated)")
             (hlen,) = struct.unpack("<Q", head)
             if hlen > MAX_HEADER_BYTES or 8 + hlen > size:
-                raise _bad(path, f"header length {hlen} does not fit the file size {size} (truncated or not a safetensors file)")
+                raise _bad(
+                    path,
+                    f"header length {hlen} does not fit the file size {size} (truncated or not a safetensors file)",
+                )
             raw = f.read(hlen)
     except OSError as e:
         raise CheckpointError(f"shard {path.name}: cannot read: {e}") from e
@@ -104,7 +107,9 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
         raise _bad(path, "header is not a JSON object; the file is corrupt")
     data_start = 8 + hlen
     meta = obj.pop("__metadata__", {}) or {}
-    hdr = ShardHeader(path, size, hashlib.sha256(head + raw).hexdigest(), st.st_mtime_ns, {}, meta if isinstance(meta, dict) else {})
+    hdr = ShardHeader(
+        path, size, hashlib.sha256(head + raw).hexdigest(), st.st_mtime_ns, {}, meta if isinstance(meta, dict) else {}
+    )
     spans = []
     for name, info in obj.items():
         try:
@@ -117,13 +122,15 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
                                   "this converter handles native DeepSeek-V4-Flash checkpoints only")
         want = math.prod(shape) * DTYPE_SIZES[dtype]
         if any(d < 0 for d in shape) or b < 0 or e - b != want:
-            raise _bad(path, f"tensor {name}: offsets [{b}, {e}] do not match dtype {dtype} shape {list(shape)} ({want} bytes)")
+            raise _bad(
+                path, f"tensor {name}: offsets [{b}, {e}] do not match dtype {dtype} shape {list(shape)} ({want} bytes)"
+            )
         if data_start + e > size:
             raise _bad(path, f"tensor {name} ends at byte {data_start + e} but the file has {size} bytes (truncated)")
         hdr.tensors[name] = TensorInfo(name, dtype, shape, data_start + b, data_start + e)
         spans.append((b, e, name))
     spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise _bad(path, f"tensors {n0} and {n1} overlap in the data section; the header is corrupt")
     return hdr
@@ -151,4 +158,6 @@ def read_tensor_bytes(path: Path, info: TensorInfo, f=None) -> bytearray:
 
 def list_shards(src: Path) -> list[Path]:
     """The ``*.safetensors`` files of a checkpoint folder, in name order."""
-    return sorted(p for p in Path(src).iterdir() if p.suffix == ".safetensors" and p.is_file() and not p.name.startswith("."))
+    return sorted(
+        p for p in Path(src).iterdir() if p.suffix == ".safetensors" and p.is_file() and not p.name.startswith(".")
+    )

@@ -48,6 +48,8 @@ def load_manifest(dst: Path) -> Manifest | None:
         obj = json.loads(path.read_text())
         if obj.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"{path}: manifest format {obj.get('format')!r} is not {MANIFEST_FORMAT}")
-        return Manifest(obj["options"], obj["source"], obj.get("shards", {}), bool(obj.get("complete")), obj.get("converter", ""))
+        return Manifest(
+            obj["options"], obj["source"], obj.get("shards", {}), bool(obj.get("complete")), obj.get("converter", "")
+        )
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ManifestError(f"{path} is damaged ({e}); pass --overwrite to start this destination over") from e

@@ -75,6 +75,7 @@ int64_t sa_int4_requant(const uint8_t *b, const uint8_t *sb, int64_t groups, int
 }
 """
 
+#: Size of the kernel's per-group candidate buffer (``double acc[1024]`` in :data:`SOURCE`).
 MAX_CANDIDATES = 1024
 
 

@@ -168,7 +168,9 @@ def make_plan(src: Path, options: Options, headers: dict[str, ShardHeader] | Non
                     problems.add(sname, tname, f"dtype {info.dtype} is not valid for a preserved tensor "
                                  f"(expected one of {', '.join(PRESERVED_DTYPES)})")
                     continue
-                shard_plans[sname].jobs.append(Job(K_COPY, tname, info, sname, outputs=(OutTensor(tname, info.dtype, info.shape),)))
+                shard_plans[sname].jobs.append(
+                    Job(K_COPY, tname, info, sname, outputs=(OutTensor(tname, info.dtype, info.shape),))
+                )
             else:
                 pairs.setdefault(role.base, {})[role.part] = tname
 

@@ -18,7 +18,9 @@ def check_block_scale(weight: torch.Tensor, scale: torch.Tensor, name: str | Non
         raise FormatError(name, f"block-scaled weight must be 2-D, got shape {tuple(weight.shape)}")
     want = block_scale_shape(*weight.shape, block=block)
     if tuple(scale.shape) != want:
-        raise FormatError(name, f"block scale shape {tuple(scale.shape)} does not fit weight {tuple(weight.shape)} (expected {want})")
+        raise FormatError(
+            name, f"block scale shape {tuple(scale.shape)} does not fit weight {tuple(weight.shape)} (expected {want})"
+        )
 
 
 def expand_block_scale(scale: torch.Tensor, n: int, k: int, block: int = BLOCK) -> torch.Tensor:

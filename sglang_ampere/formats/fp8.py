@@ -33,7 +33,9 @@ def scale_to_float(scale: torch.Tensor, name: str | None = None) -> torch.Tensor
     return e8m0_to_float(scale, name) if scale.dtype == E8M0_DTYPE else scale
 
 
-def fp8_block_dequantize(weight: torch.Tensor, scale: torch.Tensor, name: str | None = None, block: int = BLOCK) -> torch.Tensor:
+def fp8_block_dequantize(
+    weight: torch.Tensor, scale: torch.Tensor, name: str | None = None, block: int = BLOCK
+) -> torch.Tensor:
     """FP8 ``[N, K]`` + block scale ``[ceil(N/128), ceil(K/128)]`` -> float32 ``[N, K]`` (exact)."""
     check_dtype(weight, E4M3_DTYPE, name, "an FP8 weight")
     check_block_scale(weight, scale, name, block)
@@ -45,7 +47,9 @@ def fp8_block_dequantize(weight: torch.Tensor, scale: torch.Tensor, name: str | 
     return weight.float() * expand_block_scale(s, *weight.shape, block=block)
 
 
-def fp8_block_quantize(x: torch.Tensor, scale_dtype: torch.dtype = E8M0_DTYPE, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+def fp8_block_quantize(
+    x: torch.Tensor, scale_dtype: torch.dtype = E8M0_DTYPE, block: int = BLOCK
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float ``[N, K]`` -> (e4m3fn ``[N, K]``, block scale) the way DeepSeek's release does it.
 
     E8M0: scale = 2^ceil(log2(absmax / 448)); F32: scale = absmax / 448.

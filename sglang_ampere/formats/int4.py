@@ -27,12 +27,18 @@ def unpack_uint4b8(packed: torch.Tensor, name: str | None = None) -> torch.Tenso
     return (unpack_nibbles(packed, name).to(torch.int8) - INT4_BIAS)
 
 
-def int4_group_dequantize(packed: torch.Tensor, scale: torch.Tensor, name: str | None = None, group: int = INT4_GROUP) -> torch.Tensor:
+def int4_group_dequantize(
+    packed: torch.Tensor, scale: torch.Tensor, name: str | None = None, group: int = INT4_GROUP
+) -> torch.Tensor:
     """``[N, K/2]`` uint4b8 + BF16 ``[N, K/group]`` -> float32 ``[N, K]``."""
     check_dtype(scale, torch.bfloat16, name, "an INT4 group scale")
     n, half_k = packed.shape
     k = 2 * half_k
     if k % group or tuple(scale.shape) != (n, k // group):
-        raise FormatError(name, f"INT4 scale shape {tuple(scale.shape)} does not fit weight {tuple(packed.shape)} (expected {(n, k // group)})")
+        raise FormatError(
+            name,
+            f"INT4 scale shape {tuple(scale.shape)} does not fit weight {tuple(packed.shape)} (expected "
+            f"{(n, k // group)})",
+        )
     q = unpack_uint4b8(packed, name).float().view(n, k // group, group)
     return (q * scale.float().unsqueeze(-1)).view(n, k)

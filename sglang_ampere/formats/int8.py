@@ -13,7 +13,9 @@ from .constants import BLOCK, INT8_CHANNEL_BIAS, INT8_MAX
 from .errors import FormatError, check_dtype
 
 
-def int8_block_dequantize(q: torch.Tensor, scale: torch.Tensor, name: str | None = None, block: int = BLOCK) -> torch.Tensor:
+def int8_block_dequantize(
+    q: torch.Tensor, scale: torch.Tensor, name: str | None = None, block: int = BLOCK
+) -> torch.Tensor:
     check_dtype(q, torch.int8, name, "a block INT8 weight")
     check_dtype(scale, torch.bfloat16, name, "a block INT8 scale")
     check_block_scale(q, scale, name, block)
@@ -37,5 +39,8 @@ def uint8_channel_dequantize(u: torch.Tensor, scale: torch.Tensor, name: str | N
     check_dtype(scale, torch.bfloat16, name, "a channel INT8 scale")
     q = unpack_uint8b128(u, name)
     if q.dim() != 2 or tuple(scale.shape) != (q.shape[0],):
-        raise FormatError(name, f"channel scale shape {tuple(scale.shape)} does not fit weight {tuple(q.shape)} (expected {(q.shape[0],)})")
+        raise FormatError(
+            name,
+            f"channel scale shape {tuple(scale.shape)} does not fit weight {tuple(q.shape)} (expected {(q.shape[0],)})",
+        )
     return q.float() * scale.float().unsqueeze(1)

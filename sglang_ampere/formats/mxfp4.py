@@ -36,11 +36,15 @@ def e2m1_encode(values: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(packed: torch.Tensor, scale: torch.Tensor, name: str | None) -> None:
     if packed.dim() != 2 or scale.dim() != 2:
-        raise FormatError(name, f"MXFP4 weight and scale must be 2-D, got {tuple(packed.shape)} and {tuple(scale.shape)}")
+        raise FormatError(
+            name, f"MXFP4 weight and scale must be 2-D, got {tuple(packed.shape)} and {tuple(scale.shape)}"
+        )
     n, half_k = packed.shape
     want = (n, (2 * half_k) // MXFP4_GROUP)
     if (2 * half_k) % MXFP4_GROUP or tuple(scale.shape) != want:
-        raise FormatError(name, f"MXFP4 scale shape {tuple(scale.shape)} does not fit weight {tuple(packed.shape)} (expected {want})")
+        raise FormatError(
+            name, f"MXFP4 scale shape {tuple(scale.shape)} does not fit weight {tuple(packed.shape)} (expected {want})"
+        )
 
 
 def mxfp4_dequantize(packed: torch.Tensor, scale: torch.Tensor, name: str | None = None) -> torch.Tensor:

@@ -44,7 +44,6 @@ context length. It does not synchronise with the host on CUDA while a graph is b
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 

@@ -25,13 +25,11 @@ import struct
 from typing import Any, Mapping, Optional
 
 import torch
+from sglang.srt.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
-from .. import QUANT_METHOD
-from .. import rules
+from .. import QUANT_METHOD, rules
 from ..formats.constants import INT4_GROUP
 from ..schema import Dsv4IntSchema, parse_quantization_config
-
-from sglang.srt.layers.quantization.base_config import QuantizationConfig, QuantizeMethodBase
 
 logger = logging.getLogger("sglang_ampere")
 
@@ -78,7 +76,7 @@ def checkpoint_dir_of(hf_config: Any) -> Optional[str]:
         from sglang.srt.utils import find_local_repo_dir
 
         local = find_local_repo_dir(path)
-    except Exception:  # noqa: BLE001 - a missing cache just means "not local"
+    except Exception:  # a missing cache just means "not local"
         local = None
     return local if local and os.path.isdir(local) else None
 
@@ -213,7 +211,8 @@ class Dsv4IntConfig(QuantizationConfig):
             else:
                 raise Dsv4IntError(
                     f"{module}.weight has dtype {dtype}; a dsv4_int dense layer must be INT8 "
-                    f"({rules.DENSE_INT8_DTYPES[self.strategy]}) or BF16. Re-convert the checkpoint with `sglang-ampere convert`."
+                    f"({rules.DENSE_INT8_DTYPES[self.strategy]}) or BF16. Re-convert the checkpoint with "
+                    "`sglang-ampere convert`."
                 )
         if len(set(kinds.values())) > 1:
             hint = (" Run with SGLANG_OPT_FUSE_WQA_WKV=0 (the sm80/sm86 presets of "

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..checking import require, require_close, require_cuda_sm80, rel_frobenius
+from ..checking import rel_frobenius, require, require_close, require_cuda_sm80
 
 #: Relative (Frobenius) error bound, BF16 activations / outputs.
 TOL = 1e-2
@@ -66,7 +66,9 @@ def make_int8_layer(strategy: str, n: int, k: int, device: str, gen: torch.Gener
     return method, layer, original
 
 
-def check_int8_linear(strategy: str, device: str = "cuda", shapes=DENSE_SHAPES, tokens=DENSE_TOKENS, seed: int = 0) -> str:
+def check_int8_linear(
+    strategy: str, device: str = "cuda", shapes=DENSE_SHAPES, tokens=DENSE_TOKENS, seed: int = 0
+) -> str:
     from .int8_linear import reference_linear
 
     _require_ampere(device)
@@ -106,7 +108,10 @@ def make_moe_layer(backend: str, device: str, gen: torch.Generator, experts: int
     for name in ("w13_weight_scale_inv", "w2_weight_scale_inv"):
         p = getattr(layer, name)
         p.data.copy_(((torch.rand(tuple(p.shape), generator=gen) + 0.5) * 2.0 ** -6).to(torch.bfloat16))
-    original = {n: getattr(layer, n).data.clone() for n in ("w13_weight", "w13_weight_scale_inv", "w2_weight", "w2_weight_scale_inv")}
+    original = {
+        n: getattr(layer, n).data.clone()
+        for n in ("w13_weight", "w13_weight_scale_inv", "w2_weight", "w2_weight_scale_inv")
+    }
     cfg = MoeRunnerConfig(num_experts=experts, num_local_experts=experts, hidden_size=hidden,
                           intermediate_size_per_partition=inter, top_k=topk, params_dtype=torch.bfloat16,
                           routed_scaling_factor=ROUTED_SCALING, swiglu_limit=SWIGLU_LIMIT, inplace=False)
@@ -148,8 +153,17 @@ def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, to
         err = rel_frobenius(got, ref)
         require_close(f"{backend} MoE M={m}", "relative error", err, TOL)
         worst = max(worst, err)
-        unclamped = reference_moe(x, o["w13_weight"], o["w13_weight_scale_inv"], o["w2_weight"], o["w2_weight_scale_inv"],
-                                  w.to(device), ids.to(device), None, scale)
+        unclamped = reference_moe(
+            x,
+            o["w13_weight"],
+            o["w13_weight_scale_inv"],
+            o["w2_weight"],
+            o["w2_weight_scale_inv"],
+            w.to(device),
+            ids.to(device),
+            None,
+            scale,
+        )
         clamp_effect = max(clamp_effect, rel_frobenius(unclamped, ref))
     return (f"E={shape['experts']} H={shape['hidden']} I={shape['inter']} top{shape['topk']} M{list(tokens)}: "
             f"worst rel err {worst:.1e} ({method.active}); SwiGLU clamp changes the output by {clamp_effect:.0%}")

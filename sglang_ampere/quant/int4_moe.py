@@ -39,14 +39,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 from torch.nn import Parameter
 
 from .. import envvars
 from ..formats.constants import INT4_GROUP
 from ..formats.int4 import int4_group_dequantize
 from . import marlin_layout
-
-from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 
 logger = logging.getLogger("sglang_ampere")
 
@@ -118,7 +117,7 @@ class Dsv4Int4MoEMethod(FusedMoEMethodBase):
 
     def create_moe_runner(self, layer: torch.nn.Module, moe_runner_config) -> None:
         # Importing the runner modules registers their fused functions with FusedOpPool.
-        import sglang.srt.layers.moe.moe_runner.marlin  # noqa: F401
+        import sglang.srt.layers.moe.moe_runner.marlin
         import sglang.srt.layers.moe.moe_runner.triton  # noqa: F401
         from sglang.srt.layers.moe.moe_runner import MoeRunner
         from sglang.srt.layers.moe.utils import MoeRunnerBackend
@@ -195,7 +194,9 @@ class Dsv4Int4MoEMethod(FusedMoEMethodBase):
             return self.runner.run(dispatch_output, self.get_triton_quant_info(layer))
         x = dispatch_output.hidden_states
         if not hasattr(topk_output, "topk_ids"):
-            raise ValueError(f"{self.prefix}: the torch reference MoE needs standard top-k output, got {topk_output.format}")
+            raise ValueError(
+                f"{self.prefix}: the torch reference MoE needs standard top-k output, got {topk_output.format}"
+            )
         cfg = self.moe_runner_config
         out = reference_moe(
             x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight, layer.w2_weight_scale_inv,

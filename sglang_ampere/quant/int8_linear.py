@@ -27,14 +27,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from sglang.srt.layers.quantization.base_config import LinearMethodBase
 from torch.nn import Parameter
 
 from ..formats.blocks import block_scale_shape
 from ..formats.constants import BLOCK
 from ..formats.int8 import int8_block_dequantize, uint8_channel_dequantize
 from . import marlin_layout
-
-from sglang.srt.layers.quantization.base_config import LinearMethodBase
 
 logger = logging.getLogger("sglang_ampere")
 

@@ -31,7 +31,9 @@ from ..formats.errors import FormatError, check_dtype
 
 def _rows_as_int32(rows_bytes: torch.Tensor, name: str | None) -> torch.Tensor:
     if rows_bytes.shape[-1] % 4:
-        raise FormatError(name, f"row length {rows_bytes.shape[-1]} bytes is not a multiple of 4; cannot form int32 GPTQ words")
+        raise FormatError(
+            name, f"row length {rows_bytes.shape[-1]} bytes is not a multiple of 4; cannot form int32 GPTQ words"
+        )
     return rows_bytes.contiguous().view(torch.int32)
 
 
@@ -59,7 +61,9 @@ def uint8_channel_to_gptq(u: torch.Tensor, name: str | None = None) -> torch.Ten
     return _rows_as_int32(u, name).t().contiguous()
 
 
-def block_scales_to_groups(scale: torch.Tensor, n: int, k: int, name: str | None = None, block: int = BLOCK) -> torch.Tensor:
+def block_scales_to_groups(
+    scale: torch.Tensor, n: int, k: int, name: str | None = None, block: int = BLOCK
+) -> torch.Tensor:
     """BF16 block scales ``[ceil(N/b), ceil(K/b)]`` -> group-``b`` scales ``[K/b, N]``."""
     if k % block:
         raise FormatError(name, f"K={k} is not a multiple of {block}; Marlin group-{block} scales need whole groups")

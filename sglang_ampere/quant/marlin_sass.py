@@ -55,14 +55,19 @@ def instantiations(kind: str) -> list[str]:
     if kind == "dense":
         for group_blocks in (8, -1):
             for threads, m, n, k, m8 in _tiles(DENSE_M1, DENSE_M234):
-                out.append(f"sglang::device::marlin::Marlin<__nv_bfloat16, sglang::host::kU8B128.id(), {threads}, {m}, {n}, {k}, "
-                           f"{_b(m8)}, sglang::device::marlin::pipe_stages, {group_blocks}, false>")
+                out.append(
+                    f"sglang::device::marlin::Marlin<__nv_bfloat16, sglang::host::kU8B128.id(), {threads}, {m}, {n}, "
+                    f"{k}, {_b(m8)}, sglang::device::marlin::pipe_stages, {group_blocks}, false>"
+                )
     elif kind == "moe":
         for zero_inactive in (False, True):
             for threads, m, n, k, m8 in _tiles(MOE_M1, MOE_M234):
-                out.append(f"sglang::device::marlin_moe::Marlin<__nv_bfloat16, sglang::host::kU4B8.id(), sglang::host::kBFloat16.id(), "
-                           f"{threads}, {m}, {n}, {k}, {_b(m8)}, sglang::device::marlin::pipe_stages, 2, false, "
-                           f"false, false, true, {_b(zero_inactive)}, true>")
+                out.append(
+                    "sglang::device::marlin_moe::Marlin<__nv_bfloat16, sglang::host::kU4B8.id(), "
+                    "sglang::host::kBFloat16.id(), "
+                    f"{threads}, {m}, {n}, {k}, {_b(m8)}, sglang::device::marlin::pipe_stages, 2, false, "
+                    f"false, false, true, {_b(zero_inactive)}, true>"
+                )
     else:
         raise ValueError(f"kind must be 'dense' or 'moe', got {kind!r}")
     return out
@@ -192,7 +197,7 @@ def config_of(kind: str, demangled: str) -> dict:
     if kind == "dense":   # scalar, w_type, threads, m, n, k, m8, stages, group_blocks, zp_float
         threads, m, n, k, m8, _, group = a[2:9]
         variant = "g128 (block)" if group == "8" else "per-channel"
-    else:                 # scalar, w_type, s_type, threads, m, n, k, m8, stages, group, zp, ep, bias, sorted, zero, prefix
+    else:  # scalar, w_type, s_type, threads, m, n, k, m8, stages, group, zp, ep, bias, sorted, zero, prefix
         threads, m, n, k, m8, _, group = a[3:10]
         variant = "GEMM2 (down)" if a[14] == "true" else "GEMM1 (gate/up)"
     return {"variant": variant, "threads": int(threads), "m": int(m), "n": int(n), "k": int(k), "m8": m8 == "true"}
@@ -224,22 +229,29 @@ def section_markdown(results: list[BuildResult], when: str) -> str:
     ]
     for r in results:
         rows = marlin_kernels(r)
-        title = {"dense": "W8A16 dense (`gptq_marlin`, uint8b128, BF16)",
-                 "moe": "W4A16 MoE (`moe_wna16_marlin`, uint4b8 group 32, BF16 scales; EP off, sorted ids, inactive-prefix count)"}[r.kind]
+        title = {
+            "dense": "W8A16 dense (`gptq_marlin`, uint8b128, BF16)",
+            "moe": "W4A16 MoE (`moe_wna16_marlin`, uint4b8 group 32, BF16 scales; EP off, sorted ids, "
+                   "inactive-prefix count)",
+        }[r.kind]
         total_hmma = sum(s.hmma for _, s in rows)
         lines += [
-            f"### {title}, sm_{r.arch}", "",
+            f"### {title}, sm_{r.arch}",
+            "",
             f"{len(rows)} kernels, built in {r.seconds:.0f} s. ELF: {', '.join('sm_' + a for a in r.elf_archs)}; "
             f"PTX embedded: {'yes' if r.has_ptx else 'no'}. HMMA: {total_hmma} (all BF16: "
             f"{'yes' if all(s.hmma == s.hmma_bf16 for _, s in rows) else 'NO'}). IMMA: {sum(s.imma for _, s in rows)}. "
             f"BPT.TRAP (all kernels in the object): {sum(s.traps for s in r.kernels.values())}.",
             "",
-            "| variant | threads | m blocks | n blocks | k blocks | m=8 | registers | stack B | spill st/ld B | HMMA | LDL/STL |",
+            "| variant | threads | m blocks | n blocks | k blocks | m=8 | registers | stack B | spill st/ld B | HMMA "
+            "| LDL/STL |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c, s in rows:
-            lines.append(f"| {c['variant']} | {c['threads']} | {c['m']} | {c['n']} | {c['k']} | {'yes' if c['m8'] else 'no'} | "
-                         f"{s.registers} | {s.stack} | {s.spill_stores}/{s.spill_loads} | {s.hmma} | {s.ldl}/{s.stl} |")
+            lines.append(
+                f"| {c['variant']} | {c['threads']} | {c['m']} | {c['n']} | {c['k']} | {'yes' if c['m8'] else 'no'} | "
+                f"{s.registers} | {s.stack} | {s.spill_stores}/{s.spill_loads} | {s.hmma} | {s.ldl}/{s.stl} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
