@@ -56,7 +56,8 @@ REASON = {
 #: What to change, by a phrase of SGLang's refusal (the refusal itself is always quoted).
 HINTS = (
     ("PP + speculative decoding", f"set {PP_SPEC_VAR}=1 (launch --speculative mtp does), or --pp-size 1"),
-    ("SGLANG_ENABLE_PP_SPEC is not compatible", "drop the option it names, or unset SGLANG_ENABLE_PP_SPEC and use --pp-size 1"),
+    ("SGLANG_ENABLE_PP_SPEC is not compatible",
+     "drop the option it names, or unset SGLANG_ENABLE_PP_SPEC and use --pp-size 1"),
     ("topk == 1", "use --speculative-eagle-topk 1 (or launch --speculative mtp)"),
     ("Pipeline parallel DSPARK", "use --speculative mtp with --pp-size > 1, or --pp-size 1 for dspark"),
     ("DSpark pipeline parallelism", "use --speculative mtp with --pp-size > 1, or --pp-size 1 for dspark"),

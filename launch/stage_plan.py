@@ -21,9 +21,10 @@ from .topology import Topology
 
 VAR = "SGLANG_PP_LAYER_PARTITION"
 #: SGLang 0.5.23's values when the arguments are not given: DeepSeek-V4 sets 256 running
-#: requests (48 with speculative decoding, ``speculative_hook``); the DSV4 SWA ratio default
-#: is 0.1 (``pool_configurator.DSV4_DEFAULT_SWA_FULL_TOKENS_RATIO``).
-DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC, DEFAULT_SWA = 256, 48, 0.1
+#: requests (48 with speculative decoding, ``speculative_hook``); the window-cache ratio is
+#: :data:`sglang_ampere.plan.SGLANG_DSV4_SWA_RATIO`.
+DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC = 256, 48
+DEFAULT_SWA = plan_mod.SGLANG_DSV4_SWA_RATIO
 
 
 @dataclass
@@ -41,7 +42,8 @@ def speculative_of(server: ServerArgv) -> str:
 
 def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
     spec = speculative_of(server)
-    running = server.value("max_running_requests") or (DEFAULT_MAX_RUNNING_SPEC if spec != "none" else DEFAULT_MAX_RUNNING)
+    running = server.value("max_running_requests") or (
+        DEFAULT_MAX_RUNNING_SPEC if spec != "none" else DEFAULT_MAX_RUNNING)
     return plan_mod.Settings(
         context_length=int(server.value("context_length") or model.config["max_position_embeddings"]),
         max_running_requests=int(running),

@@ -112,8 +112,12 @@ PAGE_SIZE = 256                      # forced for DSV4 (model_overrides/deepseek
 KV_ROW_BYTES = 448 + 64 * 2 + 8      # FP8 NoPE + BF16 RoPE + 7 UE8M0 scales + pad (V4 layout)
 KV_PAGE_ALIGN = 576                  # V4 layout page stride unit
 COMPRESS_STATE_BYTES = 4             # SGLANG_DSV4_COMPRESS_STATE_DTYPE default float32
-#: SGLang's default when --swa-full-tokens-ratio is not given; the sm80/86/89 presets give 0.05.
+#: The sm80/86/89 presets' --swa-full-tokens-ratio (plan's default).
 DEFAULT_SWA_RATIO = 0.05
+#: What SGLang 0.5.23 uses for DeepSeek-V4 when --swa-full-tokens-ratio is not given: its model
+#: override sets 0.1 (``arg_groups/model_overrides/deepseek_v4.py``), which then counts as set, so
+#: the pool is sized by ratio, never by the request cap.
+SGLANG_DSV4_SWA_RATIO = 0.1
 DEFAULT_CHUNKED_PREFILL = 4096
 #: EAGLE with the checkpoint's MTP layer: what SGLang 0.5.23 picks for DeepSeek itself
 #: (``_auto_choose_speculative_params``): 3 chained steps of the one MTP layer, top-k 1
@@ -394,7 +398,8 @@ def _share(split_and_rep: tuple[int, int], tp: int) -> int:
     return -(-split // tp) + rep
 
 
-def stage_weights(model: Model, layers: range, first: bool, last: bool, speculative: str, pp: int, tp: int) -> dict[str, int]:
+def stage_weights(model: Model, layers: range, first: bool, last: bool, speculative: str, pp: int,
+                  tp: int) -> dict[str, int]:
     w: dict[str, int] = {"layers": sum(_share(model.units[f"layer.{i}"], tp) for i in layers)}
     kinds = {model.ratio(i) != 0 for i in layers}
     if first:
@@ -556,10 +561,12 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
         raise PlanError(f"--speculative dspark with pp {pp}: SGLang 0.5.23 runs DSpark over pipeline parallelism "
                         "only on PD prefill nodes; use --speculative mtp, or pp 1 (--tp-size equal to the GPU count)")
     if tp > gpus // nodes:
-        notes.append(f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP all-reduce over the network is slow")
+        notes.append(f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP all-reduce over the "
+                     "network is slow")
     heads = int(model.config["num_attention_heads"])
     if heads % tp or int(model.config["o_groups"]) % tp:
-        raise PlanError(f"--tp-size {tp} does not divide the {heads} heads and {model.config['o_groups']} output groups")
+        raise PlanError(f"--tp-size {tp} does not divide the {heads} heads and {model.config['o_groups']} "
+                        "output groups")
     mem = int(mem_gib * GIB)
     world = gpus
     dflt = default_partition(model.num_layers, pp) if pp <= model.num_layers else []
@@ -574,7 +581,8 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
         short = -worst.free_bytes
         raise PlanError(
             f"{gpus} x {mem_gib:g} GiB (tp {tp} x pp {pp}) cannot hold the model: stage {worst.rank} "
-            f"({worst.layers} layers) needs {(worst.weight_bytes + worst.reserve_bytes + worst.kv_fixed_bytes) / GIB:.2f} GiB "
+            f"({worst.layers} layers) needs "
+            f"{(worst.weight_bytes + worst.reserve_bytes + worst.kv_fixed_bytes) / GIB:.2f} GiB "
             f"(weights {worst.weight_bytes / GIB:.2f} + reserves {worst.reserve_bytes / GIB:.2f}) of "
             f"{mem_gib:g} GiB, {short / GIB:.2f} GiB short even before any KV cache; add GPUs, use larger "
             "ones, or lower --context-length / --chunked-prefill-size")

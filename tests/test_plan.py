@@ -197,36 +197,50 @@ def sglang_plugin():
     load_plugins()
 
 
-@pytest.mark.parametrize("spec", [False, True], ids=["no_spec", "mtp"])
-def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, spec):
+KV_CASES = [(0.05, False, 1), (0.05, True, 1), (0.05, True, 12), (None, False, 1), (None, True, 1),
+            (None, False, 12), (None, True, 12)]
+
+
+@pytest.mark.parametrize("swa,spec,pp", KV_CASES,
+                         ids=[f"{'unset' if r is None else r}-{'mtp' if m else 'nospec'}-pp{p}"
+                              for r, m, p in KV_CASES])
+def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, spec, pp):
+    """The presets' --swa-full-tokens-ratio and none given (SGLang then uses its DeepSeek-V4 override,
+    0.1), with and without MTP, pp 1 and pp 12, against SGLang's DSV4PoolConfigurator."""
     from types import SimpleNamespace as NS
 
     from sglang.srt.arg_groups.model_override_base import model_config_of
     from sglang.srt.model_executor.pool_configurator import DSV4PoolConfigurator
-    from sglang.srt.runtime_context import SpawnRanks, publish, reset_context
+    from sglang.srt.runtime_context import SpawnRanks, get_schedule, publish, reset_context
     from sglang.srt.server_args import ServerArgs
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
     extra = dict(speculative_algorithm="EAGLE", speculative_num_steps=P.MTP_STEPS,
                  speculative_eagle_topk=P.MTP_TOPK, speculative_num_draft_tokens=P.MTP_DRAFT_TOKENS) if spec else {}
+    if swa is not None:
+        extra["swa_full_tokens_ratio"] = swa
     reset_context()
-    sa = ServerArgs(model_path=str(real), max_running_requests=16, swa_full_tokens_ratio=0.05,
-                    chunked_prefill_size=4096, device="cuda", **extra)
+    sa = ServerArgs(model_path=str(real), max_running_requests=16, chunked_prefill_size=4096, device="cuda",
+                    pp_size=pp, **extra)
     publish(sa, role="test", ranks=SpawnRanks(world_rank=0))
     mc = model_config_of(sa)
     config = json.loads((real / "config.json").read_text())
     try:
+        ratio = P.SGLANG_DSV4_SWA_RATIO if swa is None else swa
+        got_ratio = get_schedule().swa_full_tokens_ratio
+        require(got_ratio == ratio, f"SGLang's SWA ratio {got_ratio}, expected {ratio}")
         for a, b in [(0, 3), (3, 6), (12, 16), (40, 43), (0, 43)]:
             kvc = NS(kv_cache_dtype_str="fp8_e4m3", model_config=mc, layer_info=NS(start_layer=a, end_layer=b),
-                     pp_size=12, pp_group=NS(rank_in_group=0), sliding_window_size=128, page_size=256,
+                     pp_size=pp, pp_group=NS(rank_in_group=0), sliding_window_size=128, page_size=256,
                      attn_dp_size=1, spec_algorithm=SpeculativeAlgorithm.from_string("EAGLE" if spec else None),
                      spec_aux_config=None)
             theirs = DSV4PoolConfigurator(kvc)
-            ours = P.kv_model(config, range(a, b), swa_ratio=0.05, max_running_requests=16, speculative=spec)
+            ours = P.kv_model(config, range(a, b), swa_ratio=ratio, max_running_requests=16, speculative=spec)
             require(abs(theirs.bytes_per_full_token - ours.bytes_per_token) < 1e-9,
                     f"layers {a}-{b}: per token {ours.bytes_per_token} != SGLang {theirs.bytes_per_full_token}")
             require(abs(theirs.bytes_per_swa_token - ours.bytes_per_swa_token) < 1e-9, f"layers {a}-{b}: SWA")
-            require(theirs._get_c128_state_fixed_bytes(16) == ours.fixed_bytes, f"layers {a}-{b}: c128 state")
+            fixed = theirs._get_c128_state_fixed_bytes(16) + theirs._get_swa_fixed_bytes()
+            require(abs(fixed - ours.fixed_bytes) <= 1, f"layers {a}-{b}: fixed {ours.fixed_bytes} != SGLang {fixed}")
             for budget in (1 << 30, 5 << 30):
                 got = theirs.calculate_pool_sizes(budget, 256).max_total_num_tokens
                 require(got == P.pool_tokens(budget, ours), f"layers {a}-{b}: tokens {P.pool_tokens(budget, ours)} "
@@ -246,7 +260,7 @@ def _meta_model_bytes(folder, draft: bool):
         _initialize_model,
         set_default_torch_dtype,
     )
-    from sglang_cpu import init_sglang_cpu
+    from helpers.sglang_cpu import init_sglang_cpu
 
     init_sglang_cpu()
     mc = ModelConfig(str(folder), dtype="bfloat16", is_draft_model=draft)
