@@ -65,5 +65,6 @@ def test_mtp_draft_backends_are_hooked():
     require(steps == [True, True, True] and set(step_classes) == {"DeepseekV4AttnBackend"},
             f"per-step draft backends {step_classes} hooked={steps}")
     name, cls, applied = res["extend"]
-    require(name == "dsv4" and cls == "DeepseekV4AttnBackend" and applied, f"draft extend backend {cls} hooked={applied}")
+    require(name == "dsv4" and cls == "DeepseekV4AttnBackend" and applied,
+            f"draft extend backend {cls} hooked={applied}")
     require(len(res["built"]) == 5, f"every backend ran the (recorded) original __init__: {res['built']}")
