@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from convert_testlib import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
+from helpers.convert import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
 from reference_testlib import converted, tiny_native
 from safetensors.torch import load_file
 
@@ -131,6 +131,7 @@ def test_cli_text_input_uses_the_checkpoint_tokenizer(ck, tmp_path, capsys):
         ("missing", "missing tensors ['layers.1.attn.wkv.weight']"),
         ("unknown", "quant_method 'awq'"),
         ("decode", "--decode 200 must be between 0"),
+        ("device", "no CUDA device is available here"),
     ],
 )
 def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
@@ -142,6 +143,10 @@ def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
         extra = ["--max-tokens", "10"]
     elif case == "decode":
         extra = ["--decode", "200"]
+    elif case == "device":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra = ["--device", "cuda"]
     elif case == "missing":
         model = copy_ckpt(ck["mse"], tmp_path / "m")
         mutate_shard(
