@@ -284,6 +284,9 @@ class KvModel:
     bytes_per_token: float        # per full-attention token of context
     bytes_per_swa_token: float
     fixed_bytes: int              # request-scoped pools (c128 compressor state)
+    #: bytes_per_token by layer type: "window" (window cache + c4 compressor rings, at the SWA
+    #: ratio), "c4" (compressed cache), "c4_index" (index keys), "c128" (compressed cache).
+    by_type: dict = field(default_factory=dict)
 
 
 def kv_model(config: dict, layers: range, *, swa_ratio: float, max_running_requests: int,
@@ -296,18 +299,21 @@ def kv_model(config: dict, layers: range, *, swa_ratio: float, max_running_reque
     rings = ring_sizes(speculative)
     c4_state = 2 * 2 * head_dim * COMPRESS_STATE_BYTES + 2 * 2 * index_dim * COMPRESS_STATE_BYTES
     swa = paged_bytes_per_token(PAGE_SIZE) * n + rings[4] / PAGE_SIZE * c4_state * n4
-    full = swa_ratio * swa
-    full += n4 * (paged_bytes_per_token(PAGE_SIZE // 4) / 4 + indexer_bytes_per_token(index_dim) / 4)
-    full += n128 * paged_bytes_per_token(PAGE_SIZE // 128) / 128
+    by_type = {"window": swa_ratio * swa,
+               "c4": n4 * paged_bytes_per_token(PAGE_SIZE // 4) / 4,
+               "c4_index": n4 * indexer_bytes_per_token(index_dim) / 4,
+               "c128": n128 * paged_bytes_per_token(PAGE_SIZE // 128) / 128}
+    full = by_type["window"] + by_type["c4"] + by_type["c4_index"] + by_type["c128"]
     if speculative and n:
         infl = (n + 1) / n
         full, swa = full * infl, swa * infl
+        by_type = {k: v * infl for k, v in by_type.items()}
     fixed = 0
     if n128:
         rows = (max_running_requests + 1) * rings[128] + rings[128] + 1
         rows = -(-rows // 128) * 128
         fixed = rows * 2 * head_dim * COMPRESS_STATE_BYTES * n128
-    return KvModel(full, swa, fixed)
+    return KvModel(full, swa, fixed, by_type)
 
 
 def pool_tokens(available: float, kv: KvModel) -> int:
@@ -384,6 +390,7 @@ class Stage:
     free_bytes: int
     reserves: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)
+    kv_bytes_per_token_by_type: dict = field(default_factory=dict)
     pool_tokens: int = 0          # KV tokens this stage alone could hold in free_bytes
     sglang_headroom_bytes: int = 0   # left outside SGLang's pool at --mem-fraction-static
 
@@ -425,6 +432,7 @@ def build_stage(model: Model, rank: int, layers: range, pp: int, tp: int, world:
     wb, rb = sum(weights.values()), sum(res.values())
     free = mem - wb - rb - kv.fixed_bytes
     return Stage(rank, len(layers), layers.start, wb, kv.bytes_per_token, kv.fixed_bytes, rb, free, res, weights,
+                 kv_bytes_per_token_by_type={k: round(v, 3) for k, v in kv.by_type.items()},
                  pool_tokens=max(0, int(free // kv.bytes_per_token)) // PAGE_SIZE * PAGE_SIZE if free > 0 else 0)
 
 

@@ -239,6 +239,13 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
             require(abs(theirs.bytes_per_full_token - ours.bytes_per_token) < 1e-9,
                     f"layers {a}-{b}: per token {ours.bytes_per_token} != SGLang {theirs.bytes_per_full_token}")
             require(abs(theirs.bytes_per_swa_token - ours.bytes_per_swa_token) < 1e-9, f"layers {a}-{b}: SWA")
+            parts = ours.by_type
+            require(abs(sum(parts.values()) - ours.bytes_per_token) < 1e-9, "the per-type parts add up")
+            infl = (b - a + 1) / (b - a) if spec else 1.0
+            c128 = infl * theirs._compressed_bytes_per_full_token(128) * theirs.num_layers(128)
+            window = ratio * theirs.bytes_per_swa_token
+            require(abs(parts["window"] - window) < 1e-9 and abs(parts["c128"] - c128) < 1e-9,
+                    f"layers {a}-{b}: window / c128 parts against SGLang's")
             fixed = theirs._get_c128_state_fixed_bytes(16) + theirs._get_swa_fixed_bytes()
             require(abs(fixed - ours.fixed_bytes) <= 1, f"layers {a}-{b}: fixed {ours.fixed_bytes} != SGLang {fixed}")
             for budget in (1 << 30, 5 << 30):
@@ -252,6 +259,7 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
 def _meta_model_bytes(folder, draft: bool):
     """Per-unit bytes of SGLang's real model built on the meta device (params + distinct buffers)."""
     import torch
+    from helpers.sglang_cpu import init_sglang_cpu
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.model_loader.loader import (
@@ -260,7 +268,6 @@ def _meta_model_bytes(folder, draft: bool):
         _initialize_model,
         set_default_torch_dtype,
     )
-    from helpers.sglang_cpu import init_sglang_cpu
 
     init_sglang_cpu()
     mc = ModelConfig(str(folder), dtype="bfloat16", is_draft_model=draft)
