@@ -165,3 +165,18 @@ def test_cli_bad_input_gets_a_clear_error(ck, tmp_path, capsys, case, needle):
         (model / "config.json").write_text(json.dumps(cfg))
     assert cli("eval", model, "--tokens", tokens, "--quiet", *extra) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_mtp_block_figures(ck):
+    r = evaluate(ck["mse"], ck["ids"], ck["native"], decode=3, dtype="float32", stream=False, mtp=True)
+    m = r["mtp"]
+    assert 0 < m["kl_mean"] <= m["kl_max"] < 5 and 0.3 < m["top1_agreement"] < 1 and m["ppl"] > 1
+    same = evaluate(ck["native"], ck["ids"], ck["native"], dtype="float32", stream=False, mtp=True)["mtp"]
+    assert same["kl_max"] == 0 and same["top1_agreement"] == 1 and same["ppl"] == pytest.approx(m["ref_ppl"], rel=1e-9)
+    # the MTP logits are those of the block run on the main model's last streams
+    mod = ReferenceModel(ck["native"], dtype=torch.float32, stream=False)
+    ids = torch.tensor(ck["ids"])
+    _, R = mod.forward(ids, 0, new_caches(mod.cfg), return_streams=True)
+    lg = mod.mtp(R[:-1], ids[1:], 0, new_caches(mod.cfg))
+    lp = torch.log_softmax(lg[:-1].double(), -1)
+    assert same["ppl"] == pytest.approx(float(torch.exp(-lp.gather(1, ids[2:].view(-1, 1)).mean())), rel=1e-6)

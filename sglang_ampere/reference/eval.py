@@ -39,10 +39,11 @@ DEFAULT_MAX_TOKENS = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def check_complete(ckpt: Checkpoint) -> None:
-    """Every tensor the main model needs is present (a BF16-kept dense tensor has no .scale)."""
+def check_complete(ckpt: Checkpoint, mtp: bool = False) -> None:
+    """Every tensor the main model (and the MTP block) needs is present (a BF16-kept dense
+    tensor has no .scale)."""
     inv = native_inventory(ckpt.config)
-    missing = [n for n in inv if not n.startswith("mtp.") and not n.endswith(".scale") and n not in ckpt.where]
+    missing = [n for n in inv if (mtp or not n.startswith("mtp.")) and not n.endswith(".scale") and n not in ckpt.where]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ReferenceError(f"{ckpt.path}: missing tensors {missing[:5]}{more}")
@@ -84,7 +85,14 @@ class _Run:
     """One model over the sequence: logits [T, V] f32 and (optionally) per-layer hidden states."""
 
     def __init__(
-        self, model: ReferenceModel, ids: torch.Tensor, decode: int, keep_hidden: bool = False, on_hidden=None, bar=None
+        self,
+        model: ReferenceModel,
+        ids: torch.Tensor,
+        decode: int,
+        keep_hidden: bool = False,
+        on_hidden=None,
+        bar=None,
+        mtp: bool = False,
     ):
         T = ids.numel()
         P = T - decode
@@ -101,7 +109,10 @@ class _Run:
         caches = new_caches(model.cfg)
         t0 = time.perf_counter()
         chunks = [(0, P)] + [(p, p + 1) for p in range(P, T)]
-        self.logits = model.forward_chunks(ids, chunks, caches, hidden=hook).cpu()
+        self.logits, R = model.forward_chunks(ids, chunks, caches, hidden=hook, return_streams=True)
+        self.logits = self.logits.cpu()
+        # MTP: from the streams at t and the token t+1, the distribution of token t+2 (one prefill)
+        self.mtp_logits = model.mtp(R[:-1], ids[1:], 0, new_caches(model.cfg)).cpu() if mtp else None
         self.seconds = time.perf_counter() - t0
         self.hidden = hidden
 
@@ -137,6 +148,7 @@ def evaluate(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     stream: bool = True,
     progress: bool = False,
+    mtp: bool = False,
 ) -> dict:
     """Run MODEL (and REF) over ``ids``; returns the report (see the module docstring) and logits."""
     if dtype not in DTYPES:
@@ -157,7 +169,11 @@ def evaluate(
         raise ReferenceError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     cks = [Checkpoint(model_path)] + ([Checkpoint(against)] if against is not None else [])
     for ck in cks:
-        check_complete(ck)
+        check_complete(ck, mtp)
+        if mtp and int(ck.config.get("num_nextn_predict_layers", 0)) < 1:
+            raise ReferenceError(f"--mtp: {ck.path} has no MTP layer (num_nextn_predict_layers is 0)")
+    if mtp and T < 3:
+        raise ReferenceError("--mtp needs at least 3 tokens")
     if against is not None and cks[0].config["num_hidden_layers"] != cks[1].config["num_hidden_layers"]:
         raise ReferenceError(
             f"MODEL has {cks[0].config['num_hidden_layers']} layers, REF {cks[1].config['num_hidden_layers']}: "
@@ -179,7 +195,7 @@ def evaluate(
     try:
         ref_run = None
         if against is not None:
-            ref_run = _Run(models[1], ids, decode, keep_hidden=True, bar=bar)
+            ref_run = _Run(models[1], ids, decode, keep_hidden=True, bar=bar, mtp=mtp)
         sums: dict[int, list[float]] = {}
         counters: dict[int, int] = {}
 
@@ -193,7 +209,7 @@ def evaluate(
             s[0] += float((r**2).sum())
             s[1] += float(((r - R.double().cpu()) ** 2).sum())
 
-        run = _Run(models[0], ids, decode, on_hidden=compare, bar=bar)
+        run = _Run(models[0], ids, decode, on_hidden=compare, bar=bar, mtp=mtp)
     finally:
         if bar is not None:
             bar.close()
@@ -217,6 +233,18 @@ def evaluate(
         report["kl"] = {"mean": float(kl.mean()), "p95": float(torch.quantile(kl, 0.95)), "max": float(kl.max())}
         report["top1_agreement"] = top1
         report["layer_snr_db"] = [_snr_db(*sums[i]) for i in sorted(sums)]
+    if mtp:
+        report["mtp"] = {"ppl": math.exp(_nll(run.mtp_logits, ids[1:]))}
+        if ref_run is not None:
+            kl, top1 = _kl_top1(ref_run.mtp_logits, run.mtp_logits)
+            report["mtp"].update(
+                {
+                    "ref_ppl": math.exp(_nll(ref_run.mtp_logits, ids[1:])),
+                    "kl_mean": float(kl.mean()),
+                    "kl_max": float(kl.max()),
+                    "top1_agreement": top1,
+                }
+            )
     report["_logits"] = run.logits
     return report
 
@@ -236,6 +264,12 @@ def format_report(r: dict) -> str:
         lines.append(f"KL(REF || MODEL) nats/token: mean {k['mean']:.3e}  p95 {k['p95']:.3e}  max {k['max']:.3e}")
         lines.append(f"top-1 agreement: {r['top1_agreement']:.4f}")
         lines.append("hidden-state SNR dB per layer: " + " ".join(f"{s:.1f}" for s in r["layer_snr_db"]))
+    if "mtp" in r:
+        m = r["mtp"]
+        line = f"MTP block (token t+2): perplexity {m['ppl']:.4f}"
+        if "kl_mean" in m:
+            line += f", KL mean {m['kl_mean']:.3e} max {m['kl_max']:.3e}, top-1 agreement {m['top1_agreement']:.4f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -274,6 +308,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--in-memory", action="store_true", help="keep every layer's weights resident instead of streaming them"
     )
+    p.add_argument("--mtp", action="store_true", help="also run the MTP block (the draft) and compare its predictions")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -291,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
             args.max_tokens,
             stream=not args.in_memory,
             progress=not args.quiet,
+            mtp=args.mtp,
         )
         logits = r.pop("_logits")
         if args.dump_logits is not None:

@@ -500,7 +500,8 @@ class ReferenceModel:
         chunks: list[tuple[int, int]],
         caches: list[LayerCache],
         hidden: Callable[[int, torch.Tensor], None] | None = None,
-    ) -> torch.Tensor:
+        return_streams: bool = False,
+    ):
         """Logits ``f32 [T, vocab]`` of ``forward`` called on each chunk ``ids[a:b]`` in turn, in ONE
         pass over the weights: the tokens are all known (teacher forcing), so each layer runs every
         chunk (a prefill, then single-token decode steps) with its cache before the next layer is
@@ -524,7 +525,8 @@ class ReferenceModel:
                     hidden(i, R[a:b])
             if self.progress is not None:
                 self.progress(i)
-        return torch.cat([self.head(R[a:b]) for a, b in chunks])
+        logits = torch.cat([self.head(R[a:b]) for a, b in chunks])
+        return (logits, R) if return_streams else logits
 
     @torch.inference_mode()
     def mtp(self, R: torch.Tensor, next_ids, pos0: int, caches: list[LayerCache], m: int = 0) -> torch.Tensor:
