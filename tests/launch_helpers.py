@@ -1,0 +1,45 @@
+"""Shared helpers for the launcher/doctor tests: recorded nvidia-smi outputs, model dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).parent / "data" / "nvidia_smi"
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def smi(name: str) -> str:
+    """A recorded nvidia-smi output, e.g. smi("rtx3090_x12")."""
+    return (DATA / f"{name}.txt").read_text()
+
+
+def make_model(root: Path, quant_method: str | None = "dsv4_int", name: str = "model") -> Path:
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = {"architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4"}
+    if quant_method is not None:
+        cfg["quantization_config"] = {"quant_method": quant_method}
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def fake_nvidia_smi(root: Path, recorded: str | None, fail: bool = False) -> dict[str, str]:
+    """An environment whose PATH has an `nvidia-smi` printing a recorded output (or failing)."""
+    bindir = root / "fakebin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    exe = bindir / "nvidia-smi"
+    if fail:
+        exe.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the "
+                       "NVIDIA driver.' >&2\nexit 9\n")
+    else:
+        (bindir / "smi.txt").write_text(smi(recorded) if recorded else "")
+        exe.write_text(f"#!/bin/sh\ncat '{bindir / 'smi.txt'}'\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SGLANG_", "CUDA_VISIBLE"))}
+    env["PATH"] = f"{bindir}{os.pathsep}{os.path.dirname(PY)}{os.pathsep}{env.get('PATH', '')}"
+    return env
