@@ -1,11 +1,10 @@
+"""Session setup and the fixtures several test modules share (helpers live in ``tests/helpers/``)."""
+
 import os
 import random
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 # One torch thread for the whole session: on the 2-core CI machine two threads are several
 # times slower than one (OpenMP spinning while subprocesses compete for the cores), and the
@@ -39,3 +38,19 @@ def synth_ckpt(tmp_path_factory):
     from sglang_ampere.synth import SynthSpec, write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("synth") / "native", SynthSpec(), seed=1234, progress=False)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A model folder with a dsv4_int ``config.json`` (what ``launch`` checks)."""
+    from helpers.launch import make_model
+
+    return make_model(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    """A fresh small native checkpoint per test module (the converter and audit tests)."""
+    from helpers.convert import fresh_seed, make_native
+
+    return make_native(tmp_path_factory.mktemp("native"), fresh_seed())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from launch_helpers import make_model, smi
+from helpers.launch import make_model, smi
 
 from sglang_ampere import doctor, envvars, gpus
 from sglang_ampere.kernels import tilelang_indexer as TI

@@ -6,17 +6,12 @@ import struct
 import time
 
 import pytest
-from convert_testlib import cli, copy_ckpt, first_name, fresh_seed, make_native, mutate_shard, shard_of
+from helpers.convert import cli, copy_ckpt, first_name, mutate_shard, shard_of
 
 from sglang_ampere.convert.audit import audit
 from sglang_ampere.convert.headers import DTYPE_SIZES
 from sglang_ampere.inventory import native_inventory
 from sglang_ampere.synth import REAL, make_config, plan_shards
-
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return make_native(tmp_path_factory.mktemp("audit"), fresh_seed())
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from convert_testlib import cli, files_of, fresh_seed, header_of, make_native
-from dsv4int_testlib import published_quant_config
+from helpers.convert import cli, files_of, header_of
+from helpers.dsv4int import published_quant_config
 from safetensors.torch import load_file
 
 from sglang_ampere import QUANT_METHOD
@@ -27,11 +27,6 @@ from sglang_ampere.inventory import DENSE, EXPERT, classify, native_inventory
 
 # The published schema, written from the format reference independently of convert/config.py.
 published = published_quant_config
-
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return make_native(tmp_path_factory.mktemp("out"), fresh_seed())
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,12 @@ import os
 
 import pytest
 import torch
-from convert_testlib import cli, copy_ckpt, first_name, fresh_seed, make_native, mutate_shard, shard_of
+from helpers.convert import cli, copy_ckpt, first_name, fresh_seed, mutate_shard, shard_of
 
 from sglang_ampere.convert.headers import CheckpointError, read_header
 from sglang_ampere.convert.options import Options
 from sglang_ampere.convert.plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan
 from sglang_ampere.inventory import DENSE, EXPERT, PRESERVED, native_inventory
-
-
-@pytest.fixture(scope="module")
-def native(tmp_path_factory):
-    return make_native(tmp_path_factory.mktemp("plan"), fresh_seed())
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from convert_testlib import (
+from helpers.convert import (
     PY,
     REPO,
     cli,

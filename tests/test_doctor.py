@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import fake_nvidia_smi, smi
+from helpers.launch import fake_nvidia_smi, smi
 
 from sglang_ampere import doctor
 

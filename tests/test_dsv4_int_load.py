@@ -17,14 +17,14 @@ import torch
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import (
+from helpers.dsv4int import (
     expected_locations,
     is_sentinel,
     load_real_model,
     random_dsv4_int,
     read_checkpoint,
 )
-from sglang_cpu import init_sglang_cpu
+from helpers.sglang_cpu import init_sglang_cpu
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 if sys.version_info >= (3, 11):
     import tomllib

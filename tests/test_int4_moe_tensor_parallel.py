@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import published_quant_config
-from sglang_cpu import init_sglang_cpu
+from helpers.dsv4int import published_quant_config
+from helpers.sglang_cpu import init_sglang_cpu
 
 TP, E, H, I, TOPK = 2, 4, 256, 256, 2
 

@@ -16,8 +16,8 @@ import torch
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import published_quant_config
-from sglang_cpu import init_sglang_cpu
+from helpers.dsv4int import published_quant_config
+from helpers.sglang_cpu import init_sglang_cpu
 
 TP = 2
 

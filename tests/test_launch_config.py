@@ -2,18 +2,13 @@
 user's, the preset never overrides it, and the topology check sees the merged values."""
 
 import pytest
-from launch_helpers import make_model, smi
+from helpers.launch import smi
 
 from sglang_ampere.launch.argv import dests_of, parse_server_args
 from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
 from sglang_ampere.launch.topology import Topology, check_topology
 
 INDEXER = "SGLANG_AMPERE_INDEXER_BACKEND"
-
-
-@pytest.fixture
-def model(tmp_path):
-    return make_model(tmp_path)
 
 
 def yaml_file(tmp_path, text, name="server.yaml"):

@@ -3,7 +3,7 @@
 import shlex
 
 import pytest
-from launch_helpers import PY, make_model, smi
+from helpers.launch import PY, smi
 
 from sglang_ampere.launch.launcher import build_plan, format_plan, main
 
@@ -30,11 +30,6 @@ EXPECTED = {
     "sm120": ([("SGLANG_OPT_FUSE_WQA_WKV", "0")],
               ["--mem-fraction-static", "0.87", "--context-length", "131072", "--max-running-requests", "32"]),
 }
-
-
-@pytest.fixture
-def model(tmp_path):
-    return make_model(tmp_path)
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED))

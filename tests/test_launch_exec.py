@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launch_helpers import fake_nvidia_smi
+from helpers.launch import fake_nvidia_smi
 
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
 
@@ -60,7 +60,7 @@ def test_preset_server_flags_exist_in_pinned_sglang(arch, sglang_help):
 
 
 def test_python_dash_m_entry_point_dry_run(tmp_path):
-    from launch_helpers import make_model
+    from helpers.launch import make_model
 
     model = make_model(tmp_path)
     env = fake_nvidia_smi(tmp_path, "rtx3090_x12")

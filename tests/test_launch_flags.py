@@ -3,16 +3,11 @@
 import io
 
 import pytest
-from launch_helpers import PY, make_model, smi
+from helpers.launch import PY, make_model, smi
 
 from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan, main
 
 PREFILL, DECODE = "SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND"
-
-
-@pytest.fixture
-def model(tmp_path):
-    return make_model(tmp_path)
 
 
 def plan_for(model, *extra, environ=None, gpu="sm86", smi_output=""):

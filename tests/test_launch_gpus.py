@@ -2,7 +2,7 @@
 
 
 import pytest
-from launch_helpers import fake_nvidia_smi, smi
+from helpers.launch import fake_nvidia_smi, smi
 
 from sglang_ampere import gpus
 from sglang_ampere.launch.launcher import LaunchError, resolve_arch, split_argv

@@ -4,14 +4,9 @@ import io
 import shlex
 
 import pytest
-from launch_helpers import PY, make_model, smi
+from helpers.launch import PY, smi
 
 from sglang_ampere.launch.launcher import LaunchError, build_plan, main
-
-
-@pytest.fixture
-def model(tmp_path):
-    return make_model(tmp_path)
 
 
 def plan(model, *args, smi_output=None, dry=True, gpu="sm86"):

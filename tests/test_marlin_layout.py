@@ -90,8 +90,8 @@ class Recorder:
 
 @pytest.fixture(scope="module", params=["block", "channel"])
 def model_ckpt(request, synth_ckpt, tmp_path_factory):
-    from dsv4int_testlib import load_real_model, random_dsv4_int, read_checkpoint
-    from sglang_cpu import init_sglang_cpu
+    from helpers.dsv4int import load_real_model, random_dsv4_int, read_checkpoint
+    from helpers.sglang_cpu import init_sglang_cpu
 
     init_sglang_cpu()
     from sglang_ampere import plugin

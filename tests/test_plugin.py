@@ -105,7 +105,7 @@ def test_hook_with_missing_target_is_reported_by_name(tmp_path, monkeypatch):
         assert "dsv4_loader" not in str(e.value)                        # the good hook is fine
         assert any("_no_such_function" in f for f in plugin.FAILED_HOOKS)
 
-        from dsv4int_testlib import published_quant_config
+        from helpers.dsv4int import published_quant_config
 
         from sglang_ampere.quant.config import Dsv4IntConfig, Dsv4IntError
         from sglang_ampere.schema import parse_quantization_config
@@ -154,7 +154,7 @@ def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
     """Verification is repeated by Dsv4IntConfig, i.e. after SGLang applied every plugin's
     hooks: a hook removed later (e.g. by another plugin's REPLACE) still stops the load."""
     import sglang.srt.models.deepseek_v4 as dsv4
-    from dsv4int_testlib import published_quant_config
+    from helpers.dsv4int import published_quant_config
 
     from sglang_ampere import plugin
     from sglang_ampere.patches import dsv4_loader
@@ -174,11 +174,11 @@ def test_hook_undone_after_registration_is_caught_when_the_model_is_built():
 
 
 def test_patches_readme_lists_every_hooked_target():
-    from pathlib import Path
+    from helpers import REPO
 
     from sglang_ampere import plugin
 
-    readme = (Path(__file__).resolve().parents[1] / "patches" / "README.md").read_text()
+    readme = (REPO / "patches" / "README.md").read_text()
     hooks, failed = plugin.collect_hooks()
     assert not failed, failed
     missing = [h.target for _, h in hooks if f"`{h.target}`" not in readme]

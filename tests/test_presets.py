@@ -5,6 +5,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 import sglang_ampere
 from sglang_ampere import envvars
@@ -12,8 +13,6 @@ from sglang_ampere.envvars import FORK_VARS
 from sglang_ampere.envvars import HACK_FLASHMLA_VAR as HACK_VAR
 from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
 from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sglang_root() -> Path:

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from dsv4int_testlib import published_quant_config
+from helpers.dsv4int import published_quant_config
 
 from sglang_ampere.schema import SchemaError, parse_quantization_config
 

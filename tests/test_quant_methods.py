@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("sglang")
 
-from dsv4int_testlib import load_real_model, random_dsv4_int, read_checkpoint
-from sglang_cpu import init_sglang_cpu
+from helpers.dsv4int import load_real_model, random_dsv4_int, read_checkpoint
+from helpers.sglang_cpu import init_sglang_cpu
 
 TOL = 1e-2
 

@@ -2,7 +2,7 @@
 
 import json
 
-from convert_testlib import run_cli
+from helpers.convert import run_cli
 
 
 def test_quickstart_end_to_end_and_rerun(tmp_path):

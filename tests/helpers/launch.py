@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 
-DATA = Path(__file__).parent / "data" / "nvidia_smi"
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from . import PY, REPO
+
+__all__ = ["DATA", "PY", "REPO", "fake_nvidia_smi", "make_model", "smi"]
+
+DATA = REPO / "tests" / "data" / "nvidia_smi"
 
 
 def smi(name: str) -> str:

@@ -15,8 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from sglang_ampere.synth import SynthSpec, write_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from . import PY, REPO
+
+__all__ = ["PY", "REPO", "SMALL", "cli", "copy_ckpt", "files_of", "first_name", "fresh_seed", "header_of",
+           "make_native", "mutate_shard", "run_cli", "shard_of"]
 
 #: Small but odd-ish: 3 layers (SWA, SWA, CSA), 5 experts, MTP, 3 shards.
 SMALL = dict(layers=3, experts=5, topk=2, hidden=256, moe_inter=384, heads=4, q_lora_rank=256,
