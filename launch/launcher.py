@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from sglang_ampere import gpus as gpus_mod
+
 from .argv import parse_env_overrides, parse_server_args, split_argv, wants_help
 from .errors import LaunchError
 from .model_dir import check_model

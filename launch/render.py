@@ -7,8 +7,8 @@ import shlex
 from typing import TYPE_CHECKING, Sequence
 
 from sglang_ampere import envvars
-
 from sglang_ampere import gpus as gpus_mod
+
 from .model_dir import arch_number
 from .resolve import ampere_target_line
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from sglang_ampere import envvars
+from sglang_ampere import gpus as gpus_mod
 from sglang_ampere.envvars import FORK_VARS, HACK_FLASHMLA_VAR
 
-from sglang_ampere import gpus as gpus_mod
 from .argv import NSA_CHOICES, NSA_FLAGS, ServerArgv, dests_of
 from .errors import LaunchError
 from .presets import KNOWN_ARCHES, ArgEntry, Preset

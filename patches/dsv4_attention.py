@@ -117,7 +117,7 @@ def stub_flash_mla_interface() -> types.ModuleType:
     mod.__doc__ = "sglang-ampere stand-in: the flash_mla extension does not load on this GPU."
     mod.SPLIT_KV_MIN_TOPK = 641            # the value 0.5.23's module defines; read by V4.1 code only
 
-    class FlashMLASchedMeta:               # noqa: D401 - placeholder type
+    class FlashMLASchedMeta:               # placeholder type
         """Never instantiated here; _create_flashmla_metadata returns None below sm_90."""
 
     mod.FlashMLASchedMeta = FlashMLASchedMeta
@@ -140,7 +140,7 @@ def ensure_flash_mla_interface() -> bool:
         sys.modules[FMI] = stub
         parent = sys.modules.get(FMI.rsplit(".", 1)[0])
         if parent is not None:
-            setattr(parent, "flash_mla_interface", stub)
+            parent.flash_mla_interface = stub
         return True
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -172,7 +171,8 @@ def report(arch: int, out_dir: Path, only: str | None = None, log=None) -> list[
 def _line(r: KernelResult) -> str:
     status = "ok" if r.ok else "FAIL: " + "; ".join(r.problems)
     return (f"{r.name:<38} {r.arch}  reg {r.registers:>3}  smem {r.shared_total:>6} B  "
-            f"local {r.local_bytes:>3} B  LDL/STL {r.ldl_stl}  HMMA {r.hmma:>4}  traps {r.traps}  {r.compile_s:>5.1f}s  {status}")
+            f"local {r.local_bytes:>3} B  LDL/STL {r.ldl_stl}  HMMA {r.hmma:>4}  traps {r.traps}  "
+            f"{r.compile_s:>5.1f}s  {status}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

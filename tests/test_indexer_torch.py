@@ -12,7 +12,6 @@ import os
 import struct
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch

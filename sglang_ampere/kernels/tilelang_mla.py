@@ -12,13 +12,14 @@ Tile plan (per CTA: one query token, ``heads_per_cta`` heads, one split of its c
     S     [HB, BI]  fp32   regs     S = Q_s . KV_s^T            (mma.m16n8k16 bf16 -> fp32)
     O     [HB, 512] fp32   regs     O = O * alpha + P_s . KV_s  (mma.m16n8k16 bf16 -> fp32)
 
-sm_86 (99 KB shared per block): HB = 32, BI = 32, 256 threads -> 32 + 32 + 2 KB shared and
-64 fp32 accumulator registers per thread; a 64-head layer runs as 2 head blocks. sm_80
-(163 KB) runs the same plan (:data:`PLANS`; its larger shared memory is not used). Candidates are walked in blocks of BI (window list first, then the
-compressed list); with ``num_splits`` > 1 (decode: few tokens, so split the candidates across
-CTAs, block b goes to split b % num_splits) each CTA writes a normalised fp32 partial and its
-log2-sum-exp, and :func:`_combine` merges them with the sink. With ``num_splits`` == 1
-(prefill: many tokens) the CTA folds the sink and writes bf16 directly.
+sm_86 (99 KB shared per block): HB = 32, BI = 32, 256 threads -> 32 + 32 + 2 KB shared and 64
+fp32 accumulator registers per thread; a 64-head layer runs as 2 head blocks. sm_80 (163 KB)
+runs the same plan (:data:`PLANS`; its larger shared memory is not used). Candidates are walked
+in blocks of BI (window list first, then the compressed list); with ``num_splits`` > 1 (decode:
+few tokens, so split the candidates across CTAs, block b goes to split b % num_splits) each CTA
+writes a normalised fp32 partial and its log2-sum-exp, and :func:`_combine` merges them with the
+sink. With ``num_splits`` == 1 (prefill: many tokens) the CTA folds the sink and writes bf16
+directly.
 
 Work is bounded by the lengths (``topk_length``/``extra_topk_length``), never by the list
 widths, so a c128 list padded to 8192 columns costs nothing past its length.
@@ -26,7 +27,6 @@ widths, so a c128 list padded to 8192 columns costs nothing past its length.
 
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
@@ -379,7 +379,9 @@ def sparse_mla_dense(q, kv, indices, attn_sink, sm_scale, topk_length=None, num_
     idx = indices.reshape(indices.shape[0], indices.shape[-1]).to(torch.int32).contiguous()
     T_, H, D = q.shape
     if D != DIM or kv2.shape[1] != DIM:
-        raise ValueError(f"the TileLang kernel is built for {DIM}-wide rows; got q {tuple(q.shape)}, kv {tuple(kv.shape)}")
+        raise ValueError(
+            f"the TileLang kernel is built for {DIM}-wide rows; got q {tuple(q.shape)}, kv {tuple(kv.shape)}"
+        )
     sink, lens = _common(q, attn_sink, topk_length, T_, idx.shape[1], device)
     arch, sms = _device_arch(device)
     plan = plan_for(arch)
