@@ -20,14 +20,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
     "convert": ("sglang_ampere.convert.cli", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
     "audit": ("sglang_ampere.convert.audit", "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
-    "eval": ("sglang_ampere.reference.eval", "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR"),
-    "plan": ("sglang_ampere.plan", "memory per pipeline stage from the headers, the balanced layer split, what context fits"),
+    "eval": ("sglang_ampere.reference.eval",
+             "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR"),
+    "plan": ("sglang_ampere.plan",
+             "memory per pipeline stage from the headers, the balanced layer split, what context fits"),
     "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
     "doctor": ("sglang_ampere.doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
     "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),
     "bench": ("sglang_ampere.bench", "TTFT, TPOT and tok/s per stream over context x concurrency against a server"),
     "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int path ahead of time"),
-    "kernel-report": ("sglang_ampere.kernel_report", "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
+    "kernel-report": ("sglang_ampere.kernel_report",
+                      "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
 }
 
 
