@@ -1,0 +1,254 @@
+"""``sglang-ampere gpu-check`` on a CPU machine: exit 3 at once, ``--list``, the step runner's
+budget / continue / skip rules with fake steps and a fake clock, real subprocess timeouts and log
+tails, the logprob verdict, and the results.json / summary.md it writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers.launch import smi
+
+from sglang_ampere import gpu_check as G
+
+VAR = "SGLANG_AMPERE_TARGET"
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    G.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def test_no_gpu_exits_3_at_once(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG_")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and not os.path.exists(
+        os.path.join(p, "nvidia-smi")))
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "sglang_ampere", "gpu-check", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    took = time.monotonic() - t0
+    if p.returncode != G.EXIT_NO_GPU or "no CUDA GPU on this machine" not in p.stdout:
+        raise AssertionError((p.returncode, p.stdout, p.stderr))
+    if took > 20 or (tmp_path / "o").exists():
+        raise AssertionError(f"must stop at once without writing anything ({took:.1f} s)")
+
+
+def test_list_prints_steps_and_budgets(capsys):
+    if G.run(_args("--list")) != 0:
+        raise AssertionError("--list exit")
+    out = capsys.readouterr().out
+    steps = G.all_steps()
+    for s in steps:
+        if f" {s.name} " not in out:
+            raise AssertionError(f"{s.name} missing from --list:\n{out}")
+    one = G.scaled(steps, None, 1)
+    if abs(sum(one.values()) - G.DEFAULT_BUDGET_S) > 1e-6 or "budget 480 s on one GPU" not in out:
+        raise AssertionError(out)
+    if "serve-pp2" in one or "[2 GPUs]" not in out:
+        raise AssertionError("PP=2 steps must be marked and take no budget on one GPU")
+    capsys.readouterr()
+    G.run(_args("--list", "--budget-s", "240"))
+    if "budget 240 s on one GPU, 240 s on two" not in capsys.readouterr().out:
+        raise AssertionError("--budget-s must scale the shares")
+
+
+def test_sets_ampere_target_on_hopper(tmp_path, monkeypatch):
+    seen = {}
+
+    def record(ctx, budget):
+        seen.update(target=ctx.env.get(VAR), gpus=ctx.gpus)
+        return "ok"
+
+    monkeypatch.setattr(G, "all_steps", lambda: [G.Step("fake", 10, "records the environment", record)])
+    lines = []
+
+    class Out:
+        def write(self, s):
+            lines.append(s)
+
+        def flush(self):
+            pass
+
+    env = {k: v for k, v in os.environ.items() if k != VAR}
+    rc = G.run(_args("--out", str(tmp_path / "a")), environ=env, smi_output=smi("h100_80gb_hbm3_x8"), out=Out())
+    text = "".join(lines)
+    if rc != 0 or seen != {"target": "ampere", "gpus": 8} or f"setting {VAR}=ampere" not in text:
+        raise AssertionError((rc, seen, text))
+    js = json.loads((tmp_path / "a" / "results.json").read_text())
+    if js["target"] != "ampere" or js["ok"] is not True or "8 x NVIDIA H100 80GB HBM3" not in js["device"]:
+        raise AssertionError(js)
+    seen.clear()
+    G.run(_args("--out", str(tmp_path / "b")), environ={**env, VAR: "auto"}, smi_output=smi("h100_80gb_hbm3_x8"),
+          out=Out())
+    if seen["target"] != "auto":
+        raise AssertionError("a user's own SGLANG_AMPERE_TARGET is kept")
+    seen.clear()
+    G.run(_args("--out", str(tmp_path / "c")), environ=env, smi_output=smi("rtx3090_x4"), out=Out())
+    if seen["target"] is not None:
+        raise AssertionError("an Ampere card needs no target")
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+def test_runner_budget_continue_and_skip():
+    clock = FakeClock()
+    calls = []
+
+    def ok(seconds, detail="fine"):
+        def fn(ctx, budget):
+            calls.append((fn.name, round(budget, 3)))
+            clock.t += seconds
+            return detail
+        return fn
+
+    def fail(ctx, budget):
+        calls.append(("b", round(budget, 3)))
+        clock.t += 1
+        raise G.StepFailed("exit 1; log x", "line 1\nline 2")
+
+    def crash(ctx, budget):
+        calls.append(("e", round(budget, 3)))
+        raise RuntimeError("bug in a step")
+
+    steps = [G.Step("a", 10, "", ok(2)), G.Step("b", 10, "", fail), G.Step("c", 10, "", ok(1), needs=("b",)),
+             G.Step("d", 10, "", ok(70), needs=("a",)), G.Step("e", 10, "", crash),
+             G.Step("f", 10, "", ok(1)), G.Step("two", 10, "", ok(1), min_gpus=2),
+             G.Step("g", 40, "", ok(1), always=True)]
+    for s in steps:
+        if s.fn is not None:
+            s.fn.name = s.name
+    ctx = G.Context(out=None, gpus=1)
+    results = {r.name: r for r in G.run_steps(steps, ctx, 100.0, clock=clock)}
+    verdicts = {n: r.verdict for n, r in results.items()}
+    want = {"a": "pass", "b": "fail", "c": "skip", "d": "pass", "e": "fail", "f": "pass", "two": "skip", "g": "pass"}
+    if verdicts != want:
+        raise AssertionError(verdicts)
+    # budgets: the 7 one-GPU steps' shares of 100 s (10 each, g 40), each capped by what is left:
+    # d overran to t = 73, so e and f still get their 10 s (27 s left) and g the 26 s after f
+    got = dict(calls)
+    if got != {"a": 10.0, "b": 10.0, "d": 10.0, "e": 10.0, "f": 10.0, "g": 26.0} or results["g"].budget_s != 40.0:
+        raise AssertionError((calls, results["g"]))
+    if results["b"].log_tail != "line 1\nline 2" or "exit 1" not in results["b"].detail:
+        raise AssertionError(results["b"])
+    if results["c"].detail != "needs b fail" or results["two"].detail != "needs 2 GPUs, 1 visible":
+        raise AssertionError((results["c"].detail, results["two"].detail))
+    if "RuntimeError: bug in a step" not in results["e"].detail or "Traceback" not in results["e"].log_tail:
+        raise AssertionError(results["e"])
+    if G.overall_ok(list(results.values())):
+        raise AssertionError("failures make the run fail")
+
+
+def test_runner_stops_when_the_budget_is_spent_but_cleans_up():
+    clock = FakeClock()
+
+    def take(seconds):
+        def fn(ctx, budget):
+            clock.t += seconds
+            return f"took {seconds}"
+        return fn
+
+    steps = [G.Step("slow", 10, "", take(96)), G.Step("next", 10, "", take(1)),
+             G.Step("stop", 10, "", take(1), always=True)]
+    results = G.run_steps(steps, G.Context(out=None), 100.0, clock=clock)
+    got = [(r.name, r.verdict) for r in results]
+    if got != [("slow", "pass"), ("next", "skip"), ("stop", "pass")]:
+        raise AssertionError(got)
+    if results[1].detail != "time budget spent (4 s left of 100 s)":
+        raise AssertionError(results[1].detail)
+    if G.overall_ok(results):
+        raise AssertionError("a step the budget did not reach is not a pass")
+    only_gpu_skips = [G.StepResult("a", "pass", 1, 1), G.StepResult("b", "skip", 0, 0, "needs 2 GPUs, 1 visible")]
+    if not G.overall_ok(only_gpu_skips):
+        raise AssertionError("skips for a missing second GPU do not fail the run")
+
+
+def test_run_logged_timeout_and_failure_tail(tmp_path):
+    ctx = G.Context(out=tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(G.StepTimeout) as exc:
+        G.run_logged(ctx, "sleepy", [sys.executable, "-c", "import time; print('started', flush=True); "
+                                     "time.sleep(60)"], timeout=2)
+    if time.monotonic() - t0 > 15 or "started" not in exc.value.log_tail:
+        raise AssertionError((time.monotonic() - t0, exc.value.log_tail))
+    with pytest.raises(G.StepFailed) as exc:
+        G.run_logged(ctx, "bad", [sys.executable, "-c", "import sys\nfor i in range(100): print('line', i)\n"
+                                  "sys.exit(4)"], timeout=30)
+    tail = exc.value.log_tail.splitlines()
+    if "exit 4" not in exc.value.detail or tail[-1] != "line 99" or len(tail) != G.LOG_TAIL_LINES:
+        raise AssertionError((exc.value.detail, tail[-3:], len(tail)))
+    if G.run_logged(ctx, "good", [sys.executable, "-c", "print('hi')"], timeout=30).splitlines()[-1] != "hi":
+        raise AssertionError("output of a passing command")
+
+
+def test_logprob_verdict():
+    ref = [-3.0, -5.0, -1.0, -7.0]
+    mean, worst, bound = G.compare_logprobs([-3.01, -4.98, -1.0, -7.03], ref, floor=0.01)
+    if not (math.isclose(mean, 0.015) and math.isclose(worst, 0.03) and bound == 0.04):
+        raise AssertionError((mean, worst, bound))
+    with pytest.raises(G.StepFailed, match="diverge"):
+        G.compare_logprobs([-3.5, -5.0, -1.0, -7.0], ref, floor=0.01)     # mean 0.125 > 0.04
+    with pytest.raises(G.StepFailed, match="diverge"):
+        G.compare_logprobs([float("nan"), -5.0, -1.0, -7.0], ref, floor=0.01)
+    G.compare_logprobs([-3.015, -5.0, -1.0, -7.0], ref, floor=0.0)         # the 0.02 nats floor
+    with pytest.raises(G.StepFailed, match="expected 4"):
+        G.compare_logprobs([-3.0], ref, floor=0.01)
+
+
+def test_results_and_summary(tmp_path):
+    meta = {"device": "1 x NVIDIA H200 (sm90, 139 GiB)", "versions": {"sglang": "0.5.23", "torch": "2.14.1"},
+            "target": "ampere", "budget_s": 480.0}
+    results = [G.StepResult("doctor", "pass", 3.2, 20, "all checks passed"),
+               G.StepResult("selftest", "fail", 40.0, 90, "exit 1; log l", "FAIL sparse_mla | x\n3 passed, 1 failed"),
+               G.StepResult("serve-pp2", "skip", 0.0, 0.0, "needs 2 GPUs, 1 visible")]
+    js, md = G.write_results(tmp_path / "out", meta, results)
+    data = json.loads(js.read_text())
+    if data["ok"] is not False or [s["verdict"] for s in data["steps"]] != ["pass", "fail", "skip"]:
+        raise AssertionError(data)
+    if data["steps"][1]["log_tail"] != "FAIL sparse_mla | x\n3 passed, 1 failed" or data["target"] != "ampere":
+        raise AssertionError(data["steps"][1])
+    text = md.read_text()
+    for want in ("- verdict: **FAIL**", "- device: 1 x NVIDIA H200 (sm90, 139 GiB)",
+                 "- versions: sglang 0.5.23, torch 2.14.1", "- SGLANG_AMPERE_TARGET: ampere",
+                 "| doctor | pass | 3.2 | 20 | all checks passed |",
+                 "| selftest | fail | 40.0 | 90 | exit 1; log l |",
+                 "| serve-pp2 | skip | 0.0 | 0 | needs 2 GPUs, 1 visible |",
+                 "## selftest: fail", "3 passed, 1 failed"):
+        if want not in text:
+            raise AssertionError(f"{want!r} not in:\n{text}")
+
+
+def test_prompt_for_bench_on_the_synthetic_tokenizer(tmp_path):
+    """gpu-check's bench step builds exact-length prompts with the checkpoint's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sglang_ampere import bench, synth
+
+    out = synth.write_checkpoint(tmp_path / "s", synth.SynthSpec(), seed=0, shards=1, progress=False)
+    tok = AutoTokenizer.from_pretrained(out)
+    import random
+
+    rng = random.Random(0)
+    for n in (256, 1000):
+        if len(tok.encode(bench.exact_prompt(tok, n, rng))) != n:
+            raise AssertionError(n)
+    if max(G._prompt_ids()) >= len(tok) or len(G._prompt_ids()) != G.PROMPT_TOKENS:
+        raise AssertionError("the logprob prompt must use ids the tokenizer has")
