@@ -363,13 +363,17 @@ def _wait_ready(url: str, proc: subprocess.Popen, deadline: float, log: Path) ->
         time.sleep(2)
 
 
+def launch_args(model: Path | str, pp: int, port: int) -> list[str]:
+    """The ``sglang-ampere launch`` arguments of the serve steps (tests check them with ``--dry-run``)."""
+    return ["--model-path", str(model), "--pp-size", str(pp), "--", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def make_serve(pp: int) -> Callable[[Context, float], str]:
     def step(ctx: Context, budget: float) -> str:
         port = _free_port()
         name = f"serve-pp{pp}"
         log = _log_path(ctx, name)
-        cmd = _cli("launch", "--model-path", str(ctx.state["model"]), "--pp-size", str(pp), "--",
-                   "--host", "127.0.0.1", "--port", str(port))
+        cmd = _cli("launch", *launch_args(ctx.state["model"], pp, port))
         f = open(log, "ab")
         f.write(f"$ {' '.join(cmd)}\n".encode())
         f.flush()

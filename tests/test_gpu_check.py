@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from helpers.launch import smi
+from helpers.launch import make_model, smi
 
 from sglang_ampere import gpu_check as G
 
@@ -252,3 +252,19 @@ def test_prompt_for_bench_on_the_synthetic_tokenizer(tmp_path):
             raise AssertionError(n)
     if max(G._prompt_ids()) >= len(tok) or len(G._prompt_ids()) != G.PROMPT_TOKENS:
         raise AssertionError("the logprob prompt must use ids the tokenizer has")
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_serve_command_is_accepted_by_launch(tmp_path, pp):
+    """The serve steps' launch arguments, through the launcher's own checks (SGLang's parser, the
+    topology on two recorded H100s, the Ampere preset under the target gpu-check sets)."""
+    from sglang_ampere.launch.launcher import build_plan
+
+    model = make_model(tmp_path)
+    plan = build_plan(["--dry-run", *G.launch_args(model, pp, 30000)], environ={VAR: "ampere"},
+                      smi_output=smi("h100_80gb_hbm3_x8"), python="python3")
+    if plan.arch != "sm80" or plan.card_arch != "sm90":
+        raise AssertionError((plan.arch, plan.card_arch))
+    argv = plan.argv
+    if argv[argv.index("--pp-size") + 1] != str(pp) or argv[argv.index("--port") + 1] != "30000":
+        raise AssertionError(argv)
