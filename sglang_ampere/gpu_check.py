@@ -35,7 +35,9 @@ rounding); a correct server differs from float32 by about that much (its kernels
 with fp32 accumulation, in another order), while the faults this catches (a wrong weight layout,
 swapped nibbles, a wrong scale, a missing attention term) move logprobs by O(1) nats. The factor
 4 leaves room for the server's different reduction orders; the 0.02 floor keeps a very quiet
-reference from making the bound unreachably tight.
+reference from making the bound unreachably tight. Measured on CPU for the 16-expert variant of
+this checkpoint (64 tokens): bf16 vs float32 mean 0.073 nats (worst position 0.54), so the bound
+is 0.29; the float32 logprobs compared at shuffled positions (a gross fault) differ by 1.12.
 
 Exit status: 0 every step passed or was skipped for want of a second GPU; 1 a step failed;
 3 no CUDA GPU (nothing was run).
