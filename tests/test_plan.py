@@ -19,6 +19,7 @@ import math
 import struct
 
 import pytest
+from helpers.sglang_cpu import scratch_runtime_context
 from plan_testlib import write_headers_only
 
 from sglang_ampere import plan as P
@@ -211,7 +212,7 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
 
     from sglang.srt.arg_groups.model_override_base import model_config_of
     from sglang.srt.model_executor.pool_configurator import DSV4PoolConfigurator
-    from sglang.srt.runtime_context import SpawnRanks, get_schedule, publish, reset_context
+    from sglang.srt.runtime_context import SpawnRanks, get_schedule, publish
     from sglang.srt.server_args import ServerArgs
     from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
 
@@ -219,13 +220,12 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
                  speculative_eagle_topk=P.MTP_TOPK, speculative_num_draft_tokens=P.MTP_DRAFT_TOKENS) if spec else {}
     if swa is not None:
         extra["swa_full_tokens_ratio"] = swa
-    reset_context()
-    sa = ServerArgs(model_path=str(real), max_running_requests=16, chunked_prefill_size=4096, device="cuda",
-                    pp_size=pp, **extra)
-    publish(sa, role="test", ranks=SpawnRanks(world_rank=0))
-    mc = model_config_of(sa)
-    config = json.loads((real / "config.json").read_text())
-    try:
+    with scratch_runtime_context():
+        sa = ServerArgs(model_path=str(real), max_running_requests=16, chunked_prefill_size=4096, device="cuda",
+                        pp_size=pp, **extra)
+        publish(sa, role="test", ranks=SpawnRanks(world_rank=0))
+        mc = model_config_of(sa)
+        config = json.loads((real / "config.json").read_text())
         ratio = P.SGLANG_DSV4_SWA_RATIO if swa is None else swa
         got_ratio = get_schedule().swa_full_tokens_ratio
         require(got_ratio == ratio, f"SGLang's SWA ratio {got_ratio}, expected {ratio}")
@@ -252,8 +252,6 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
                 got = theirs.calculate_pool_sizes(budget, 256).max_total_num_tokens
                 require(got == P.pool_tokens(budget, ours), f"layers {a}-{b}: tokens {P.pool_tokens(budget, ours)} "
                         f"!= SGLang's {got} for a {budget} byte budget")
-    finally:
-        reset_context()
 
 
 def _meta_model_bytes(folder, draft: bool):
@@ -316,19 +314,16 @@ def test_sglang_pool_budget_follows_sglangs_profile(real, real_model, sglang_plu
     from types import SimpleNamespace as NS
 
     import sglang.srt.mem_cache.kv_cache_configurator as K
-    from sglang.srt.runtime_context import SpawnRanks, get_parallel, publish, reset_context
+    from sglang.srt.runtime_context import SpawnRanks, get_parallel, publish
     from sglang.srt.server_args import ServerArgs
 
     plan = P.make_plan(real_model, 12, 24)
     pre = 24 * 2**30 - int(P.CUDA_CONTEXT_GIB * 2**30)
-    reset_context()
-    publish(ServerArgs(model_path=str(real), mem_fraction_static=0.85, max_running_requests=16, device="cuda"),
-            role="test", ranks=SpawnRanks(world_rank=0))
-    try:
+    with scratch_runtime_context():
+        publish(ServerArgs(model_path=str(real), mem_fraction_static=0.85, max_running_requests=16, device="cuda"),
+                role="test", ranks=SpawnRanks(world_rank=0))
         with get_parallel().override(world_group=NS(cpu_group=None)):
             _check_profile(K, NS, plan, pre, real_model, monkeypatch)
-    finally:
-        reset_context()
 
 
 def _check_profile(K, NS, plan, pre, real_model, monkeypatch):

@@ -17,6 +17,7 @@ No SGLang class is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -65,3 +66,17 @@ def init_sglang_cpu() -> None:
             get_parallel().override_permanently(world_group=parallel_state._WORLD)
         initialize_model_parallel(backend="gloo")
     _READY = True
+
+
+@contextlib.contextmanager
+def scratch_runtime_context():
+    """A fresh SGLang runtime context for a block that publishes its own ServerArgs.
+
+    SGLang's ``use_context`` puts the previous context (the one :func:`init_sglang_cpu`
+    published, with its process groups) back by identity when the block ends, so the tests
+    that run afterwards in the same process still find it.
+    """
+    from sglang.srt.runtime_context import ParallelContext, RuntimeContext, use_context
+
+    with use_context(RuntimeContext(ParallelContext())) as ctx:
+        yield ctx
