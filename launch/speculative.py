@@ -32,20 +32,27 @@ import logging
 import os
 from typing import Mapping, Sequence
 
-from sglang_ampere import plan as plan_mod
-
 from .argv import ServerArgv
 from .errors import LaunchError
 
 CHOICES = ("none", "mtp", "dspark")
 PP_SPEC_VAR = "SGLANG_ENABLE_PP_SPEC"
 
-MTP_ARGS = (
-    ("--speculative-algorithm", "speculative_algorithm", "EAGLE"),
-    ("--speculative-num-steps", "speculative_num_steps", str(plan_mod.MTP_STEPS)),
-    ("--speculative-eagle-topk", "speculative_eagle_topk", str(plan_mod.MTP_TOPK)),
-    ("--speculative-num-draft-tokens", "speculative_num_draft_tokens", str(plan_mod.MTP_DRAFT_TOKENS)),
-)
+
+
+def mtp_args() -> tuple[tuple[str, str, str], ...]:
+    """(flag, ServerArgs field, value) of ``--speculative mtp``; the values are the ones the memory
+    plan sizes the draft for. Imported here, not at module level: the launcher must import
+    without torch (the plan reads the checkpoint through ``sglang_ampere.inventory``)."""
+    from sglang_ampere import plan as plan_mod
+
+    return (
+        ("--speculative-algorithm", "speculative_algorithm", "EAGLE"),
+        ("--speculative-num-steps", "speculative_num_steps", str(plan_mod.MTP_STEPS)),
+        ("--speculative-eagle-topk", "speculative_eagle_topk", str(plan_mod.MTP_TOPK)),
+        ("--speculative-num-draft-tokens", "speculative_num_draft_tokens", str(plan_mod.MTP_DRAFT_TOKENS)),
+    )
+
 REASON = {
     "--speculative-algorithm": "EAGLE runs the checkpoint's MTP layer as the draft",
     "--speculative-num-steps": "3 chained steps of the one MTP layer (SGLang's own choice for DeepSeek)",
@@ -74,7 +81,7 @@ def speculative_args(choice: str | None, server: ServerArgv) -> tuple[list[str],
         algo = server.value("speculative_algorithm")
         if server.is_given("speculative_algorithm") and str(algo).upper() not in ("EAGLE", "NEXTN"):
             raise LaunchError(f"--speculative mtp contradicts --speculative-algorithm {algo}; give one")
-        wanted = MTP_ARGS
+        wanted = mtp_args()
     else:
         algo = server.value("speculative_algorithm")
         if server.is_given("speculative_algorithm") and str(algo).upper() != "DSPARK":

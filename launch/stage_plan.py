@@ -12,19 +12,20 @@ The dry run prints the per-stage table; a context x concurrency that does not fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
-
-from sglang_ampere import plan as plan_mod
+from typing import TYPE_CHECKING, Mapping
 
 from .argv import ServerArgv
 from .topology import Topology
 
+if TYPE_CHECKING:
+    from sglang_ampere import plan as plan_mod
+
 VAR = "SGLANG_PP_LAYER_PARTITION"
 #: SGLang 0.5.23's values when the arguments are not given: DeepSeek-V4 sets 256 running
 #: requests (48 with speculative decoding, ``speculative_hook``); the window-cache ratio is
-#: :data:`sglang_ampere.plan.SGLANG_DSV4_SWA_RATIO`.
+#: :data:`sglang_ampere.plan.SGLANG_DSV4_SWA_RATIO`. The plan is imported where it is used: the
+#: launcher must import without torch (the plan reads checkpoints through ``inventory``).
 DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC = 256, 48
-DEFAULT_SWA = plan_mod.SGLANG_DSV4_SWA_RATIO
 
 
 @dataclass
@@ -41,6 +42,8 @@ def speculative_of(server: ServerArgv) -> str:
 
 
 def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
+    from sglang_ampere import plan as plan_mod
+
     spec = speculative_of(server)
     running = server.value("max_running_requests") or (
         DEFAULT_MAX_RUNNING_SPEC if spec != "none" else DEFAULT_MAX_RUNNING)
@@ -49,7 +52,7 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
         max_running_requests=int(running),
         chunked_prefill_size=int(server.value("chunked_prefill_size") or plan_mod.DEFAULT_CHUNKED_PREFILL),
         mem_fraction_static=float(server.value("mem_fraction_static") or 0.85),
-        swa_ratio=float(server.value("swa_full_tokens_ratio") or DEFAULT_SWA),
+        swa_ratio=float(server.value("swa_full_tokens_ratio") or plan_mod.SGLANG_DSV4_SWA_RATIO),
         speculative=spec,
     )
 
@@ -57,6 +60,8 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
 def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
                 gpu_memory_gib: float | None, preset_memory_gib: float | None) -> StagePlan:
     """What to set for the split, and the table. Never raises: a plan that cannot be made is a note."""
+    from sglang_ampere import plan as plan_mod
+
     out = StagePlan()
     if topo.pp <= 1:
         return out
