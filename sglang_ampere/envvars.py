@@ -67,3 +67,20 @@ def get(name: str, environ: Mapping[str, str] | None = None) -> str:
     if var.choices is not None and value not in var.choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(var.choices)}")
     return value
+
+
+def budget_bytes(name: str, budget_mb: float | None = None) -> int:
+    """A memory budget in bytes: ``budget_mb`` if given, else the MB the variable ``name`` holds.
+
+    Refuses a value that is not a positive number, naming the variable.
+    """
+    if budget_mb is None:
+        raw = get(name)
+        try:
+            budget_mb = float(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number; set it to a size in MB such as "
+                             f"{VARS[name].default}") from None
+    if not budget_mb > 0:
+        raise ValueError(f"{name}: the memory budget must be a positive number of MB, got {budget_mb}")
+    return int(budget_mb * 2**20)

@@ -348,9 +348,7 @@ class Settings:
     indexer_budget_mb: float | None = None
 
     def budget(self, value: float | None, var: str) -> int:
-        if value is None:
-            value = float(envvars.get(var))
-        return int(value * MIB)
+        return envvars.budget_bytes(var, value)
 
 
 def reserves(model: Model, layers: range, first: bool, last: bool, s: Settings, tp: int, world: int) -> dict[str, int]:

@@ -58,17 +58,7 @@ _F32 = 4
 
 def budget_bytes(budget_mb: float | None = None) -> int:
     """The per-chunk memory budget in bytes (``budget_mb`` or ``SGLANG_AMPERE_INDEXER_BUDGET_MB``)."""
-    if budget_mb is None:
-        raw = envvars.get("SGLANG_AMPERE_INDEXER_BUDGET_MB")
-        try:
-            budget_mb = float(raw)
-        except ValueError:
-            raise ValueError(
-                f"SGLANG_AMPERE_INDEXER_BUDGET_MB={raw!r} is not a number; set it to a size in MB "
-                "such as 256") from None
-    if not budget_mb > 0:
-        raise ValueError(f"the indexer memory budget must be positive, got {budget_mb} MB")
-    return int(budget_mb * 2**20)
+    return envvars.budget_bytes("SGLANG_AMPERE_INDEXER_BUDGET_MB", budget_mb)
 
 
 @dataclass(frozen=True)
