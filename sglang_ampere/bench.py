@@ -59,6 +59,8 @@ class Row:
     decode_tps: float | None = None         # per stream, 1000 / TPOT
     prompt_tokens: list[int] = field(default_factory=list)   # as the server counted them
     output_tokens: list[int] = field(default_factory=list)
+    ttft_each_ms: list[float] = field(default_factory=list)   # per request, the means' inputs
+    tpot_each_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
 
@@ -249,6 +251,8 @@ def row_metrics(row: Row, outputs: list) -> None:
     if tpots:
         row.tpot_ms = 1000 * sum(tpots) / len(tpots)
         row.decode_tps = 1000 / row.tpot_ms if row.tpot_ms > 0 else None
+    row.ttft_each_ms = [1000 * t for t in ttfts]
+    row.tpot_each_ms = [1000 * t for t in tpots]
     row.prompt_tokens = [o.prompt_len for o in outputs]
     row.output_tokens = [o.output_len for o in outputs]
 
