@@ -52,6 +52,8 @@ from dataclasses import dataclass
 import torch
 
 from . import kv_layout as L
+from .tilelang_build import AMPERE_PASS_CONFIGS, compile_prim, device_arch, plan_for_arch
+from .tilelang_build import target_for as target_for  # re-exported: kernel-report reads M.target_for
 
 HEADS = 64
 DIM = L.INDEX_DIM                 # 128
@@ -91,19 +93,8 @@ SPLITS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def plan_for(arch: int) -> TilePlan:
-    """The tile plan for ``sm_{arch}``: sm_80..sm_89, and any newer card that takes the Ampere path
-    (``SGLANG_AMPERE_TARGET=ampere``, decided by :func:`sglang_ampere.gpus.takes_ampere_path`): it
-    runs the sm_86 plan, whose shared memory fits every newer arch's per-block limit."""
-    from sglang_ampere import gpus
-
-    if arch in PLANS:
-        return PLANS[arch]
-    if 80 <= arch < 90:
-        return PLANS[86]
-    if arch >= 90 and gpus.takes_ampere_path(divmod(arch, 10)):
-        return PLANS[86]
-    raise ValueError(f"no TileLang indexer tile plan for sm_{arch}; these kernels are for sm_80..sm_89 "
-                     "(on a newer card, SGLANG_AMPERE_TARGET=ampere runs them as the Ampere path)")
+    """The tile plan for ``sm_{arch}`` (see :func:`.tilelang_build.plan_for_arch`)."""
+    return plan_for_arch(PLANS, arch, "indexer")
 
 
 @dataclass(frozen=True)
@@ -198,42 +189,21 @@ def build(spec: KernelSpec):
     return indexer_logits
 
 
-#: ``disable_safe_memory_legalize``: every global index is clamped or guarded in the kernel
-#: itself (page ids into the pool, page-table columns into the table, stores by ``col < width``);
-#: TileLang's own bounds checks would otherwise turn the 8-byte key loads into byte loads.
-#: TMA, warp specialisation, WGMMA (Hopper) and 256-bit loads (sm_100+) off: on an sm_90+ card
-#: under ``SGLANG_AMPERE_TARGET=ampere`` the kernel then keeps the sm_80/sm_86 instruction path
-#: (``mma.sync`` HMMA, ``cp.async``/plain loads); below sm_90 none of them exists anyway.
-PASS_CONFIGS = {
-    "tl.disable_tma_lower": True,
-    "tl.disable_warp_specialized": True,
-    "tl.disable_wgmma": True,
-    "tl.disable_vectorize_256": True,
-    "tl.disable_safe_memory_legalize": True,
-}
-
-
-def target_for(arch: int) -> dict:
-    return {"kind": "cuda", "arch": f"sm_{arch}"}
+#: The shared Ampere-path switches (:mod:`.tilelang_build`), plus ``disable_safe_memory_legalize``:
+#: every global index is clamped or guarded in the kernel itself (page ids into the pool,
+#: page-table columns into the table, stores by ``col < width``); TileLang's own bounds checks
+#: would otherwise turn the 8-byte key loads into byte loads.
+PASS_CONFIGS = {**AMPERE_PASS_CONFIGS, "tl.disable_safe_memory_legalize": True}
 
 
 @functools.lru_cache(maxsize=None)
 def compiled(spec: KernelSpec, arch: int):
     """JIT-compile ``spec`` for ``sm_{arch}`` (cached per process; TileLang also caches on disk)."""
-    import tilelang
-
-    return tilelang.compile(build(spec), target=target_for(arch), execution_backend="tvm_ffi",
-                            pass_configs=PASS_CONFIGS)
+    return compile_prim(build(spec), arch, PASS_CONFIGS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch wrapper
-
-@functools.lru_cache(maxsize=None)
-def _device_arch(index: int) -> tuple[int, int]:
-    major, minor = torch.cuda.get_device_capability(index)
-    return major * 10 + minor, torch.cuda.get_device_properties(index).multi_processor_count
-
 
 def choose_splits(rows: int, max_pages: int, sms: int, plan: TilePlan = PLANS[86]) -> int:
     """Splits per row from the shapes alone (CUDA-graph safe): about 4 CTAs per SM (2 resident
@@ -290,7 +260,7 @@ def paged_mqa_logits_tilelang(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, we
     w = weight.to(device=device, dtype=torch.float32).contiguous()
     lens = seq_lens.to(device=device, dtype=torch.int32).contiguous()
     pt = page_table.to(device=device, dtype=torch.int32).contiguous()
-    arch, sms = _device_arch(device.index if device.index is not None else torch.cuda.current_device())
+    arch, sms = device_arch(device)
     plan = plan_for(arch)
     spec = KernelSpec(heads=H, num_splits=choose_splits(B, pt.shape[1], sms, plan), plan=plan, page_stride=st)
     compiled(spec, arch)(q, flat, words, w, lens, pt, out)
@@ -318,7 +288,7 @@ def precompile(arch: int | None = None, log=None) -> int:
     start of a machine pays the compile time (about 10 s per kernel on 2 cores).
     """
     if arch is None:
-        arch, _ = _device_arch(torch.cuda.current_device())
+        arch, _ = device_arch()
     specs = serving_specs(arch)
     for spec in specs:
         compiled(spec, arch)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from . import kv_layout as L
+from .tilelang_build import AMPERE_PASS_CONFIGS, compile_prim, device_arch, plan_for_arch
+from .tilelang_build import target_for as target_for  # re-exported: kernel-report reads M.target_for
 
 LOG2E = 1.4426950408889634
 _NEG = -1.0e30            # "minus infinity" that stays finite (no inf arithmetic in the kernel)
@@ -56,19 +58,8 @@ SPLITS = (1, 2, 4, 8, 16)
 
 
 def plan_for(arch: int) -> TilePlan:
-    """The tile plan for ``sm_{arch}``: sm_80..sm_89, and any newer card that takes the Ampere path
-    (``SGLANG_AMPERE_TARGET=ampere``, decided by :func:`sglang_ampere.gpus.takes_ampere_path`): it
-    runs the sm_86 plan, whose shared memory fits every newer arch's per-block limit."""
-    from sglang_ampere import gpus
-
-    if arch in PLANS:
-        return PLANS[arch]
-    if 80 <= arch < 90:
-        return PLANS[86]          # sm_87/sm_89: same 99-100 KB shared-memory limit as sm_86
-    if arch >= 90 and gpus.takes_ampere_path(divmod(arch, 10)):
-        return PLANS[86]
-    raise ValueError(f"no TileLang sparse-MLA tile plan for sm_{arch}; these kernels are for sm_80..sm_89 "
-                     "(on a newer card, SGLANG_AMPERE_TARGET=ampere runs them as the Ampere path)")
+    """The tile plan for ``sm_{arch}`` (see :func:`.tilelang_build.plan_for_arch`)."""
+    return plan_for_arch(PLANS, arch, "sparse-MLA")
 
 
 @dataclass(frozen=True)
@@ -276,41 +267,20 @@ def build(spec: KernelSpec):
     return sparse_mla_paged2
 
 
-#: TMA, warp specialisation, WGMMA (Hopper) and 256-bit loads (sm_100+) off: on an sm_90+ card
-#: under ``SGLANG_AMPERE_TARGET=ampere`` the kernel then keeps the sm_80/sm_86 instruction path
-#: (``mma.sync`` HMMA, ``cp.async``/plain loads); below sm_90 none of them exists anyway. The one
-#: Hopper instruction left on sm_90 is ``stmatrix`` (one STSM), which TileLang picks for the
-#: fragment -> shared copy of P (same data movement as the sm_86 stores; no switch turns it off).
-PASS_CONFIGS = {
-    "tl.disable_tma_lower": True,
-    "tl.disable_warp_specialized": True,
-    "tl.disable_wgmma": True,
-    "tl.disable_vectorize_256": True,
-}
-
-
-def target_for(arch: int) -> dict:
-    return {"kind": "cuda", "arch": f"sm_{arch}"}
+#: The shared Ampere-path switches (:mod:`.tilelang_build`). The one Hopper instruction left on
+#: sm_90 is ``stmatrix`` (one STSM), which TileLang picks for the fragment -> shared copy of P
+#: (same data movement as the sm_86 stores; no switch turns it off).
+PASS_CONFIGS = dict(AMPERE_PASS_CONFIGS)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled(spec: KernelSpec, arch: int):
     """JIT-compile ``spec`` for ``sm_{arch}`` (cached per process; TileLang also caches on disk)."""
-    import tilelang
-
-    return tilelang.compile(build(spec), target=target_for(arch), execution_backend="tvm_ffi",
-                            pass_configs=PASS_CONFIGS)
+    return compile_prim(build(spec), arch, PASS_CONFIGS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launch wrappers
-
-def _device_arch(device: torch.device) -> tuple[int, int]:
-    major, minor = torch.cuda.get_device_capability(device)
-    arch = major * 10 + minor
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return arch, sms
-
 
 def choose_splits(tokens: int, head_blocks: int, sms: int) -> int:
     """Enough CTAs to fill the GPU about twice; 1 (the prefill kernel) once tokens do that."""
@@ -332,7 +302,7 @@ def _combine(po: torch.Tensor, pl: torch.Tensor, sink: torch.Tensor) -> tuple[to
 
 
 def _launch(spec: KernelSpec, args: list, T_: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    arch, _ = _device_arch(device)
+    arch, _ = device_arch(device)
     kernel = compiled(spec, arch)
     H = spec.heads
     sink = args[-1]
@@ -383,7 +353,7 @@ def sparse_mla_dense(q, kv, indices, attn_sink, sm_scale, topk_length=None, num_
             f"the TileLang kernel is built for {DIM}-wide rows; got q {tuple(q.shape)}, kv {tuple(kv.shape)}"
         )
     sink, lens = _common(q, attn_sink, topk_length, T_, idx.shape[1], device)
-    arch, sms = _device_arch(device)
+    arch, sms = device_arch(device)
     plan = plan_for(arch)
     ns = num_splits or choose_splits(T_, max(1, H // plan.heads_per_cta), sms)
     spec = KernelSpec(paged=False, heads=H, num_splits=ns, sm_scale=float(sm_scale), plan=plan)
@@ -404,7 +374,7 @@ def sparse_mla_paged(q, k_cache, indices, topk_length, attn_sink, sm_scale, extr
     idx1 = indices.reshape(T_, indices.shape[-1]).to(torch.int32).contiguous()
     sink, len1 = _common(q3, attn_sink, topk_length, T_, idx1.shape[1], device)
     c1, ps1, st1 = _flat_bytes(k_cache)
-    arch, sms = _device_arch(device)
+    arch, sms = device_arch(device)
     plan = plan_for(arch)
     ns = num_splits or choose_splits(T_, max(1, H // plan.heads_per_cta), sms)
     args = [q3, c1, idx1, len1]
@@ -462,7 +432,7 @@ def precompile(arch: int | None = None, heads: int = 64, log=None) -> int:
     start of a machine pays the ~10-20 s per kernel.
     """
     if arch is None:
-        arch, _ = _device_arch(torch.device("cuda"))
+        arch, _ = device_arch(torch.device("cuda"))
     specs = serving_specs(arch, heads)
     for spec in specs:
         compiled(spec, arch)
