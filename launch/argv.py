@@ -193,8 +193,9 @@ def _sglang_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]
 
 
 @contextlib.contextmanager
-def _no_deprecation_warnings():
-    """SGLang's deprecated flags log a warning when parsed; SGLang itself prints it again later."""
+def quiet_sglang_warnings():
+    """Silence log warnings while the launcher runs SGLang's parser or checks: SGLang logs them
+    again (e.g. for deprecated flags) when the server itself parses the same arguments."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -225,7 +226,7 @@ def parse_server_args(cli: Sequence[str]) -> ServerArgv:
     cli = list(cli)
     full, probe = _sglang_parsers()
     merged, config_file = _merge_config(full, cli)
-    with _no_deprecation_warnings():
+    with quiet_sglang_warnings():
         values = vars(full.parse_args(merged))
         given = vars(probe.parse_args(merged))
     return ServerArgv(cli=tuple(cli), values=values, given=frozenset(given) - {"config"},
@@ -235,5 +236,5 @@ def parse_server_args(cli: Sequence[str]) -> ServerArgv:
 def dests_of(args: Sequence[str]) -> frozenset[str]:
     """The SGLang dests a fragment of server arguments sets (e.g. ``["--context-length", "8"]``)."""
     _, probe = _sglang_parsers()
-    with _no_deprecation_warnings():
+    with quiet_sglang_warnings():
         return frozenset(vars(probe.parse_args(list(args))))

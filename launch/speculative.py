@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 from typing import Mapping, Sequence
 
-from .argv import ServerArgv
+from .argv import ServerArgv, quiet_sglang_warnings
 from .errors import LaunchError
 
 CHOICES = ("none", "mtp", "dspark")
@@ -116,16 +115,6 @@ def _environment(env: Mapping[str, str]):
         os.environ.update(saved)
 
 
-@contextlib.contextmanager
-def _quiet():
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
 def validate(server_args: Sequence[str], env: Mapping[str, str], assume_device: str | None = "cuda") -> None:
     """SGLang's own resolution and checks on the final server arguments, in the final environment.
 
@@ -137,7 +126,7 @@ def validate(server_args: Sequence[str], env: Mapping[str, str], assume_device: 
     args = list(server_args)
     if assume_device and not any(a == "--device" or a.startswith("--device=") for a in args):
         args += ["--device", assume_device]
-    with _environment(env), _quiet():
+    with _environment(env), quiet_sglang_warnings():
         try:
             from sglang.srt.arg_groups.validation_hook import check_server_args
             from sglang.srt.plugins import load_plugins
