@@ -11,12 +11,10 @@ every backend they build must carry the rebound sparse-MLA call.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_snippet
 
 from sglang_ampere.checking import require
 
@@ -55,10 +53,7 @@ print("RESULT" + json.dumps(res))
 def test_mtp_draft_backends_are_hooked():
     pytest.importorskip("sglang")
     env = {**os.environ, "SGLANG_AMPERE_DECODE_BACKEND": "torch"}
-    p = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, timeout=300, env=env)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT")), None)
-    require(line is not None, p.stdout[-2000:] + p.stderr[-4000:])
-    res = json.loads(line[len("RESULT"):])
+    res = run_snippet(_SUBPROCESS, env=env)
     name, cls, applied, steps, step_classes = res["decode"]
     require(name == "dsv4" and cls == "DeepseekV4MultiStepBackend" and applied,
             f"draft decode backend {cls} ({name}) hooked={applied}")

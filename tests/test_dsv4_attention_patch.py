@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import subprocess
-import sys
 import types
 
 import pytest
 import torch
+from helpers import run_snippet
 
 from sglang_ampere.kernels import kv_layout as L
 from sglang_ampere.kernels import sparse_mla as S
@@ -176,10 +174,7 @@ def test_hooks_apply_to_sglang_0_5_23():
     """Register through SGLang's own HookRegistry and call the real (hooked) backend members."""
     pytest.importorskip("sglang")
     env = {**os.environ, "SGLANG_AMPERE_DECODE_BACKEND": "torch"}     # no kernel builds here
-    p = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, timeout=300, env=env)
-    line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT")), None)
-    assert line, p.stdout[-2000:] + p.stderr[-4000:]
-    res = json.loads(line[len("RESULT"):])
+    res = run_snippet(_SUBPROCESS, env=env)
     assert res["meta"] == "None"
     assert res["sparse"] is False
     # flash_mla cannot load without a driver, so the stand-in module must be in place

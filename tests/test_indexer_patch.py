@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_snippet
 
 from sglang_ampere.kernels import indexer as I
 from sglang_ampere.kernels import kv_layout as L
@@ -143,8 +141,5 @@ def test_hook_applies_to_sglang_0_5_23():
     """Through SGLang's own HookRegistry, the module global forward_c4_indexer looks up changes."""
     pytest.importorskip("sglang")
     env = {**os.environ, "SGLANG_AMPERE_INDEXER_BACKEND": "torch"}
-    p = subprocess.run([sys.executable, "-c", _SUBPROCESS], capture_output=True, text=True, timeout=300, env=env)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT")), None)
-    assert line, p.stdout[-2000:] + p.stderr[-4000:]
-    res = json.loads(line[len("RESULT"):])
+    res = run_snippet(_SUBPROCESS, env=env)
     assert res == {"hopper_bf16_rounded": True, "ampere_ours": True}
