@@ -118,16 +118,6 @@ def _check_args(q_fp8, kvcache_fp8, weight, seq_lens, page_table, max_seq_len, c
                          "entries past each row's length are always 0")
 
 
-def _flat_pages(kvcache: torch.Tensor) -> torch.Tensor:
-    """``[pages, 8448]`` uint8 view of the pool (any page stride)."""
-    c = kvcache.view(torch.uint8)
-    if c.stride(3) != 1 or c.stride(1) != L.INDEX_ENTRY_BYTES or c.stride(2) not in (1, L.INDEX_ENTRY_BYTES):
-        raise ValueError(f"unexpected index-K pool strides {c.stride()}; pass the pool buffer "
-                         "viewed as [pages, 64, 1, 132]")
-    return c.flatten(1) if c.is_contiguous() else torch.as_strided(
-        c, (c.shape[0], L.INDEX_PAGE_BYTES), (c.stride(0), 1), c.storage_offset())
-
-
 def paged_mqa_logits_torch(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weight: torch.Tensor,
                            seq_lens: torch.Tensor, page_table: torch.Tensor, deep_gemm_metadata: Any,
                            max_seq_len: int, clean_logits: bool = False, *,
@@ -146,7 +136,7 @@ def paged_mqa_logits_torch(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weigh
     pages_used = min(page_table.shape[1], -(-W // ps))
     if B == 0 or pages_used == 0:
         return out
-    flat = _flat_pages(kvcache_fp8)
+    flat = L.index_pool_pages(kvcache_fp8)
     last_page = flat.shape[0] - 1
     plan = plan_chunks(B, pages_used, H, budget_bytes(budget_mb))
     lens_all = seq_lens.to(device=dev, dtype=torch.int64)

@@ -156,6 +156,22 @@ def index_pool(num_pages: int, device=None) -> torch.Tensor:
     return torch.zeros(num_pages, INDEX_PAGE_SIZE, 1, INDEX_ENTRY_BYTES, dtype=torch.uint8, device=device)
 
 
+def index_pool_pages(pool: torch.Tensor) -> torch.Tensor:
+    """The ``[pages, 8448]`` uint8 view (no copy) of an index-K pool view ``[pages, 64, 1, 132]``.
+
+    Each page's 8448 bytes must be contiguous; the page stride may be larger (its ``stride(0)``).
+    """
+    c = pool.view(torch.uint8)
+    want = (INDEX_PAGE_SIZE, 1, INDEX_ENTRY_BYTES)
+    if c.ndim != 4 or tuple(c.shape[1:]) != want or c.stride(1) != INDEX_ENTRY_BYTES or c.stride(3) != 1:
+        raise ValueError(f"expected the index-K pool view [pages, 64, 1, 132] with {INDEX_PAGE_BYTES} "
+                         f"contiguous bytes per page, got {tuple(c.shape)} with strides {c.stride()}")
+    stride = c.stride(0) if c.shape[0] > 1 else INDEX_PAGE_BYTES
+    if stride < INDEX_PAGE_BYTES:
+        raise ValueError(f"index-K pool pages overlap: page stride {stride} < {INDEX_PAGE_BYTES} bytes")
+    return torch.as_strided(c, (c.shape[0], INDEX_PAGE_BYTES), (stride, 1), c.storage_offset())
+
+
 def write_index_keys(pool: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> None:
     """Store ``keys [n, 128]`` (any float dtype) at flat entries ``slots`` (= page * 64 + j).
 

@@ -215,18 +215,13 @@ def choose_splits(rows: int, max_pages: int, sms: int, plan: TilePlan = PLANS[86
 
 def _flat_pool(kvcache: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The pool's bytes as one 1-D uint8 tensor (no copy) and its page stride in bytes."""
-    c = kvcache.view(torch.uint8)
-    want = (L.INDEX_PAGE_SIZE, 1, L.INDEX_ENTRY_BYTES)
-    if c.ndim != 4 or tuple(c.shape[1:]) != want or c.stride(1) != L.INDEX_ENTRY_BYTES or c.stride(3) != 1:
-        raise ValueError(f"expected the index-K pool view [pages, 64, 1, 132] with 8448 contiguous bytes "
-                         f"per page, got {tuple(c.shape)} with strides {c.stride()}")
-    pages = c.shape[0]
-    st = c.stride(0) if pages > 1 else L.INDEX_PAGE_BYTES
-    if st % 16 or st < L.INDEX_PAGE_BYTES or c.data_ptr() % 16:
+    pages = L.index_pool_pages(kvcache)
+    st = pages.stride(0)
+    if st % 16 or pages.data_ptr() % 16:
         raise ValueError(f"the index-K pool must be 16-byte aligned with a page stride that is a multiple "
-                         f"of 16 bytes (got stride {st}, address mod 16 = {c.data_ptr() % 16})")
-    n = (pages - 1) * st + L.INDEX_PAGE_BYTES
-    return torch.as_strided(c, (n,), (1,), c.storage_offset()), st
+                         f"of 16 bytes (got stride {st}, address mod 16 = {pages.data_ptr() % 16})")
+    n = (pages.shape[0] - 1) * st + L.INDEX_PAGE_BYTES
+    return torch.as_strided(pages, (n,), (1,), pages.storage_offset()), st
 
 
 def paged_mqa_logits_tilelang(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weight: torch.Tensor,
