@@ -233,8 +233,14 @@ def parse_server_args(cli: Sequence[str]) -> ServerArgv:
                       config_file=config_file)
 
 
-def dests_of(args: Sequence[str]) -> frozenset[str]:
-    """The SGLang dests a fragment of server arguments sets (e.g. ``["--context-length", "8"]``)."""
+def values_of(args: Sequence[str]) -> dict[str, object]:
+    """dest -> value of a fragment of server arguments (e.g. ``["--context-length", "8"]``), as
+    SGLang's parser reads it (only the dests the fragment sets)."""
     _, probe = _sglang_parsers()
     with quiet_sglang_warnings():
-        return frozenset(vars(probe.parse_args(list(args))))
+        return vars(probe.parse_args(list(args)))
+
+
+def dests_of(args: Sequence[str]) -> frozenset[str]:
+    """The SGLang dests a fragment of server arguments sets (e.g. ``["--context-length", "8"]``)."""
+    return frozenset(values_of(args))

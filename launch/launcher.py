@@ -59,6 +59,7 @@ class Plan:
     spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
     stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
     card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
+    native_path: bool = False          # the native FP8/FP4 checkpoint below sm_90: the preset's [native] added
 
 
 def _load_preset(opts: argparse.Namespace, arch: str) -> Preset:
@@ -98,16 +99,19 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     notes = _gpu_notes(opts, card_arch, found, preset)
 
     topo = None
+    model = None
     if server is not None:
-        notes += check_model(server.value("model_path"), arch)[1]
+        model = check_model(server.value("model_path"), arch, preset)
+        notes += model.notes
         topo = topology_of(server)
         local = opts.num_gpus if opts.num_gpus is not None else (len(found) or None)
         notes += check_topology(topo, local)
 
-    env, changes, env_notes = resolve_env(preset, environ, overrides, opts)
+    native = model is not None and model.native_path
+    env, changes, env_notes = resolve_env(preset, environ, overrides, opts, native=native)
     notes += env_notes
 
-    preset_args, used, kept = ([], [], []) if server is None else fill_server_args(preset, server)
+    preset_args, used, kept = ([], [], []) if server is None else fill_server_args(preset, server, native=native)
     spec_args, spec_used = ([], []) if server is None else speculative_args(opts.speculative, server)
     preset_args = spec_args + preset_args
     stage_table = ""
@@ -126,9 +130,11 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
                 preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, stage_table=stage_table,
-                card_arch=card_arch)
-    if server is not None and (opts.speculative not in (None, "none") or server.value("speculative_algorithm")):
-        # SGLang's own verdict on every speculative combination, before 12 processes start.
+                card_arch=card_arch, native_path=native)
+    if server is not None and (native or opts.speculative not in (None, "none")
+                               or server.value("speculative_algorithm")):
+        # SGLang's own verdict on every speculative combination and on the native checkpoint's
+        # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes start.
         validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
     if not help_only:
         plan.notes += _jit_cache_notes(card_arch, env)      # SGLang JIT-compiles for the card's own arch

@@ -1,16 +1,23 @@
-"""The model folder check: a local dsv4_int checkpoint (native FP8/FP4 only on sm_90+)."""
+"""The model folder check: a local dsv4_int checkpoint, or the native FP8/FP4 release.
+
+The format is decided by :mod:`sglang_ampere.checkpoint_format` (config.json's ``quant_method``,
+and for the native release the routed experts' dtype from one shard header). Below sm_90 the
+native release is served without conversion when its experts are MXFP4 and the preset has a
+``[native]`` table (routed experts on SGLang's Marlin MXFP4 MoE, dense FP8 on FP8 Marlin W8A16,
+``wo_a`` in BF16); on sm_90+ SGLang's own kernels serve it.
+"""
 
 from __future__ import annotations
 
-import json
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sglang_ampere import MODEL_ARCHITECTURE, QUANT_METHOD
+from sglang_ampere import checkpoint_format as fmt
 
 from .errors import LaunchError
-
-NATIVE_METHODS = ("fp8", "mxfp4")
+from .presets import Preset
 
 
 def arch_number(arch: str) -> int:
@@ -18,41 +25,60 @@ def arch_number(arch: str) -> int:
     return int(arch[2:])
 
 
-def check_model(path: str | None, arch: str) -> tuple[str, list[str]]:
-    """The model directory (validated) and notes about it; ``path`` is SGLang's merged ``model_path``."""
+@dataclass(frozen=True)
+class ModelDir:
+    path: str
+    format: fmt.CheckpointFormat
+    notes: list[str] = field(default_factory=list)
+    #: True when the launcher adds the preset's [native] table (native checkpoint below sm_90).
+    native_path: bool = False
+
+
+def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
+    """The model directory (validated), its format and notes; ``path`` is SGLang's merged ``model_path``."""
     if path is None:
-        raise LaunchError("pass --model-path DIR, a dsv4_int checkpoint "
-                          "(make one with: sglang-ampere convert SRC DST)")
+        raise LaunchError("pass --model-path DIR: a dsv4_int checkpoint (sglang-ampere convert SRC DST makes one) "
+                          "or the native DeepSeek-V4-Flash release")
     p = Path(path).expanduser()
     if not p.exists():
         raise LaunchError(f"--model-path {path}: no such directory. The launcher needs a local "
                           "checkpoint; download it first (e.g. huggingface-cli download REPO --local-dir DIR)")
-    cfg_file = p / "config.json"
-    if not cfg_file.is_file():
-        raise LaunchError(f"--model-path {path}: no config.json there; point it at the checkpoint "
-                          "directory (the one holding config.json and *.safetensors)")
     try:
-        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"{cfg_file}: unreadable JSON ({exc})") from exc
-    qcfg = cfg.get("quantization_config") if isinstance(cfg, dict) else None
-    method = qcfg.get("quant_method") if isinstance(qcfg, dict) else None
+        cfg = fmt.read_config(p)
+        found = fmt.detect(p, cfg)
+    except fmt.CheckpointFormatError as exc:
+        raise LaunchError(f"--model-path {path}: {exc}") from exc
     notes = []
-    archs = cfg.get("architectures") or [] if isinstance(cfg, dict) else []
+    archs = cfg.get("architectures") or []
     if MODEL_ARCHITECTURE not in archs:
-        notes.append(f"note: {cfg_file} declares architectures={archs}, not {MODEL_ARCHITECTURE}; "
+        notes.append(f"note: {p / 'config.json'} declares architectures={archs}, not {MODEL_ARCHITECTURE}; "
                      "the presets are tuned for DeepSeek-V4-Flash")
-    if method == QUANT_METHOD:
-        return str(p), notes
-    if method in NATIVE_METHODS and arch_number(arch) >= 90:
-        notes.append(f"note: {path} is the native {method} checkpoint; on {arch} it runs on SGLang's "
-                     "own kernels (the dsv4_int path is not used)")
-        return str(p), notes
-    if method in NATIVE_METHODS:
-        raise LaunchError(
-            f"{path} is the native FP8/FP4 checkpoint (quant_method={method!r}), which needs sm_90+; "
-            f"{arch} has no FP8/FP4 tensor cores. Requantize it once: "
-            f"sglang-ampere convert {shlex.quote(str(p))} DST, then launch with --model-path DST")
+    if found.kind == fmt.DSV4_INT:
+        return ModelDir(str(p), found, notes)
+    if found.kind == fmt.NATIVE and arch_number(arch) >= 90:
+        notes.append(f"note: {path} is the native {found.quant_method} checkpoint; on {arch} it runs on SGLang's "
+                     "own kernels (the sglang-ampere kernels are not used)")
+        return ModelDir(str(p), found, notes)
+    convert = f"sglang-ampere convert {shlex.quote(str(p))} DST, then launch with --model-path DST"
+    if found.kind == fmt.NATIVE:
+        if not found.mxfp4_experts:
+            what = (f"{found.expert_dtype}" if found.expert_dtype else
+                    "not found in the shard headers (no layers.N.ffn.experts.E.w1.weight)")
+            raise LaunchError(
+                f"{path} is a native fp8 checkpoint whose routed experts are {what}; below sm_90 only MXFP4 "
+                "experts (I8/U8 codes + F8_E8M0 scales, as DeepSeek releases them) run, on SGLang's Marlin "
+                f"MXFP4 MoE. Use the release's own shards, or serve it on sm_90+")
+        if not (preset.native_env or preset.native_args):
+            raise LaunchError(
+                f"{path} is the native FP8/FP4 checkpoint, and preset {preset.source} has no [native] table "
+                f"(what {arch} needs for it, e.g. --moe-runner-backend marlin). Start your preset with "
+                f'extends = "{arch}" in [preset], or requantize once: {convert}')
+        notes.append(f"note: {path} is the native FP8/FP4 checkpoint, served without conversion on {arch}: routed "
+                     "experts on SGLang's Marlin MXFP4 MoE (W4A16), dense FP8 layers on FP8 Marlin W8A16, wo_a "
+                     f"dequantized to BF16 at load; preset {preset.source}'s [native] settings are added (not yet "
+                     "run on a GPU; `sglang-ampere selftest` checks these kernels on the card)")
+        return ModelDir(str(p), found, notes, native_path=True)
     raise LaunchError(
-        f"{cfg_file}: quantization_config.quant_method is {method!r}, expected {QUANT_METHOD!r}. "
+        f"{p / 'config.json'}: quantization_config.quant_method is {found.quant_method!r}, expected "
+        f"{QUANT_METHOD!r} or the native release's {fmt.NATIVE_QUANT_METHOD!r}. "
         "Make a dsv4_int checkpoint with: sglang-ampere convert SRC DST")

@@ -16,9 +16,9 @@ from sglang_ampere import envvars
 from sglang_ampere import gpus as gpus_mod
 from sglang_ampere.envvars import FORK_VARS, HACK_FLASHMLA_VAR
 
-from .argv import NSA_CHOICES, NSA_FLAGS, ServerArgv, dests_of
+from .argv import NSA_CHOICES, NSA_FLAGS, ServerArgv, values_of
 from .errors import LaunchError
-from .presets import KNOWN_ARCHES, ArgEntry, Preset
+from .presets import KNOWN_ARCHES, ArgEntry, EnvEntry, Preset
 
 #: The fork-era variable translates to these (the sparse-MLA phases, not the indexer).
 HACK_TARGETS = ("SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND")
@@ -80,14 +80,37 @@ def ampere_target_line(card_arch: str, arch: str) -> str | None:
             "SGLang's own sm_90+ paths")
 
 
+def preset_env_entries(preset: Preset, native: bool) -> list[tuple[EnvEntry, str]]:
+    """(entry, source label) of the preset's variables, with its ``[native]`` ones for the native
+    checkpoint (same-named [native] entries replace the general ones in place)."""
+    label = f"preset {preset.source}"
+    entries = {e.name: (e, label) for e in preset.env}
+    if native:
+        entries.update({e.name: (e, f"{label} [native]") for e in preset.native_env})
+    return list(entries.values())
+
+
+def preset_arg_entries(preset: Preset, native: bool) -> list[ArgEntry]:
+    """The preset's server arguments, with its ``[native]`` ones for the native checkpoint."""
+    entries = {a.flag: a for a in preset.args}
+    if native:
+        entries.update({a.flag: a for a in preset.native_args})
+    return list(entries.values())
+
+
 def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[str, str],
-                opts: argparse.Namespace) -> tuple[dict[str, str], list[EnvChange], list[str]]:
-    """Apply preset < caller < --env, then the sparse-MLA / indexer backend selection."""
+                opts: argparse.Namespace, native: bool = False) -> tuple[dict[str, str], list[EnvChange], list[str]]:
+    """Apply preset < caller < --env, then the sparse-MLA / indexer backend selection.
+    ``native``: the checkpoint is the native FP8/FP4 release served below sm_90 (adds ``[native]``)."""
     env = dict(environ)
     notes: list[str] = []
     pending: dict[str, tuple[str, str, str]] = {}    # name -> (value, source, reason)
-    label = f"preset {preset.source}"
-    for e in preset.env:
+    for e, label in preset_env_entries(preset, native):
+        user = overrides.get(e.name, environ.get(e.name))
+        if e.required and user is not None and user != e.value:
+            where = "--env" if e.name in overrides else "your environment"
+            raise LaunchError(f"{e.name}={user} (from {where}) cannot serve the native FP8/FP4 checkpoint: "
+                              f"{e.reason}. Unset it, or set {e.name}={e.value}")
         if e.name in environ:
             if environ[e.name] != e.value:
                 notes.append(f"note: keeping your {e.name}={environ[e.name]} over {label}'s "
@@ -141,20 +164,29 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
     return env, changes, notes
 
 
-def fill_server_args(preset: Preset, server: ServerArgv) -> tuple[list[str], list[ArgEntry], list[ArgEntry]]:
+def fill_server_args(preset: Preset, server: ServerArgv,
+                     native: bool = False) -> tuple[list[str], list[ArgEntry], list[ArgEntry]]:
     """(argv to append, preset entries used, preset entries the user's own value overrode).
 
     An entry is used only if none of the SGLang arguments it sets was given on the command line
-    or in the ``--config`` YAML (aliases count: SGLang's parser maps them to the same dest).
+    or in the ``--config`` YAML (aliases count: SGLang's parser maps them to the same dest). A
+    ``required`` entry (the native checkpoint's, e.g. ``--moe-runner-backend marlin``) that the
+    user set to another value is a :class:`LaunchError` naming the flag.
     """
     extra: list[str] = []
     used, kept = [], []
-    for a in preset.args:
+    for a in preset_arg_entries(preset, native):
         try:
-            dests = dests_of(a.argv())
+            wanted = values_of(a.argv())
         except LaunchError as exc:
             raise LaunchError(f"preset {preset.source}: [[arg]] {' '.join(a.argv())}: {exc}") from exc
-        if dests & server.given:
+        given = set(wanted) & server.given
+        if given:
+            clash = sorted(d for d in given if server.value(d) != wanted[d])
+            if a.required and clash:
+                theirs = server.value(clash[0])
+                raise LaunchError(f"{a.flag} {theirs} cannot serve the native FP8/FP4 checkpoint: {a.reason}. "
+                                  f"Drop {a.flag}, or pass {' '.join(a.argv())}")
             kept.append(a)
         else:
             used.append(a)

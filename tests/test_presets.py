@@ -82,9 +82,9 @@ def test_every_arch_has_a_preset_file_shipped_as_package_data():
 @pytest.mark.parametrize("arch, preset", ALL, ids=KNOWN_ARCHES)
 def test_preset_shape_and_reasons(arch, preset):
     assert preset.arch == arch and preset.description
-    for entry in list(preset.env) + list(preset.args):
+    for entry in list(preset.env) + list(preset.args) + list(preset.native_env) + list(preset.native_args):
         assert entry.reason and "\n" not in entry.reason and len(entry.reason) <= 200, entry
-    for e in preset.env:
+    for e in list(preset.env) + list(preset.native_env):
         assert re.fullmatch(r"[A-Z][A-Z0-9_]*", e.name) and e.value != ""
 
 
@@ -102,7 +102,7 @@ def test_ampere_presets_turn_off_hopper_only_paths(arch):
 def preset_variables():
     names = {}
     for arch, preset in ALL:
-        for e in preset.env:
+        for e in list(preset.env) + list(preset.native_env):
             names.setdefault(e.name, []).append(arch)
     return sorted(names.items())
 
@@ -112,7 +112,7 @@ def test_no_dead_variables(name, arches):
     """Each variable a preset sets is read by the pinned SGLang or by this package."""
     if name.startswith("SGLANG_AMPERE_"):
         assert name in envvars.VARS, f"{name} must be declared in sglang_ampere/envvars.py"
-        preset_values = {e.value for _, p in ALL for e in p.env if e.name == name}
+        preset_values = {e.value for _, p in ALL for e in list(p.env) + list(p.native_env) if e.name == name}
         if envvars.VARS[name].choices:
             assert preset_values <= set(envvars.VARS[name].choices)
         assert package_read_sites(name), (
@@ -189,4 +189,66 @@ def test_derived_presets_differ_from_sm86_only_where_they_say():
     assert {a.name for a, b in zip(sm86.env, sm89.env) if a != b} == {"SGLANG_OPT_USE_TILELANG_INDEXER"}
     assert sm89.args == sm86.args
     assert load_builtin("sm80").env == sm86.env
+    assert sm89.native_env == sm86.native_env == load_builtin("sm80").native_env
+    assert sm89.native_args == sm86.native_args == load_builtin("sm80").native_args
     assert [a.flag for a in load_builtin("sm80").args] == [a.flag for a in sm86.args]
+
+
+# ----------------------------------------------------------------------------- the [native] table
+
+
+def test_native_table_below_sm90_only():
+    """The native checkpoint's settings exist where sglang-ampere serves it (sm_80/86/89) and
+    nowhere SGLang's own kernels do (sm_90, sm_120)."""
+    for arch, preset in ALL:
+        has = bool(preset.native_env or preset.native_args)
+        assert has == (arch in ("sm80", "sm86", "sm89")), arch
+    sm86 = load_builtin("sm86")
+    assert [(a.flag, a.value, a.required) for a in sm86.native_args] == [("--moe-runner-backend", "marlin", True)]
+    assert {e.name: (e.value, e.required) for e in sm86.native_env}["SGLANG_DSV4_FP4_DEQUANT"] == ("0", True)
+
+
+def test_native_moe_runner_backend_is_what_sglang_checks_for():
+    """Fp8Config hands MXFP4 experts to Mxfp4MarlinMoEMethod only under the marlin runner, and
+    SGLang's DeepSeek-V4 override picks an MXFP4 runner by itself on sm_90/100/120 only."""
+    fp8 = sglang_sources()["srt/layers/quantization/fp8.py"]
+    assert re.search(r"is_fp4_experts and get_moe_runner_backend\(\)\.is_marlin\(\):\s+from "
+                     r"sglang\.srt\.layers\.quantization\.mxfp4_marlin_moe import", fp8)
+    v4 = sglang_sources()["srt/arg_groups/model_overrides/deepseek_v4.py"]
+    auto = v4[v4.index('if cfg.moe_runner_backend == "auto"'):]
+    assert "is_sm90" in auto and "flashinfer_mxfp4" in auto and "is_sm86" not in auto and "is_sm80" not in auto
+    from sglang.srt.layers.moe.utils import MoeRunnerBackend
+
+    assert MoeRunnerBackend("marlin").is_marlin()
+    assert load_builtin("sm86").native_args[0].value == MoeRunnerBackend.MARLIN.value
+
+
+def test_fp8_marlin_is_automatic_only_below_sm89():
+    """SGLANG_FORCE_FP8_MARLIN is needed on sm_89 (and the Ampere target on sm_90+), not on sm_80..88."""
+    utils = sglang_sources()["srt/layers/quantization/fp8_utils.py"]
+    fn = utils[utils.index("def can_auto_enable_marlin_fp8"):][:300]
+    assert "80 <= sm < 89" in fn
+    assert sglang_read_sites("SGLANG_FORCE_FP8_MARLIN")
+
+
+def test_native_table_parsing(tmp_path):
+    from sglang_ampere.launch.presets import PresetError, load_file
+
+    f = tmp_path / "mine.toml"
+    f.write_text('[preset]\nextends = "sm86"\n\n[[native.env]]\nname = "SGLANG_FORCE_FP8_MARLIN"\nvalue = "0"\n'
+                 'reason = "mine"\n\n[[native.arg]]\nflag = "--moe-runner-backend"\nvalue = "marlin"\n'
+                 'reason = "mine too"\n')
+    p = load_file(f)
+    base = load_builtin("sm86")
+    assert [e.name for e in p.native_env] == [e.name for e in base.native_env]
+    assert next(e for e in p.native_env if e.name == "SGLANG_FORCE_FP8_MARLIN").value == "0"
+    assert p.native_args[0].reason == "mine too" and not p.native_args[0].required   # replaced entry, as written
+    f.write_text('[native]\nfoo = 1\n')
+    with pytest.raises(PresetError, match=r"\[native\] holds only"):
+        load_file(f)
+    f.write_text('[[native.env]]\nname = "A"\nvalue = "1"\nreason = "r"\nrequired = "yes"\n')
+    with pytest.raises(PresetError, match=r"\[\[native.env\]\] #1: 'required' must be true or false"):
+        load_file(f)
+    f.write_text('[[env]]\nname = "A"\nvalue = "1"\nreason = "r"\nrequird = true\n')
+    with pytest.raises(PresetError, match=r"unknown key\(s\) \['requird'\]"):
+        load_file(f)
