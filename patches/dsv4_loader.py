@@ -1,7 +1,8 @@
-"""DeepSeek-V4 weight preparation for dsv4_int checkpoints.
+"""DeepSeek-V4 weight preparation for dsv4_int checkpoints (target model, MTP and DSpark drafts).
 
 Target:   ``sglang.srt.models.deepseek_v4._prepare_deepseek_v4_weights(weights, quant_config)``
-Hook:     AROUND
+          and ``sglang.srt.models.deepseek_v4_dspark.DeepseekV4ForCausalLMDSpark.load_weights``
+Hook:     AROUND (both)
 Why:      ``DeepseekV4ForCausalLM.load_weights`` pipes the checkpoint stream through this
           function whenever the FP8 ``wo_a`` GEMM is off (always, for a non-Fp8 config). It
           pairs ``*.wo_a.weight`` with ``*.wo_a.scale`` and calls ``_dequant_fp8``, which
@@ -14,12 +15,19 @@ Why:      ``DeepseekV4ForCausalLM.load_weights`` pipes the checkpoint stream thr
           copy raw integers into a BF16 parameter without a word.
           Any other quant config (native FP8, quark, expert_pack, BF16) goes to the original
           function unchanged.
+          The DSpark drafter of DeepSeek-V4-Flash-0731 (``DeepseekV4ForCausalLMDSpark``) does
+          not go through ``_prepare_deepseek_v4_weights``: its ``load_weights`` calls
+          ``_dequant_fp8_wo_a_streaming`` directly (``deepseek_v4_dspark.py`` line ~1022), which
+          asserts FP8 the same way. The second hook hands it the same dsv4_int stream when the
+          draft's quant config is dsv4_int (the drafter's BF16 ``wo_a`` then passes through
+          SGLang's function untouched), and calls it unchanged otherwise.
           Fused ``wq_a``+``wkv`` (``SGLANG_OPT_FUSE_WQA_WKV=1``, SGLang's default) works with
           dsv4_int as is: the loader concatenates the weights and the scales along the output
           rows, which is exact for both variants (1024 and 512 rows are whole 128-row blocks;
           channel scales are per row). A checkpoint whose ``wq_a`` and ``wkv`` differ in
           dtype is refused by ``Dsv4IntConfig`` with a message naming that variable.
-SGLang:   written for 0.5.23 (``deepseek_v4.py`` lines ~5251-5290 and 5671-5776).
+SGLang:   written for 0.5.23 (``deepseek_v4.py`` lines ~5251-5290 and 5671-5776,
+          ``deepseek_v4_dspark.py`` lines ~1018-1098).
 """
 
 from __future__ import annotations
@@ -35,12 +43,14 @@ from . import Hook
 logger = logging.getLogger("sglang_ampere")
 
 TARGET = "sglang.srt.models.deepseek_v4._prepare_deepseek_v4_weights"
+DSPARK_TARGET = "sglang.srt.models.deepseek_v4_dspark.DeepseekV4ForCausalLMDSpark.load_weights"
 
 #: Native module names SGLang's DeepSeek-V4 builds with the quant config (so an INT8 tensor
-#: there gets an INT8 parameter), plus ``wo_a`` (dequantized here) and the routed experts.
+#: there gets an INT8 parameter), plus ``wo_a`` (dequantized here) and the routed experts;
+#: ``main_proj`` is the DSpark drafter's target-hidden projection (a quantized ReplicatedLinear).
 _INT8_OK = re.compile(
     r"(^|\.)(attn\.(wq_a|wkv|wq_b|wo_a|wo_b|indexer\.wq_b)|ffn\.shared_experts\.w[123]"
-    r"|ffn\.experts\.\d+\.w[123]|e_proj|h_proj)$"
+    r"|ffn\.experts\.\d+\.w[123]|e_proj|h_proj|main_proj)$"
 )
 
 
@@ -90,13 +100,26 @@ def dsv4_int_weight_stream(weights: Iterable[Tuple[str, torch.Tensor]]) -> Itera
         yield f"{prefix}.weight", bucket["weight"]
 
 
+def _is_dsv4_int(quant_config) -> bool:
+    return quant_config is not None and quant_config.get_name() == "dsv4_int"
+
+
 def prepare_weights(original, weights, quant_config):
     """AROUND hook: dsv4_int gets :func:`dsv4_int_weight_stream`, everything else the original."""
-    if quant_config is not None and quant_config.get_name() == "dsv4_int":
+    if _is_dsv4_int(quant_config):
         return dsv4_int_weight_stream(weights)
     return original(weights, quant_config)
 
 
+def dspark_load_weights(original, self, weights, *args, **kwargs):
+    """AROUND hook on the DSpark draft's ``load_weights``: the dsv4_int stream first, if dsv4_int."""
+    if _is_dsv4_int(getattr(self, "quant_config", None)):
+        weights = dsv4_int_weight_stream(weights)
+    return original(self, weights, *args, **kwargs)
+
+
 def hooks() -> list[Hook]:
     return [Hook(TARGET, prepare_weights, "AROUND",
-                 "dequantize dsv4_int INT8 wo_a to BF16 (SGLang's path asserts FP8)")]
+                 "dequantize dsv4_int INT8 wo_a to BF16 (SGLang's path asserts FP8)"),
+            Hook(DSPARK_TARGET, dspark_load_weights, "AROUND",
+                 "the same for the V4-Flash-0731 DSpark draft, whose load_weights skips that path")]

@@ -8,6 +8,12 @@ One place for two facts everything else reads:
   checkpoint with a given ``config.json`` must contain (``synth`` writes exactly this; tests
   and ``audit`` compare against it both ways).
 
+Two layouts share the main model and differ under ``mtp.*``: DeepSeek-V4-Flash ships one MTP
+block there, DeepSeek-V4-Flash-0731 a DSpark drafter (:func:`has_dspark_drafter`: several
+SWA-only blocks, a ``main_proj`` from the target's hidden states into block 0, and a
+low-rank Markov head). The DSpark names are those SGLang 0.5.23's
+``DeepseekV4ForCausalLMDSpark.load_weights`` maps (docs/dsv4-flash-0731.md).
+
 Shapes are ``[out, in]``. Never imports SGLang.
 """
 
@@ -28,7 +34,7 @@ _EXPERT_RE = re.compile(rf"^{_BLOCK}\.ffn\.experts\.\d+\.w[123]\.(weight|scale)$
 _DENSE_RE = re.compile(
     rf"^(?:{_BLOCK}\.attn\.(?:wq_a|wq_b|wkv|wo_a|wo_b|indexer\.wq_b)"
     rf"|{_BLOCK}\.ffn\.shared_experts\.w[123]"
-    r"|mtp\.\d+\.(?:e_proj|h_proj))\.(weight|scale)$"
+    r"|mtp\.\d+\.(?:e_proj|h_proj|main_proj))\.(weight|scale)$"
 )
 _PRESERVED_RE = re.compile(
     r"^(?:embed\.weight|head\.weight|norm\.weight|hc_head_(?:fn|base|scale)"
@@ -37,8 +43,14 @@ _PRESERVED_RE = re.compile(
     r"|attn\.(?:indexer\.)?compressor\.(?:wkv\.weight|wgate\.weight|ape|norm\.weight)"
     r"|attn\.indexer\.weights_proj\.weight"
     r"|ffn\.gate\.(?:weight|bias|tid2eid))"
-    r"|mtp\.\d+\.(?:enorm\.weight|hnorm\.weight|norm\.weight|hc_head_(?:fn|base|scale)))$"
+    r"|mtp\.\d+\.(?:enorm\.weight|hnorm\.weight|norm\.weight|hc_head_(?:fn|base|scale)"
+    r"|main_norm\.weight|markov_head\.(?:embed|head)\.weight|confidence_head\.proj\.weight))$"
 )
+
+#: config.json keys whose presence marks a checkpoint that bundles a DSpark drafter under
+#: ``mtp.*`` (the set SGLang 0.5.23 tests: ``checkpoint_bundles_dspark_draft``).
+DSPARK_MARKER_KEYS = ("dspark_block_size", "dspark_markov_rank", "dspark_noise_token_id",
+                      "dspark_target_layer_ids")
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,35 @@ def compress_ratio(config: dict, layer: int) -> int:
     return int(config["compress_ratios"][layer])
 
 
+def has_dspark_drafter(config: dict) -> bool:
+    """Whether ``mtp.*`` holds a DSpark drafter (V4-Flash-0731) rather than the MTP block."""
+    return any(config.get(k) is not None for k in DSPARK_MARKER_KEYS)
+
+
+def dspark_stages(config: dict) -> int:
+    """DSpark blocks: one per target layer whose hidden state feeds ``main_proj``."""
+    ids = config.get("dspark_target_layer_ids")
+    return len(ids) if ids else int(config.get("num_nextn_predict_layers") or 1)
+
+
+def dspark_target_features(config: dict) -> int:
+    """Target hidden states ``main_proj`` reads (concatenated): one per target layer id,
+    all main layers when the config names none (SGLang's fallback)."""
+    ids = config.get("dspark_target_layer_ids")
+    return len(ids) if ids else int(config["num_hidden_layers"])
+
+
+def dspark_experts(config: dict) -> int:
+    """Routed experts per DSpark block (``dspark_n_routed_experts``, else the main model's)."""
+    return int(config.get("dspark_n_routed_experts") or config["n_routed_experts"])
+
+
 def native_inventory(config: dict) -> dict[str, TensorSpec]:
     """Every tensor of a native DeepSeek-V4-Flash checkpoint with this config, in file order.
 
     Routed experts are MXFP4 (I8 bytes ``[N, K/2]`` + E8M0 ``[N, K/32]``); dense projections
     FP8 + E8M0 128x128 block scales; everything else preserved with the dtype engines use.
+    ``mtp.*`` is the MTP block, or the DSpark drafter when :func:`has_dspark_drafter`.
     """
     H = config["hidden_size"]
     V = config["vocab_size"]
@@ -115,7 +151,7 @@ def native_inventory(config: dict) -> dict[str, TensorSpec]:
         add(f"{prefix}.ape", (ratio, coff * dim), "F32")
         add(f"{prefix}.norm.weight", (dim,), "BF16")
 
-    def block(p, layer_id, ratio):
+    def block(p, layer_id, ratio, n_experts=E):
         add(f"{p}.attn_norm.weight", (H,), "BF16")
         add(f"{p}.ffn_norm.weight", (H,), "BF16")
         for sub in ("attn", "ffn"):
@@ -138,12 +174,12 @@ def native_inventory(config: dict) -> dict[str, TensorSpec]:
             add(f"{a}.indexer.weights_proj.weight", (ih, H), "BF16")
             compressor(f"{a}.indexer.compressor", ratio, ihd)
         f = f"{p}.ffn"
-        add(f"{f}.gate.weight", (E, H), "BF16")
+        add(f"{f}.gate.weight", (n_experts, H), "BF16")
         if layer_id < n_hash:
             add(f"{f}.gate.tid2eid", (V, topk), "I64")
         else:
-            add(f"{f}.gate.bias", (E,), "F32")
-        for e in range(E):
+            add(f"{f}.gate.bias", (n_experts,), "F32")
+        for e in range(n_experts):
             expert(f"{f}.experts.{e}.w1", I, H)
             expert(f"{f}.experts.{e}.w2", H, I)
             expert(f"{f}.experts.{e}.w3", I, H)
@@ -159,6 +195,30 @@ def native_inventory(config: dict) -> dict[str, TensorSpec]:
     add("hc_head_fn", (hc, hc * H), "F32")
     add("hc_head_base", (hc,), "F32")
     add("hc_head_scale", (1,), "F32")
+
+    def head_mix(p):
+        add(f"{p}.hc_head_fn", (hc, hc * H), "F32")
+        add(f"{p}.hc_head_base", (hc,), "F32")
+        add(f"{p}.hc_head_scale", (1,), "F32")
+
+    if has_dspark_drafter(config):
+        # SGLang builds the blocks as next-n layers (never hash-routed) with SWA-only attention.
+        stages, rank = dspark_stages(config), int(config["dspark_markov_rank"])
+        last = f"mtp.{stages - 1}"
+        for s in range(stages):
+            p = f"mtp.{s}"
+            block(p, n_layers + s, 0, dspark_experts(config))
+            if s == 0:
+                dense(f"{p}.main_proj", H, H * dspark_target_features(config))
+                add(f"{p}.main_norm.weight", (H,), "BF16")
+        add(f"{last}.norm.weight", (H,), "BF16")
+        head_mix(last)
+        add(f"{last}.markov_head.embed.weight", (V, rank), "BF16")
+        add(f"{last}.markov_head.head.weight", (V, rank), "F32")
+        if config.get("enable_confidence_head"):
+            with_markov = config.get("confidence_head_with_markov", True)
+            add(f"{last}.confidence_head.proj.weight", (1, H + (rank if with_markov else 0)), "F32")
+        return out
     for m in range(config.get("num_nextn_predict_layers", 0)):
         p = f"mtp.{m}"
         block(p, n_layers + m, compress_ratio(config, n_layers + m))
@@ -167,7 +227,5 @@ def native_inventory(config: dict) -> dict[str, TensorSpec]:
         add(f"{p}.enorm.weight", (H,), "BF16")
         add(f"{p}.hnorm.weight", (H,), "BF16")
         add(f"{p}.norm.weight", (H,), "BF16")
-        add(f"{p}.hc_head_fn", (hc, hc * H), "F32")
-        add(f"{p}.hc_head_base", (hc,), "F32")
-        add(f"{p}.hc_head_scale", (1,), "F32")
+        head_mix(p)
     return out

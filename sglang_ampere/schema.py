@@ -51,6 +51,9 @@ DENSE_TARGETS = ("*.attn.wq_a", "*.attn.wq_b", "*.attn.wkv", "*.attn.wo_a", "*.a
                  "*.attn.indexer.compressor.wgate", "*.ffn.shared_experts.w1",
                  "*.ffn.shared_experts.w2", "*.ffn.shared_experts.w3",
                  "mtp.*.e_proj", "mtp.*.h_proj")
+#: Added to the dense targets for a V4-Flash-0731 checkpoint: its DSpark drafter's one dense
+#: layer outside the block patterns above (docs/dsv4-flash-0731.md).
+DSPARK_DENSE_TARGETS = ("mtp.*.main_proj",)
 IGNORE = ("embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
           "*.gate.*", "hc_*", "*.hc_attn_*", "*.hc_ffn_*")
 #: What ``convert`` writes under ROUTED_EXPERTS_KEY: anything but "mxfp4" stops SGLang's
@@ -58,9 +61,9 @@ IGNORE = ("embed", "head", "norm", "lm_head", "*norm.weight", "attn.attn_sink",
 ROUTED_EXPERTS_INT4 = "int4"
 
 
-def make_quantization_config(dense_strategy: str, scale_mode: str, extra_ignore=()) -> dict:
+def make_quantization_config(dense_strategy: str, scale_mode: str, extra_ignore=(), dspark: bool = False) -> dict:
     """The quantization_config a dsv4_int checkpoint carries (the published schema, plus
-    ROUTED_EXPERTS_KEY, which SGLang 0.5.23 reads)."""
+    ROUTED_EXPERTS_KEY, which SGLang 0.5.23 reads; plus DSPARK_DENSE_TARGETS if ``dspark``)."""
     if dense_strategy not in STRATEGIES:
         raise ValueError(f"dense strategy must be one of {STRATEGIES}, got {dense_strategy!r}")
     dense_w = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": dense_strategy}
@@ -79,7 +82,7 @@ def make_quantization_config(dense_strategy: str, scale_mode: str, extra_ignore=
             LINEARS_GROUP: {
                 "weights": dense_w,
                 "input_activations": {"num_bits": 16, "type": "float"},
-                "targets": list(DENSE_TARGETS),
+                "targets": list(DENSE_TARGETS) + (list(DSPARK_DENSE_TARGETS) if dspark else []),
             },
         },
         "ignore": list(IGNORE) + [p for p in extra_ignore if p not in IGNORE],

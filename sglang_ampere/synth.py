@@ -8,6 +8,10 @@ trained weights: Gaussian scaled by fan-in, with a per-row log-normal spread of 
 and rare outliers, so scales span many exponents; nothing is all-zero. Every tensor is drawn from its own generator
 seeded by (``--seed``, tensor name), so the bytes do not depend on shard layout.
 
+``--variant 0731`` writes the DeepSeek-V4-Flash-0731 layout instead: the same main model,
+with a DSpark drafter under ``mtp.*`` in place of the MTP block (``dspark_*`` config keys;
+see :mod:`sglang_ampere.inventory` and docs/dsv4-flash-0731.md).
+
 The checkpoint is written into a temporary folder beside OUT and renamed into place at the
 end, so an interrupted run leaves nothing that looks like a checkpoint.
 """
@@ -33,6 +37,10 @@ BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", 
 SPECIAL_TOKENS = (BOS, EOS, PAD)
 #: Fixed by the architecture (448 no-RoPE + 64 RoPE dims; indexer head 128); not scaled down.
 HEAD_DIM, ROPE_DIM, INDEX_HEAD_DIM = 512, 64, 128
+#: Checkpoint layouts: the V4-Flash release (MTP block) and V4-Flash-0731 (DSpark drafter).
+VARIANTS = ("v4-flash", "0731")
+#: Draft block size (gamma) written for 0731: SGLang's DSpark default (DEFAULT_DSPARK_GAMMA).
+DSPARK_BLOCK_SIZE = 7
 
 
 @dataclass
@@ -52,6 +60,10 @@ class SynthSpec:
     vocab: int = 512
     hash_layers: int = 2
     mtp: int = 1
+    variant: str = "v4-flash"
+    dspark_stages: int = 3        # 0731 only: drafter blocks = target layers feeding it
+    dspark_experts: int = 4       # 0731 only: routed experts per drafter block
+    dspark_markov_rank: int = 64  # 0731 only: Markov head rank
 
     def validate(self) -> None:
         def need(ok, msg):
@@ -77,11 +89,26 @@ class SynthSpec:
             f"--vocab must be at least {256 + len(SPECIAL_TOKENS)} (byte-level tokenizer)",
         )
         need(self.mtp in (0, 1), "--mtp must be 0 or 1")
+        need(self.variant in VARIANTS, f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "0731":
+            need(1 <= self.dspark_stages <= self.layers,
+                 f"--dspark-stages must be between 1 and --layers ({self.layers})")
+            need(self.dspark_experts >= self.topk,
+                 f"--dspark-experts ({self.dspark_experts}) must be at least --topk ({self.topk})")
+            need(self.dspark_markov_rank >= 1, "--dspark-markov-rank must be positive")
+
+    @property
+    def draft_layers(self) -> int:
+        """Layers under ``mtp.*``: the MTP block, or the DSpark drafter's blocks (0731)."""
+        return self.dspark_stages if self.variant == "0731" else self.mtp
 
 
 #: DeepSeek-V4-Flash's real sizes (reference table 3.1), for benchmarks.
+#: The 0731 drafter sizes beyond the main model's (expert count, Markov rank) are not in SGLang;
+#: REAL uses the main model's expert count and an illustrative rank (docs/dsv4-flash-0731.md).
 REAL = SynthSpec(layers=43, experts=256, topk=6, hidden=4096, moe_inter=2048, heads=64, q_lora_rank=1024,
-                 o_groups=8, o_lora_rank=1024, index_heads=64, vocab=129280, hash_layers=3, mtp=1)
+                 o_groups=8, o_lora_rank=1024, index_heads=64, vocab=129280, hash_layers=3, mtp=1,
+                 dspark_stages=3, dspark_experts=256, dspark_markov_rank=256)
 
 
 def compress_ratios(layers: int, mtp: int) -> list[int]:
@@ -89,8 +116,31 @@ def compress_ratios(layers: int, mtp: int) -> list[int]:
     return [0 if i < 2 else (4 if i % 2 == 0 else 128) for i in range(layers)] + [0] * mtp
 
 
+def dspark_target_layer_ids(layers: int, stages: int) -> list[int]:
+    """Target layers feeding the drafter: ``stages`` layers spread evenly, ending at the last."""
+    return sorted({layers - 1 - (i * layers) // stages for i in range(stages)})
+
+
+def dspark_keys(spec: SynthSpec) -> dict:
+    """The 0731 config keys SGLang's DSpark drafter reads (dspark_config.py, deepseek_v4_dspark.py)."""
+    return {
+        "dspark_block_size": DSPARK_BLOCK_SIZE,
+        "dspark_markov_rank": spec.dspark_markov_rank,
+        "dspark_n_routed_experts": spec.dspark_experts,
+        "dspark_noise_token_id": SPECIAL_TOKENS.index(PAD),
+        "dspark_target_layer_ids": dspark_target_layer_ids(spec.layers, spec.dspark_stages),
+    }
+
+
 def make_config(spec: SynthSpec) -> dict:
     """config.json with the same keys as the release's (values scaled down per ``spec``)."""
+    config = _base_config(spec)
+    if spec.variant == "0731":
+        config.update(dspark_keys(spec))
+    return config
+
+
+def _base_config(spec: SynthSpec) -> dict:
     return {
         "architectures": [MODEL_ARCHITECTURE],
         "model_type": "deepseek_v4",
@@ -98,7 +148,7 @@ def make_config(spec: SynthSpec) -> dict:
         "attention_dropout": 0.0,
         "bos_token_id": 0,
         "eos_token_id": 1,
-        "compress_ratios": compress_ratios(spec.layers, spec.mtp),
+        "compress_ratios": compress_ratios(spec.layers, spec.draft_layers),
         "compress_rope_theta": 160000,
         "expert_dtype": "fp4",
         "hc_eps": 1e-6,
@@ -121,7 +171,7 @@ def make_config(spec: SynthSpec) -> dict:
         "num_hash_layers": spec.hash_layers,
         "num_hidden_layers": spec.layers,
         "num_key_value_heads": 1,
-        "num_nextn_predict_layers": spec.mtp,
+        "num_nextn_predict_layers": spec.draft_layers,
         "o_groups": spec.o_groups,
         "o_lora_rank": spec.o_lora_rank,
         "q_lora_rank": spec.q_lora_rank,
@@ -390,7 +440,10 @@ _FLAGS = {
     "index_heads": "indexer heads (real: 64; indexer head dim fixed at 128)",
     "vocab": "vocabulary size (real: 129280; the tokenizer uses the first 259 ids)",
     "hash_layers": "leading layers routed by tid2eid (real: 3)",
-    "mtp": "MTP (next-n) layers, 0 or 1 (real: 1)",
+    "mtp": "MTP (next-n) layers, 0 or 1 (real: 1; --variant v4-flash only)",
+    "dspark_stages": "DSpark drafter blocks = target layers feeding it (--variant 0731; real: 3)",
+    "dspark_experts": "routed experts per DSpark block (--variant 0731; dspark_n_routed_experts)",
+    "dspark_markov_rank": "DSpark Markov head rank (--variant 0731; dspark_markov_rank)",
 }
 
 
@@ -404,6 +457,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same bytes (default 0)")
     p.add_argument("--shards", type=int, default=4, help="number of safetensors shards (default 4)")
     p.add_argument("--real", action="store_true", help="start from the release's sizes instead of the small defaults")
+    p.add_argument("--variant", choices=VARIANTS, default="v4-flash",
+                   help="v4-flash: the V4-Flash layout (MTP block, default); 0731: V4-Flash-0731 "
+                        "(DSpark drafter with a Markov head under mtp.*)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for field, help_ in _FLAGS.items():
@@ -418,6 +474,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> SynthSpec:
     base = asdict(REAL if args.real else SynthSpec())
     base.update({f: getattr(args, f) for f in _FLAGS if getattr(args, f) is not None})
+    base["variant"] = args.variant
     return SynthSpec(**base)
 
 

@@ -6,7 +6,8 @@ plus one key SGLang 0.5.23 reads: ``routed_experts_quant_method`` — without it
 routed-expert tensor, sees I8 bytes and takes the packed INT4 experts for MXFP4. Provenance
 (source, revision, index hash, converter version, options) goes in a separate top-level key,
 ``dsv4_int_conversion``, so the schema itself stays as published. ``expert_dtype`` becomes
-``"int4"``.
+``"int4"``. Every other key is kept, the ``dspark_*`` keys of V4-Flash-0731 included; for such a
+checkpoint the dense targets also list the DSpark drafter's ``main_proj``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 from pathlib import Path
 
 from .. import __version__
+from ..inventory import has_dspark_drafter
 from ..schema import make_quantization_config
 from .options import Options
 
@@ -26,8 +28,9 @@ SCALE_MODE_NAMES = {"absmax": "absmax7", "mse": "mse", "optimal": "optimal"}
 PROVENANCE_KEY = "dsv4_int_conversion"
 
 
-def quantization_config(options: Options) -> dict:
-    return make_quantization_config(options.dense_mode, SCALE_MODE_NAMES[options.expert_mode], options.keep_bf16)
+def quantization_config(options: Options, dspark: bool = False) -> dict:
+    return make_quantization_config(options.dense_mode, SCALE_MODE_NAMES[options.expert_mode], options.keep_bf16,
+                                    dspark=dspark)
 
 
 def source_revision(src: Path) -> str | None:
@@ -58,7 +61,7 @@ def provenance(src: Path, src_config: dict, options: Options) -> dict:
 def dsv4_int_config(src_config: dict, options: Options, prov: dict) -> dict:
     cfg = copy.deepcopy(src_config)
     cfg["expert_dtype"] = "int4"
-    cfg["quantization_config"] = quantization_config(options)
+    cfg["quantization_config"] = quantization_config(options, dspark=has_dspark_drafter(src_config))
     cfg[PROVENANCE_KEY] = prov
     return cfg
 

@@ -89,10 +89,14 @@ def native_modules(prefix: str) -> list[str]:
     ``model.layers.3.self_attn.wqkv_a`` -> ``[layers.3.attn.wq_a, layers.3.attn.wkv]``;
     ``model.layers.3.mlp.shared_experts.gate_up_proj`` -> ``[... .ffn.shared_experts.w1, ... .w3]``;
     the MTP draft (``DeepseekV4ForCausalLMNextN``) builds ``mtp.0`` as ``model.decoder`` with
-    ``model.e_proj`` / ``model.h_proj`` beside it.
+    ``model.e_proj`` / ``model.h_proj`` beside it; the V4-Flash-0731 DSpark draft
+    (``DeepseekV4ForCausalLMDSpark``) builds block ``mtp.N`` as ``stages.N`` (``main_proj``
+    included).
     """
     p = prefix
-    if p.startswith("model.decoder."):
+    if p.startswith("stages."):
+        p = "mtp." + p[len("stages."):]
+    elif p.startswith("model.decoder."):
         p = "mtp.0." + p[len("model.decoder."):]
     elif p in ("model.e_proj", "model.h_proj"):
         p = "mtp.0." + p[len("model."):]

@@ -31,7 +31,7 @@ import torch
 
 from ..convert.headers import CheckpointError
 from ..formats import FormatError
-from ..inventory import native_inventory
+from ..inventory import has_dspark_drafter, native_inventory
 from .model import ReferenceModel, new_caches
 from .weights import Checkpoint, ReferenceError
 
@@ -169,6 +169,12 @@ def evaluate(
         raise ReferenceError(f"--device {device}: no CUDA device is available here (use --device cpu)")
     cks = [Checkpoint(model_path)] + ([Checkpoint(against)] if against is not None else [])
     for ck in cks:
+        if mtp and has_dspark_drafter(ck.config):
+            raise ReferenceError(
+                f"--mtp: {ck.path} is a DeepSeek-V4-Flash-0731 checkpoint: mtp.* holds a DSpark drafter "
+                "(blocks fed by target hidden states, with a Markov head), which the reference does not "
+                "model. Drop --mtp to evaluate the main model (the drafter is ignored)."
+            )
         check_complete(ck, mtp)
         if mtp and int(ck.config.get("num_nextn_predict_layers", 0)) < 1:
             raise ReferenceError(f"--mtp: {ck.path} has no MTP layer (num_nextn_predict_layers is 0)")
