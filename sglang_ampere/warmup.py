@@ -1,4 +1,4 @@
-"""``sglang-ampere warmup``: build SGLang's JIT kernels for the dsv4_int path ahead of time.
+"""``sglang-ampere warmup``: build SGLang's JIT kernels for our serving paths ahead of time.
 
 SGLang 0.5.23 compiles its Marlin and DeepSeek-V4 CUDA kernels on first use (nvcc, minutes per
 module on a small host), so a first ``launch`` looks hung. This command compiles them into
@@ -6,6 +6,13 @@ SGLang's own JIT cache (``$SGLANG_JIT_CACHE_DIR``, default ``~/.cache/sglang/jit
 SGLang's own builders, so the server later finds them by the same build key. No GPU is needed:
 the arch is forced with ``sglang.kernels.jit.utils.override_jit_cuda_arch`` (one process per
 arch; see ../shared/reference/marlin-jit.md).
+
+Both checkpoint formats run the same Marlin modules: SGLang compiles every weight type into each
+(``b_q_type`` and the group size are runtime arguments), so the dsv4_int INT8/INT4 kernels and the
+native checkpoint's FP8 dense and MXFP4 (E8M0) MoE kernels come from one ``gptq_marlin`` and two
+``moe_wna16_marlin`` builds. The native path adds ``moe_topk_sum``, the final top-k sum
+``fused_marlin_moe`` runs for MXFP4 experts. ``--checkpoint`` (a format name or a checkpoint folder)
+builds only what that format runs; without it, both formats' kernels are built.
 
 Importing this module is cheap (no torch, no SGLang): ``launch`` uses :func:`cold_cache_notes`.
 """
@@ -22,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .checkpoint_format import DSV4_INT, NATIVE
 from .cuda_tools import find_cuda_home
 from .gpus import ARCH_CAPS
+
+#: The checkpoint formats whose serving path warmup knows.
+CHECKPOINTS = (DSV4_INT, NATIVE)
 
 
 @dataclass(frozen=True)
@@ -36,28 +47,36 @@ class JitTarget:
     why: str
     est_minutes: float       # rough, 2-core host, sm_86, default flags
     max_arch: int | None = None   # only for archs below this (e.g. 90)
+    checkpoints: tuple[str, ...] = CHECKPOINTS   # the formats whose serving path runs it
 
 
 #: Cheapest first: the test builds only the first one.
 TARGETS: tuple[JitTarget, ...] = (
     JitTarget("gptq_marlin_repack", "sglang.kernels.ops.quantization.gptq_marlin_repack",
               "_jit_gptq_marlin_repack_module", (), "sgl_kernel_jit_gptq_marlin_repack",
-              "repacks INT4 experts and INT8 dense weights into Marlin layout at load", 0.2),
+              "repacks experts (INT4, MXFP4) and dense weights (INT8, FP8) into Marlin layout at load", 0.2),
     JitTarget("topk_v1", "sglang.kernels.ops.attention.dsv4.topk", "_jit_topk_v1_module", (),
               "sgl_kernel_jit_dpsk_v4_topk_v1_*",
               "DeepSeek-V4 sparse top-k (v1; the presets turn the cluster-based v2 off)", 0.2, max_arch=90),
     JitTarget("compress_plan", "sglang.kernels.ops.attention.dsv4.compress", "_jit_compress_plan_module", (),
               "sgl_kernel_jit_dpsk_v4_compress_plan", "DeepSeek-V4 KV compressor planning (CSA/HCA layers)", 0.2),
+    JitTarget("moe_topk_sum", "sglang.kernels.ops.moe.moe_topk_sum", "_jit_topk_sum_module", (),
+              "sgl_kernel_jit_moe_topk_sum_256_*",
+              "sums the MXFP4 experts' router-weighted outputs (fused_marlin_moe's MXFP4 final reduce)", 1.0,
+              checkpoints=(NATIVE,)),
     JitTarget("moe_marlin_gemm1", "sglang.kernels.ops.moe.moe_wna16_marlin", "_jit_moe_wna16_marlin_module",
               ("bf16", False, False, True, False, True),
               "sgl_kernel_jit_moe_wna16_marlin_bf16_t_false_false_true_false_true",
-              "INT4 routed experts, gate/up GEMM (Marlin MoE, sorted experts)", 4.0),
+              "routed experts, gate/up GEMM (Marlin MoE, sorted experts): INT4 uint4b8 and MXFP4 e2m1 + E8M0",
+              4.0),
     JitTarget("moe_marlin_gemm2", "sglang.kernels.ops.moe.moe_wna16_marlin", "_jit_moe_wna16_marlin_module",
               ("bf16", False, False, True, True, True),
               "sgl_kernel_jit_moe_wna16_marlin_bf16_t_false_false_true_true_true",
-              "INT4 routed experts, down GEMM (Marlin MoE, zeroed inactive rows)", 4.0),
+              "routed experts, down GEMM (Marlin MoE, zeroed inactive rows): INT4 uint4b8 and MXFP4 e2m1 + E8M0",
+              4.0),
     JitTarget("gptq_marlin", "sglang.kernels.ops.gemm.gptq_marlin", "_jit_gptq_marlin_module", ("bf16",),
-              "sgl_kernel_jit_gptq_marlin_bf16_t", "INT8 W8A16 dense linears (Marlin uint8b128)", 9.0),
+              "sgl_kernel_jit_gptq_marlin_bf16_t",
+              "W8A16 dense linears (Marlin): INT8 uint8b128 and FP8 e4m3 group 128", 9.0),
 )
 
 
@@ -66,9 +85,13 @@ def cache_root(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("SGLANG_JIT_CACHE_DIR") or "~/.cache/sglang/jit").expanduser()
 
 
-def targets_for(arch: str) -> list[JitTarget]:
+def targets_for(arch: str, checkpoint: str | None = None) -> list[JitTarget]:
+    """The modules ``arch`` needs for ``checkpoint`` (one of :data:`CHECKPOINTS`; None: both)."""
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     n = int(arch[2:])
-    return [t for t in TARGETS if t.max_arch is None or n < t.max_arch]
+    return [t for t in TARGETS if (t.max_arch is None or n < t.max_arch)
+            and (checkpoint is None or checkpoint in t.checkpoints)]
 
 
 def is_built(target: JitTarget, arch: str, environ: Mapping[str, str]) -> bool:
@@ -77,17 +100,19 @@ def is_built(target: JitTarget, arch: str, environ: Mapping[str, str]) -> bool:
     return any(glob.glob(str(pattern)))
 
 
-def cold_cache_notes(arch: str, environ: Mapping[str, str]) -> list[str]:
-    """One note for ``launch`` when SGLang will have to compile kernels at start-up."""
+def cold_cache_notes(arch: str, environ: Mapping[str, str], checkpoint: str | None = None) -> list[str]:
+    """One note for ``launch`` when SGLang will have to compile kernels at start-up (for the
+    ``checkpoint`` format being served; None: either)."""
     if arch not in ARCH_CAPS:
         return []
-    missing = [t for t in targets_for(arch) if not is_built(t, arch, environ)]
+    missing = [t for t in targets_for(arch, checkpoint) if not is_built(t, arch, environ)]
     if not missing:
         return []
     minutes = sum(t.est_minutes for t in missing)
+    fix = f"sglang-ampere warmup --gpu {arch}" + (f" --checkpoint {checkpoint}" if checkpoint else "")
     return [f"note: SGLang's JIT cache ({cache_root(environ)}) is cold for {arch}: "
             f"{', '.join(t.key for t in missing)} will be compiled at start-up (about {minutes:.0f} min on a "
-            f"small host; the server looks hung meanwhile). Build them first: sglang-ampere warmup --gpu {arch}"]
+            f"small host; the server looks hung meanwhile). Build them first: {fix}"]
 
 
 # ----------------------------------------------------------------------------- command
@@ -102,7 +127,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="JIT cache to fill (default: $SGLANG_JIT_CACHE_DIR or ~/.cache/sglang/jit); "
                         "launch with the same SGLANG_JIT_CACHE_DIR to use it")
+    parser.add_argument("--checkpoint", metavar="FORMAT|DIR",
+                        help="build only what this checkpoint runs: " + " or ".join(CHECKPOINTS)
+                        + ", or a checkpoint folder (its config.json decides); default: both formats")
     parser.add_argument("--list", action="store_true", help="show the kernels and whether each is built")
+
+
+def resolve_checkpoint(value: str | None) -> str | None:
+    """``--checkpoint``: a format name, or a checkpoint folder whose format is detected."""
+    if value is None or value in CHECKPOINTS:
+        return value
+    from .checkpoint_format import CheckpointFormatError, detect
+
+    if not Path(value).expanduser().is_dir():
+        raise SystemExit(f"sglang-ampere warmup: error: --checkpoint {value!r} is neither a format "
+                         f"({', '.join(CHECKPOINTS)}) nor a checkpoint folder")
+    try:
+        kind = detect(Path(value).expanduser()).kind
+    except CheckpointFormatError as exc:
+        raise SystemExit(f"sglang-ampere warmup: error: {exc}") from None
+    if kind not in CHECKPOINTS:
+        raise SystemExit(f"sglang-ampere warmup: error: {value} is not a DeepSeek-V4-Flash checkpoint this "
+                         f"package serves (quant_method must be fp8 or dsv4_int); pass --checkpoint "
+                         f"{' or '.join(CHECKPOINTS)}")
+    return kind
 
 
 def _resolve_arch(gpu: str) -> str:
@@ -154,11 +202,12 @@ def run(args: argparse.Namespace) -> int:
     arch = _resolve_arch(args.gpu)
     if args.cache_dir:
         os.environ["SGLANG_JIT_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
-    chosen = [t for t in targets_for(arch) if not args.only or t.key in args.only]
+    checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None))
+    chosen = [t for t in targets_for(arch, checkpoint) if not args.only or t.key in args.only]
     if args.list:
-        for t in targets_for(arch):
+        for t in targets_for(arch, checkpoint):
             state = "built" if is_built(t, arch, os.environ) else "cold"
-            print(f"{t.key:20s} {state:6s} ~{t.est_minutes:g} min  {t.why}")
+            print(f"{t.key:20s} {state:6s} ~{t.est_minutes:g} min  {'+'.join(t.checkpoints):16s} {t.why}")
         return 0
     if not chosen:
         print(f"sglang-ampere warmup: nothing to build for {arch} with --only {args.only}")

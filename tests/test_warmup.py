@@ -42,6 +42,83 @@ def test_topk_v1_is_only_needed_below_sm90():
     assert "topk_v1" not in [t.key for t in warmup.targets_for("sm90")]
 
 
+def test_checkpoint_selects_what_its_path_runs():
+    every = {t.key for t in warmup.targets_for("sm86")}
+    native = {t.key for t in warmup.targets_for("sm86", "native")}
+    dsv4_int = {t.key for t in warmup.targets_for("sm86", "dsv4_int")}
+    # one set of Marlin modules serves both formats; the MXFP4 final reduce only the native one
+    marlin = {"gptq_marlin_repack", "gptq_marlin", "moe_marlin_gemm1", "moe_marlin_gemm2"}
+    assert marlin <= native and marlin <= dsv4_int
+    assert native - dsv4_int == {"moe_topk_sum"} and dsv4_int <= native
+    assert native | dsv4_int == every
+    with pytest.raises(ValueError, match="checkpoint must be one of dsv4_int, native"):
+        warmup.targets_for("sm86", "int4")
+
+
+def test_native_reduce_target_is_what_fused_marlin_moe_calls_for_mxfp4():
+    """The MXFP4 branch of SGLang's fused_marlin_moe sums the top-k outputs with moe_topk_sum, whose
+    builder is the target's (dsv4_int's INT4 experts take sgl_kernel's prebuilt moe_sum_reduce)."""
+    import importlib
+
+    from sglang.srt.layers.moe.fused_moe_triton import fused_marlin_moe
+
+    src = inspect.getsource(fused_marlin_moe.fused_marlin_moe)
+    mxfp4_branch = src[src.index("if is_mxfp4_marlin:\n        # Top-k"):]
+    target = next(t for t in warmup.TARGETS if t.key == "moe_topk_sum")
+    assert f"from {target.module} import moe_topk_sum" in mxfp4_branch
+    assert target.builder in inspect.getsource(importlib.import_module(target.module).moe_topk_sum)
+    assert target.checkpoints == ("native",)
+
+
+def test_cold_cache_note_for_a_native_checkpoint_names_its_modules_and_the_fix(tmp_path):
+    env = {"SGLANG_JIT_CACHE_DIR": str(tmp_path)}
+    for t in warmup.targets_for("sm86", "dsv4_int"):
+        _fake_build(tmp_path, "sm86", t.cache_glob.replace("*", "false"))
+    assert warmup.cold_cache_notes("sm86", env, "dsv4_int") == []
+    (note,) = warmup.cold_cache_notes("sm86", env, "native")
+    assert "is cold for sm86: moe_topk_sum will be compiled" in note
+    assert note.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
+
+
+def test_checkpoint_option_takes_a_format_or_a_folder(tmp_path):
+    import json
+
+    assert warmup.resolve_checkpoint(None) is None
+    assert warmup.resolve_checkpoint("native") == "native"
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "fp8", "weight_block_size": [128, 128], "routed_experts_quant_method": "mxfp4"}}))
+    assert warmup.resolve_checkpoint(str(native)) == "native"
+    other = tmp_path / "awq"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
+    with pytest.raises(SystemExit, match="not a DeepSeek-V4-Flash checkpoint this package serves"):
+        warmup.resolve_checkpoint(str(other))
+    with pytest.raises(SystemExit, match="neither a format"):
+        warmup.resolve_checkpoint(str(tmp_path / "missing"))
+
+
+def test_list_shows_the_native_modules_and_their_formats(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    warmup.add_arguments(parser)
+    args = parser.parse_args(["--gpu", "sm86", "--list", "--checkpoint", "native", "--cache-dir", str(tmp_path)])
+    old = os.environ.get("SGLANG_JIT_CACHE_DIR")
+    try:
+        assert warmup.run(args) == 0
+    finally:
+        if old is None:
+            os.environ.pop("SGLANG_JIT_CACHE_DIR", None)
+        else:
+            os.environ["SGLANG_JIT_CACHE_DIR"] = old
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert set(rows) == {t.key for t in warmup.targets_for("sm86", "native")}
+    assert rows["moe_topk_sum"][1] == "cold" and rows["moe_topk_sum"][4] == "native"
+    assert rows["moe_marlin_gemm1"][4] == "dsv4_int+native" and "MXFP4" in " ".join(rows["moe_marlin_gemm1"])
+
+
 def test_cuda_home_behind_an_nvcc_wrapper(tmp_path):
     toolkit = tmp_path / "cuda-99.0"
     (toolkit / "lib64").mkdir(parents=True)
