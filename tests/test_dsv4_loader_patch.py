@@ -96,3 +96,48 @@ def test_hook_routes_by_config_and_leaves_native_fp8_alone():
     w, s, want_bf16 = _block(g)
     out = list(hooked(iter([("layers.0.attn.wo_a.weight", w), ("layers.0.attn.wo_a.scale", s)]), Cfg()))
     assert torch.equal(out[0][1], want_bf16)
+
+
+def test_dspark_main_proj_may_be_int8_but_not_its_markov_head():
+    """The 0731 drafter's main_proj is a quantized ReplicatedLinear; its Markov head is an
+    embedding/nn.Linear SGLang builds without a quant method."""
+    g = torch.Generator().manual_seed(5)
+    w, s, _ = _block(g)
+    out = list(dsv4_int_weight_stream(iter([("mtp.0.main_proj.weight", w), ("mtp.0.main_proj.scale", s)])))
+    assert [n for n, _ in out] == ["mtp.0.main_proj.weight", "mtp.0.main_proj.scale"] and out[0][1] is w
+    with pytest.raises(ValueError, match=r"mtp\.2\.markov_head\.embed\.weight is torch\.int8.*Keep this tensor BF16"):
+        list(dsv4_int_weight_stream(iter([("mtp.2.markov_head.embed.weight", w)])))
+
+
+class _QC:
+    def __init__(self, name):
+        self.name = name
+
+    def get_name(self):
+        return self.name
+
+
+class _Draft:
+    def __init__(self, quant_config):
+        self.quant_config = quant_config
+
+
+def test_dspark_load_weights_hook_applies_the_stream_for_dsv4_int_only():
+    from sglang_ampere.patches.dsv4_loader import dspark_load_weights
+
+    g = torch.Generator().manual_seed(6)
+    w, s, want = _block(g)
+    seen = {}
+
+    def original(self, weights):
+        seen[self.quant_config and self.quant_config.get_name()] = weights
+        return "done"
+
+    stream = [("mtp.1.attn.wo_a.weight", w), ("mtp.1.attn.wo_a.scale", s)]
+    assert dspark_load_weights(original, _Draft(_QC("dsv4_int")), iter(stream)) == "done"
+    got = list(seen["dsv4_int"])
+    assert [n for n, _ in got] == ["mtp.1.attn.wo_a.weight"] and torch.equal(got[0][1], want)
+    for qc in (_QC("fp8"), None):
+        native = iter(stream)
+        dspark_load_weights(original, _Draft(qc), native)
+        assert seen[qc and qc.get_name()] is native          # handed over unchanged

@@ -219,6 +219,14 @@ def test_native_module_mapping():
     ]
     assert native_modules("model.h_proj") == ["mtp.0.h_proj"]
     assert native_modules("model.layers.4.self_attn.indexer.wq_b") == ["layers.4.attn.indexer.wq_b"]
+    # the V4-Flash-0731 DSpark draft builds block mtp.N as stages.N
+    assert native_modules("stages.0.main_proj") == ["mtp.0.main_proj"]
+    assert native_modules("stages.2.self_attn.wq_a") == ["mtp.2.attn.wq_a"]
+    assert native_modules("stages.1.mlp.shared_experts.gate_up_proj") == [
+        "mtp.1.ffn.shared_experts.w1",
+        "mtp.1.ffn.shared_experts.w3",
+    ]
+    assert native_modules("stages.1.mlp.experts") == ["mtp.1.ffn.experts"]
 
 
 def test_fused_block_pair_with_ragged_rows_is_refused():
