@@ -1,6 +1,7 @@
 """``sglang-ampere plan MODEL --gpus NxMEM``: a memory plan per pipeline stage, from the headers.
 
-What one GPU of each pipeline stage holds when SGLang 0.5.23 serves a dsv4_int checkpoint, the
+What one GPU of each pipeline stage holds when SGLang 0.5.23 serves a dsv4_int checkpoint (or the
+native FP8/FP4 release, below), the
 layer split (``SGLANG_PP_LAYER_PARTITION``) that leaves the most memory on the tightest stage,
 and the KV-cache tokens (context x concurrency) that then fit. Only the safetensors headers and
 ``config.json`` are read (no weights), and SGLang is not imported: every rule below was read
@@ -23,6 +24,17 @@ Weights, as SGLang holds them after loading (``srt/models/deepseek_v4.py``)
   The per-layer Marlin workspace (one int32 per SM) is ignored.
 * ``wo_a`` is dequantized to BF16 at load (``patches/dsv4_loader.py``; SGLang reads it through a
   grouped einsum) and its scale dropped.
+* The native release (``quant_method fp8``, :mod:`sglang_ampere.checkpoint_format`) below sm_90:
+  dense FP8 layers go to FP8 Marlin W8A16 (``prepare_fp8_layer_for_marlin``,
+  ``marlin_utils_fp8.py``): the weight keeps one byte per element and the 128x128 block scales
+  become group-128 scales ``[K/128, N]`` in BF16, as for dsv4_int's block strategy; ``wo_a`` is
+  dequantized to BF16 (``wo_a_fp8_gemm_enabled`` is False with SGLANG_OPT_FP8_WO_A_GEMM=0,
+  ``deepseek_v4.py``). Routed experts go to the Marlin MXFP4 MoE
+  (``Mxfp4MarlinMoEMethod``): the packed codes keep their bytes and the E8M0 scales stay one byte
+  each (``mxfp4_marlin_process_scales``), but off sm_90 ``create_weights`` pads each rank's expert
+  width to a multiple of 128 and the hidden size to a multiple of 256 before loading
+  (``mxfp4_marlin_moe.py``): :func:`native_expert_held_bytes` counts that padding (none for the
+  release's 2048 x 4096 experts at tp <= 16).
 * SGLang stores ``ffn.gate.tid2eid`` as int32 (the checkpoint holds int64) and the compressors'
   ``norm.weight`` as float32 (the checkpoint holds BF16); everything else keeps its dtype.
 * RoPE tables: every attention layer registers the ``freqs_cis`` of its kind (complex64,
@@ -95,7 +107,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import QUANT_METHOD, envvars
+from . import checkpoint_format, envvars
 from .inventory import DENSE, EXPERT, classify
 
 GIB = 1 << 30
@@ -139,6 +151,8 @@ class Model:
     #: bytes per unit as SGLang holds them at tp = 1: "layer.N", "mtp", "embed", "head", "final".
     #: The tp-split part and the replicated part are kept apart: unit -> (split, replicated).
     units: dict[str, tuple[int, int]]
+    #: checkpoint_format.DSV4_INT or checkpoint_format.NATIVE
+    kind: str = checkpoint_format.DSV4_INT
 
     @property
     def num_layers(self) -> int:
@@ -200,6 +214,32 @@ def held_bytes(name: str, dtype: str, shape: tuple[int, ...], strategy: str) -> 
     return n * _ELEM[dtype]
 
 
+#: Marlin MXFP4 MoE padding off sm_90 (``Mxfp4MarlinMoEMethod.create_weights``): each rank's expert
+#: width to a multiple of this, the hidden size to a multiple of :data:`MXFP4_MARLIN_HIDDEN_PAD`.
+MXFP4_MARLIN_INTER_PAD = 128
+MXFP4_MARLIN_HIDDEN_PAD = 256
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def native_expert_held_bytes(name: str, dtype: str, shape: tuple[int, ...], config: dict, tp: int = 1) -> int:
+    """Bytes SGLang's Marlin MXFP4 MoE holds for one native routed-expert tensor (weight: two e2m1
+    codes per byte; scale: one E8M0 byte per 32), with the width padding it applies below sm_90.
+    ``w1``/``w3`` are ``[inter, hidden / d]``, ``w2`` is ``[hidden, inter / d]`` (d = 2 or 32)."""
+    hidden, inter = int(config["hidden_size"]), int(config["moe_intermediate_size"])
+    rank_inter = inter // tp
+    p_inter = _round_up(rank_inter, MXFP4_MARLIN_INTER_PAD) * tp
+    p_hidden = _round_up(hidden, MXFP4_MARLIN_HIDDEN_PAD)
+    rows, cols = shape
+    if ".w2." in name:
+        rows, cols = p_hidden, cols * p_inter // inter
+    else:
+        rows, cols = p_inter, cols * p_hidden // hidden
+    return rows * cols * _ELEM[dtype]
+
+
 def _dense_strategy(config: dict) -> str:
     qc = config.get("quantization_config") or {}
     groups = qc.get("config_groups") or {}
@@ -211,7 +251,7 @@ def _dense_strategy(config: dict) -> str:
 
 
 def load_model(path: str | Path) -> Model:
-    """Read ``config.json`` and every shard header of a dsv4_int checkpoint (no tensor data).
+    """Read ``config.json`` and every shard header of a dsv4_int or native checkpoint (no tensor data).
 
     Cached per folder while its files keep their sizes and modification times.
     """
@@ -238,10 +278,10 @@ def _load_model(path: Path) -> Model:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise PlanError(f"{cfg_path}: cannot read it ({exc}); point MODEL at a dsv4_int checkpoint folder") from exc
-    method = (config.get("quantization_config") or {}).get("quant_method")
-    if method != QUANT_METHOD:
-        raise PlanError(f"{path}: quant_method is {method!r}, not {QUANT_METHOD!r}; plan reads dsv4_int "
-                        "checkpoints (convert the native release with `sglang-ampere convert`)")
+    kind, method = checkpoint_format.kind_of_config(config)
+    if kind is None:
+        raise PlanError(f"{path}: quant_method is {method!r}; plan reads dsv4_int checkpoints and the native "
+                        f"release ({checkpoint_format.NATIVE_QUANT_METHOD!r})")
     shards = list_shards(path) if path.is_dir() else []
     if not shards:
         raise PlanError(f"{path}: no *.safetensors shards; plan reads their headers")
@@ -251,14 +291,18 @@ def _load_model(path: Path) -> Model:
         for shard in shards:
             for t in read_header(shard).tensors.values():
                 split = _SPLIT.search(t.name) is not None
-                b = held_bytes(t.name, t.dtype, t.shape, strategy)
+                role = classify(t.name)
+                if kind == checkpoint_format.NATIVE and role is not None and role.role == EXPERT:
+                    b = native_expert_held_bytes(t.name, t.dtype, t.shape, config)
+                else:
+                    b = held_bytes(t.name, t.dtype, t.shape, strategy)
                 units.setdefault(_unit(t.name), [0, 0])[0 if split else 1] += b
     except CheckpointError as exc:
         raise PlanError(str(exc)) from exc
     missing = [f"layer.{i}" for i in range(int(config["num_hidden_layers"])) if f"layer.{i}" not in units]
     if missing:
         raise PlanError(f"{path}: no tensors for {', '.join(missing[:5])}; the checkpoint is incomplete")
-    return Model(config, {k: (v[0], v[1]) for k, v in units.items()})
+    return Model(config, {k: (v[0], v[1]) for k, v in units.items()}, kind)
 
 
 # ----------------------------------------------------------------------------- KV pool
@@ -502,6 +546,7 @@ class Plan:
     max_mem_fraction_static: float
     min_mem_fraction_static: float = 0.0
     notes: list[str] = field(default_factory=list)
+    kind: str = checkpoint_format.DSV4_INT     # the checkpoint's format (checkpoint_format)
 
     @property
     def fits(self) -> bool:
@@ -515,6 +560,7 @@ class Plan:
         s = self.settings
         return {
             "computed": "on paper from the checkpoint headers, not measured",
+            "checkpoint": self.kind,
             "gpus": self.gpus, "mem_gib": self.mem_gib, "nodes": self.nodes, "tp_size": self.tp, "pp_size": self.pp,
             "speculative": s.speculative, "context_length": s.context_length,
             "max_running_requests": s.max_running_requests, "chunked_prefill_size": s.chunked_prefill_size,
@@ -569,6 +615,12 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     if tp > gpus // nodes:
         notes.append(f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP all-reduce over the "
                      "network is slow")
+    if model.kind == checkpoint_format.NATIVE:
+        inter = int(model.config["moe_intermediate_size"])
+        if (inter // tp) % MXFP4_MARLIN_INTER_PAD:
+            notes.append(f"native experts at --tp-size {tp}: Marlin pads each rank's expert width {inter // tp} "
+                         f"to {_round_up(inter // tp, MXFP4_MARLIN_INTER_PAD)}; the weights above count the "
+                         "padding at tp 1 only")
     heads = int(model.config["num_attention_heads"])
     if heads % tp or int(model.config["o_groups"]) % tp:
         raise PlanError(f"--tp-size {tp} does not divide the {heads} heads and {model.config['o_groups']} "
@@ -624,7 +676,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
             f"{s.context_length * s.max_running_requests} tokens do not fit the {tokens} KV tokens left: at "
             f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
     return Plan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
-                fmax, fmin, notes)
+                fmax, fmin, notes, model.kind)
 
 
 # ----------------------------------------------------------------------------- output
@@ -633,7 +685,8 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
 def format_table(plan: Plan) -> str:
     s = plan.settings
     lines = [
-        f"# memory plan (computed on paper from the headers, not measured): {plan.gpus} x {plan.mem_gib:g} GiB, "
+        f"# memory plan (computed on paper from the headers, not measured): {plan.kind} checkpoint, "
+        f"{plan.gpus} x {plan.mem_gib:g} GiB, "
         f"tp {plan.tp} x pp {plan.pp}" + (f" over {plan.nodes} nodes" if plan.nodes > 1 else "")
         + f", speculative {s.speculative}",
         f"# context {s.context_length} x {s.max_running_requests} requests, chunked prefill "
@@ -661,7 +714,8 @@ def format_table(plan: Plan) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="dsv4_int checkpoint folder (only headers are read)")
+    p.add_argument("model", metavar="MODEL",
+                   help="dsv4_int or native FP8/FP4 checkpoint folder (only headers are read)")
     p.add_argument("--gpus", required=True, metavar="NxMEM", help="GPU count and GiB each, e.g. 12x24 or 8x80")
     p.add_argument("--nodes", type=int, default=1, metavar="K", help="nodes the GPUs are spread over (default 1)")
     p.add_argument("--tp-size", type=int, default=1, metavar="T", help="tensor-parallel size; pp = GPUs / T")

@@ -1,4 +1,4 @@
-"""Headers-only dsv4_int checkpoints for the memory-plan tests.
+"""Headers-only dsv4_int (and native) checkpoints for the memory-plan tests.
 
 :func:`write_headers_only` writes the real DeepSeek-V4-Flash inventory (or any synth size) as
 safetensors shards whose headers are complete and exact but whose data sections are never
@@ -21,7 +21,7 @@ from sglang_ampere.inventory import DENSE, EXPERT, native_inventory
 from sglang_ampere.schema import make_quantization_config
 from sglang_ampere.synth import REAL, SynthSpec, make_config
 
-ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1}
+ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 
 
 def dsv4_int_tensors(config: dict, strategy: str = "block") -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -66,12 +66,19 @@ def _shard_of(name: str, n_layers: int, per_shard: int) -> int:
     return 0 if name.startswith("embed") else 1 + n_layers // per_shard + 2
 
 
-def write_headers_only(out: Path, spec: SynthSpec = REAL, strategy: str = "block", layers_per_shard: int = 1) -> Path:
-    """A dsv4_int checkpoint folder (config.json, index, sparse shards); returns ``out``."""
+def native_tensors(config: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of the native release with this config, as the inventory states it."""
+    return {name: (spec.dtype, spec.shape) for name, spec in native_inventory(config).items()}
+
+
+def write_headers_only(out: Path, spec: SynthSpec = REAL, strategy: str = "block", layers_per_shard: int = 1,
+                       native: bool = False) -> Path:
+    """A dsv4_int (or, with ``native``, a native FP8/FP4) checkpoint folder (config.json, index,
+    sparse shards); returns ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dsv4_int_config(spec, strategy)
-    tensors = dsv4_int_tensors(cfg, strategy)
+    cfg = make_config(spec) if native else dsv4_int_config(spec, strategy)
+    tensors = native_tensors(cfg) if native else dsv4_int_tensors(cfg, strategy)
     groups: dict[int, list[str]] = {}
     for name in tensors:
         groups.setdefault(_shard_of(name, cfg["num_hidden_layers"], layers_per_shard), []).append(name)

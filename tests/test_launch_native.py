@@ -10,7 +10,7 @@ from helpers.launch import make_model, make_native_shard, smi
 from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
 from sglang_ampere.launch.presets import load_builtin
 
-NATIVE_ARG = ["--moe-runner-backend", "marlin"]
+NATIVE_ARG = ["--moe-runner-backend", "marlin", "--moe-a2a-backend", "none"]
 
 
 def plan_for(model, *extra, environ=None, gpu="sm86", smi_output=""):
@@ -31,7 +31,7 @@ def test_native_checkpoint_accepted_below_sm90_with_the_native_table(synth_ckpt,
     assert plan.native_path
     # every [native] variable set, labelled, and every [native] argument appended after the preset's
     assert native_changes(plan) == {e.name: e.value for e in preset.native_env}
-    assert plan.argv[-2:] == NATIVE_ARG
+    assert plan.argv[-4:] == NATIVE_ARG
     assert {a.flag for a in plan.preset_args_used} >= {a.flag for a in preset.native_args}
     text = format_plan(plan)
     assert "#   --moe-runner-backend marlin  " in text
@@ -59,16 +59,18 @@ def test_ampere_target_on_hopper_takes_the_native_table(synth_ckpt):
     plan = build_plan(["--dry-run", "--model-path", str(synth_ckpt)], smi_output=smi("h100_80gb_hbm3_x8"),
                       environ={"PATH": "/usr/bin", "SGLANG_AMPERE_TARGET": "ampere"})
     assert plan.arch == "sm80" and plan.card_arch == "sm90" and plan.native_path
-    assert plan.argv[-2:] == NATIVE_ARG and native_changes(plan)["SGLANG_FORCE_FP8_MARLIN"] == "1"
+    assert plan.argv[-4:] == NATIVE_ARG and native_changes(plan)["SGLANG_FORCE_FP8_MARLIN"] == "1"
 
 
 # ----------------------------------------------------------------------------- conflicts
 
 
-@pytest.mark.parametrize("spelling", [["--moe-runner-backend", "triton"], ["--moe-runner-backend=flashinfer_mxfp4"]])
+@pytest.mark.parametrize("spelling", [["--moe-runner-backend", "triton"], ["--moe-runner-backend=flashinfer_mxfp4"],
+                                      ["--moe-a2a-backend", "deepep"]])
 def test_conflicting_moe_runner_backend_is_an_error_naming_the_flag(synth_ckpt, spelling):
-    with pytest.raises(LaunchError, match=r"^--moe-runner-backend \w+ cannot serve the native FP8/FP4 checkpoint: "
-                                          r".*Drop --moe-runner-backend, or pass --moe-runner-backend marlin$"):
+    flag = spelling[0].split("=")[0]
+    with pytest.raises(LaunchError, match=rf"^{flag} \w+ cannot serve the native FP8/FP4 checkpoint: "
+                                          rf".*Drop {flag}, or pass {flag} (marlin|none)$"):
         plan_for(synth_ckpt, *spelling)
 
 
@@ -80,9 +82,10 @@ def test_conflicting_moe_runner_backend_in_config_yaml_too(synth_ckpt, tmp_path)
 
 
 def test_the_same_moe_runner_backend_is_fine_and_not_repeated(synth_ckpt):
-    plan = plan_for(synth_ckpt, *NATIVE_ARG)
+    plan = plan_for(synth_ckpt, *NATIVE_ARG[:2])
     assert plan.argv.count("--moe-runner-backend") == 1
     assert [a.flag for a in plan.preset_args_kept] == ["--moe-runner-backend"]
+    assert plan.argv[-2:] == NATIVE_ARG[2:]
 
 
 @pytest.mark.parametrize("how", ["environ", "--env"])
@@ -142,7 +145,7 @@ def test_user_preset_without_native_table_is_refused(synth_ckpt, tmp_path):
     with pytest.raises(LaunchError, match=r"preset .*mine.toml has no \[native\] table .*extends = \"sm86\""):
         plan_for(synth_ckpt, "--preset", str(mine))
     mine.write_text('[preset]\nextends = "sm86"\n')
-    assert plan_for(synth_ckpt, "--preset", str(mine)).argv[-2:] == NATIVE_ARG
+    assert plan_for(synth_ckpt, "--preset", str(mine)).argv[-4:] == NATIVE_ARG
 
 
 def test_unknown_quant_method_names_both_accepted(tmp_path):

@@ -56,7 +56,7 @@ def raw_headers(folder):
     return out
 
 
-ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1}
+ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 
 
 def sglang_held(name, dtype, shape, headers):
@@ -342,3 +342,73 @@ def _check_profile(K, NS, plan, pre, real_model, monkeypatch):
                         max_running_requests=16, speculative=False)
         tokens.append(P.pool_tokens(theirs, kv))
     require(plan.sglang_pool_tokens == min(tokens), f"SGLang's pool {min(tokens)} != plan {plan.sglang_pool_tokens}")
+
+
+# ----------------------------------------------------------------------------- the native checkpoint
+
+
+@pytest.fixture(scope="module")
+def native_real(tmp_path_factory):
+    return write_headers_only(tmp_path_factory.mktemp("plan") / "native_real", native=True)
+
+
+@pytest.mark.parametrize("gpus,mem", [(12, 24), (8, 24)])
+def test_native_stage_weights_match_an_independent_sum_over_the_headers(native_real, gpus, mem):
+    """FP8 dense weights keep one byte, their block scales become Marlin's BF16 group scales, wo_a
+    BF16, MXFP4 codes and E8M0 scales keep their bytes (the release's widths need no padding)."""
+    model = P.load_model(native_real)
+    require(model.kind == "native", f"kind {model.kind}")
+    headers = raw_headers(native_real)
+    require({d for d, _ in headers.values()} >= {"F8_E4M3", "F8_E8M0", "I8"}, "native dtypes in the headers")
+    config = json.loads((native_real / "config.json").read_text())
+    plan = P.make_plan(model, gpus, mem)
+    require(plan.kind == "native" and "native checkpoint" in P.format_table(plan), "the table names the format")
+    start = 0
+    for r in plan.ranks:
+        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1)
+        require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
+        start += r.layers
+
+
+def test_native_layer_differs_from_dsv4_int_by_the_expert_scales_only(native_real, real_model):
+    """Per layer, native minus dsv4_int = the routed experts' scales: E8M0 (1 byte per 32 weights)
+    instead of BF16 (2 bytes per 32); everything else is held the same way."""
+    native = P.load_model(native_real)
+    cfg = native.config
+    experts, hidden, inter = cfg["n_routed_experts"], cfg["hidden_size"], cfg["moe_intermediate_size"]
+    per_layer = experts * 3 * inter * hidden // 32           # scale elements of w1, w2, w3
+    for i in (0, 2, 3, 42):
+        n, d = sum(native.units[f"layer.{i}"]), sum(real_model.units[f"layer.{i}"])
+        require(d - n == per_layer, f"layer {i}: dsv4_int {d} - native {n} = {d - n}, expected {per_layer}")
+
+
+def test_native_marlin_padding_is_counted(tmp_path):
+    """Below sm_90 Mxfp4MarlinMoEMethod pads the hidden size to a multiple of 256 (and each rank's
+    expert width to 128): a hidden size of 384 is held as 512."""
+    spec = SynthSpec(hidden=384, moe_inter=128, layers=2, hash_layers=1, experts=4, vocab=512)
+    folder = write_headers_only(tmp_path / "pad", spec, native=True)
+    model = P.load_model(folder)
+    headers = raw_headers(folder)
+    padded = unpadded = 0
+    for name, (_dtype, shape) in headers.items():
+        if name.startswith("layers.0.ffn.experts."):
+            rows, cols = shape
+            unpadded += rows * cols
+            if ".w2." in name:
+                padded += 512 * cols                       # hidden rows 384 -> 512
+            else:
+                padded += rows * cols * 512 // 384         # hidden columns (codes or scales) 384 -> 512
+    require(padded > unpadded, "the test shape must pad")
+    others = sum(sglang_held(n, d, s, headers) for n, (d, s) in headers.items()
+                 if n.startswith("layers.0.") and ".ffn.experts." not in n)
+    require(sum(model.units["layer.0"]) == padded + others,
+            f"layer 0 holds {sum(model.units['layer.0'])}, expected {padded + others} (experts padded {padded})")
+    plan = P.make_plan(model, 2, 24, tp=2)
+    require(any("Marlin pads each rank's expert width 64 to 128" in n for n in plan.notes), plan.notes)
+
+
+def test_release_experts_need_no_padding_at_any_tensor_parallel_size(native_real):
+    model = P.load_model(native_real)
+    for tp in (1, 2, 4, 8):                          # 8 output groups: tp <= 8
+        plan = P.make_plan(model, 8 * tp, 80, tp=tp)
+        require(not any("pads each rank" in n for n in plan.notes), f"tp {tp}: {plan.notes}")

@@ -204,8 +204,11 @@ def test_native_table_below_sm90_only():
         has = bool(preset.native_env or preset.native_args)
         assert has == (arch in ("sm80", "sm86", "sm89")), arch
     sm86 = load_builtin("sm86")
-    assert [(a.flag, a.value, a.required) for a in sm86.native_args] == [("--moe-runner-backend", "marlin", True)]
-    assert {e.name: (e.value, e.required) for e in sm86.native_env}["SGLANG_DSV4_FP4_DEQUANT"] == ("0", True)
+    assert [(a.flag, a.value, a.required) for a in sm86.native_args] == [("--moe-runner-backend", "marlin", True),
+                                                                          ("--moe-a2a-backend", "none", True)]
+    env = {e.name: (e.value, e.required) for e in sm86.native_env}
+    assert env["SGLANG_DSV4_FP4_DEQUANT"] == env["SGLANG_OPT_MOE_QUANT_ONCE"] == ("0", True)
+    assert env["SGLANG_FORCE_FP8_MARLIN"] == ("1", False) and env["SGLANG_OPT_FP8_WO_A_GEMM"] == ("0", False)
 
 
 def test_native_moe_runner_backend_is_what_sglang_checks_for():
