@@ -20,6 +20,7 @@ PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_loader",
     "sglang_ampere.patches.dsv4_attention",
     "sglang_ampere.patches.dsv4_indexer",
+    "sglang_ampere.patches.dsv4_native",
 ]
 
 

@@ -1,0 +1,81 @@
+"""Native MXFP4 routed experts: the torch reference of SGLang's MXFP4 Marlin MoE (no SGLang import).
+
+Checkpoint layout (``ffn.experts.E.w{1,2,3}.{weight,scale}``), as SGLang's ``Mxfp4MarlinMoEMethod``
+loads it: ``w13_weight`` int8 ``[E, 2I, H/2]`` (rows ``[w1; w3]``, two E2M1 codes per byte, low
+nibble = even K), ``w2_weight`` int8 ``[E, H, I/2]``, ``w13_weight_scale_inv`` E8M0 ``[E, 2I, H/32]``,
+``w2_weight_scale_inv`` E8M0 ``[E, H, I/32]``.
+
+Contract, per token ``t`` with experts ``e_j`` and top-k weights ``p_j``::
+
+    W[n, k] = e2m1(code[n, k]) * 2^(scale[n, k // 32] - 127)
+    h       = x_t @ W13[e]^T;  g, u = h[:I], h[I:]
+    g       = min(g, L);  u = clamp(u, -L, L)        L = swiglu_limit (skipped when None)
+    y_t     = sum_j p_j * (silu(g) * u) @ W2[e_j]^T  (* routed_scaling_factor, when given)
+
+Routed scaling is applied exactly once. SGLang's ``Mxfp4MarlinMoEMethod`` sets
+``fuse_routed_scaling_factor_in_topk = True``: TopK multiplies ``p_j`` by the factor and the
+Marlin MXFP4 runner does a plain top-k sum (``fused_marlin_moe``: "Top-k weights (incl. routed
+scaling) are already applied"), so its callers pass ``routed_scaling_factor=None`` here with
+already-scaled weights. The numerics follow the kernel: BF16 weights (exact: an E2M1 value times
+a power of two), BF16 activations and intermediates, float32 sum over the top-k.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..formats.mxfp4 import mxfp4_dequantize
+
+ExpertWeights = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def dequantize_mxfp4_expert(packed: torch.Tensor, scale: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
+    """float32 ``[N, K]`` of one expert matrix: int8/uint8 ``[N, K/2]`` codes, E8M0 ``[N, K/32]``."""
+    return mxfp4_dequantize(packed.view(torch.uint8), scale, name)
+
+
+def swiglu(h: torch.Tensor, swiglu_limit: Optional[float]) -> torch.Tensor:
+    """``silu(gate) * up`` of ``[M, 2I]`` (gate first) with DeepSeek-V4's clamp (gate above, up both sides)."""
+    inter = h.shape[-1] // 2
+    gate, up = h[..., :inter], h[..., inter:]
+    if swiglu_limit:
+        gate = gate.clamp(max=swiglu_limit)
+        up = up.clamp(min=-swiglu_limit, max=swiglu_limit)
+    return F.silu(gate) * up
+
+
+def reference_moe(x: torch.Tensor, expert_weights: ExpertWeights, num_hidden_out: int,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor, swiglu_limit: Optional[float],
+                  routed_scaling_factor: Optional[float]) -> torch.Tensor:
+    """The routed-expert sum in the kernel's numerics. ``expert_weights(e)`` gives float32
+    ``(W13 [2I, H], W2 [H, I])``; ``topk_ids < 0`` (experts not on this rank) are skipped."""
+    out = torch.zeros(x.shape[0], num_hidden_out, dtype=torch.float32, device=x.device)
+    for e in torch.unique(topk_ids[topk_ids >= 0]).tolist():
+        tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)
+        w13, w2 = expert_weights(int(e))
+        h = F.linear(x[tok], w13.to(device=x.device, dtype=x.dtype))
+        act = swiglu(h, swiglu_limit).to(x.dtype)
+        y = F.linear(act, w2.to(device=x.device, dtype=x.dtype)).float()
+        out.index_add_(0, tok, y * topk_weights[tok, slot].float().unsqueeze(1))
+    if routed_scaling_factor is not None:
+        out *= routed_scaling_factor
+    return out.to(x.dtype)
+
+
+def reference_mxfp4_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
+                        w2_scale: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                        swiglu_limit: Optional[float], routed_scaling_factor: Optional[float] = None) -> torch.Tensor:
+    """:func:`reference_moe` on checkpoint-layout MXFP4 experts (see the module docstring)."""
+    if w13.shape[1] != 2 * 2 * w2.shape[2] or w13.shape[2] * 2 != w2.shape[1]:
+        raise ValueError(f"MXFP4 expert shapes do not fit: w13 {tuple(w13.shape)}, w2 {tuple(w2.shape)} "
+                         "(want [E, 2I, H/2] and [E, H, I/2])")
+
+    def weights(e: int):
+        # The codecs decode on the CPU (their lookup tables live there); reference_moe moves back.
+        return (dequantize_mxfp4_expert(w13[e].cpu(), w13_scale[e].cpu(), f"w13[{e}]"),
+                dequantize_mxfp4_expert(w2[e].cpu(), w2_scale[e].cpu(), f"w2[{e}]"))
+
+    return reference_moe(x, weights, w2.shape[1], topk_weights, topk_ids, swiglu_limit, routed_scaling_factor)
