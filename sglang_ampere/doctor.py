@@ -1,4 +1,4 @@
-"""``sglang-ampere doctor [--json]``: is this machine ready to serve a dsv4_int checkpoint?
+"""``sglang-ampere doctor [--json] [--model-path DIR]``: is this machine ready to serve DeepSeek-V4-Flash?
 
 Checks, each with a fix when it fails:
 
@@ -11,7 +11,14 @@ Checks, each with a fix when it fails:
 * nvcc, the CUDA toolkit root, the CUDA headers the JIT kernels include (:data:`JIT_HEADERS`)
   and TileLang for the JIT kernels; the JIT cache state. SGLang's own DeepSeek-V4 kernels are
   compiled with nvcc whichever sparse-MLA backend is chosen, so a missing nvcc or header fails;
-* caller environment variables that contradict the preset.
+* caller environment variables that contradict the preset (its ``[native]`` entries too: a
+  ``required`` one fails when the checkpoint is native, or warns when no ``--model-path`` says);
+* the native FP8/FP4 checkpoint's path below sm_90 (:data:`NATIVE_TARGETS`): in the same fresh
+  process, the SGLang functions it runs through import (Marlin MXFP4 MoE with the arch gate the
+  ``dsv4_native`` patch lifts, the FP8 Marlin W8A16 preparation, the wo_a switch) and ``marlin``
+  is a MoE runner backend;
+* with ``--model-path DIR``: the checkpoint's format (:mod:`sglang_ampere.checkpoint_format`) and
+  whether ``launch`` accepts it on this GPU, with what it adds for it.
 
 Exit status: 0 when nothing failed, 1 otherwise (warnings do not fail).
 """
@@ -45,6 +52,18 @@ JIT_HEADERS = (
 ENTRY_POINT_GROUP = "sglang.srt.plugins"
 ENTRY_POINT_NAME = "sglang_ampere"
 ENTRY_POINT_VALUE = "sglang_ampere.plugin:register"
+#: What the native checkpoint's path below sm_90 runs through in SGLang 0.5.23 (resolved by the probe).
+NATIVE_TARGETS = (
+    "sglang.srt.layers.quantization.mxfp4_marlin_moe.Mxfp4MarlinMoEMethod.process_weights_after_loading",
+    "sglang.srt.layers.quantization.marlin_utils_fp4.prepare_moe_mxfp4_layer_for_marlin",
+    "sglang.srt.layers.quantization.marlin_utils_fp8.prepare_fp8_layer_for_marlin",
+    "sglang.srt.layers.quantization.fp8_utils.can_auto_enable_marlin_fp8",
+    "sglang.srt.models.deepseek_v4.wo_a_fp8_gemm_enabled",
+)
+#: The patch module that lifts Mxfp4MarlinMoEMethod's SM90/SM120 gate.
+NATIVE_PATCH = "sglang_ampere.patches.dsv4_native"
+#: The message of that gate in SGLang 0.5.23 (the probe reports whether it is still there).
+NATIVE_GATE = "MXFP4 Marlin requires SM90 or SM120"
 
 
 @dataclass
@@ -117,6 +136,21 @@ try:
     from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
     out["registered"] = QUANT_METHOD in QUANTIZATION_METHODS
     out["cli_choice"] = QUANT_METHOD in QUANTIZATION_CHOICES
+    out["native"] = {"targets": [], "patched": NATIVE_PATCH in PATCH_MODULES, "gate": None, "marlin": None}
+    for t in NATIVE_TARGETS:
+        try:
+            obj = pkgutil.resolve_name(t)
+            out["native"]["targets"].append([t, None])
+            if t.endswith(".process_weights_after_loading"):
+                import inspect
+                out["native"]["gate"] = NATIVE_GATE in inspect.getsource(obj)
+        except Exception as exc:
+            out["native"]["targets"].append([t, f"{type(exc).__name__}: {exc}"])
+    try:
+        from sglang.srt.layers.moe.utils import MoeRunnerBackend
+        out["native"]["marlin"] = MoeRunnerBackend("marlin").is_marlin()
+    except Exception as exc:
+        out["native"]["marlin_error"] = f"{type(exc).__name__}: {exc}"
 except Exception as exc:
     out["error"] = f"{type(exc).__name__}: {exc}"
 try:
@@ -126,7 +160,8 @@ except Exception as exc:
     out["tilelang_error"] = f"{type(exc).__name__}: {exc}"
 out["plugin_log"] = log.getvalue()[-2000:]
 print("@@DOCTOR@@" + json.dumps(out))
-""".replace("QUANT_METHOD", repr(QUANT_METHOD))
+""".replace("NATIVE_TARGETS", repr(NATIVE_TARGETS)).replace("NATIVE_PATCH", repr(NATIVE_PATCH)) \
+    .replace("NATIVE_GATE", repr(NATIVE_GATE)).replace("QUANT_METHOD", repr(QUANT_METHOD))
 
 
 def run_probe(environ: Mapping[str, str], timeout: float = 300) -> dict:
@@ -176,12 +211,35 @@ def probe_checks(probe: dict) -> list[Check]:
                                 f"{' and '.join(where)}.{hint}",
                                 "the plugin did not register it: check the log above for "
                                 "'Failed to execute general plugin: sglang_ampere', reinstall sglang-ampere"))
+    checks += native_probe_checks(probe)
     if probe.get("tilelang"):
         checks.append(Check("tilelang", OK, f"tilelang {probe['tilelang']} imports"))
     else:
         checks.append(Check("tilelang", FAIL, f"tilelang does not import: {probe.get('tilelang_error', '?')}",
                             "pip install the tilelang version SGLang pins (tilelang==0.1.12 for 0.5.23)"))
     return checks
+
+
+def native_probe_checks(probe: dict) -> list[Check]:
+    """The native checkpoint's path below sm_90, from the probe (nothing when the probe failed early)."""
+    native = probe.get("native")
+    if probe.get("error") or native is None:
+        return []
+    fix = f"install sglang=={SGLANG_PIN} (the release the native path is written for) and reinstall sglang-ampere"
+    problems = [f"{t}: {err}" for t, err in native.get("targets", []) if err]
+    if not native.get("marlin"):
+        problems.append(f"'marlin' is not a MoE runner backend ({native.get('marlin_error', 'is_marlin() false')})")
+    if not native.get("patched"):
+        problems.append(f"{NATIVE_PATCH} is not in sglang_ampere.patches.PATCH_MODULES, so nothing lifts "
+                        "Mxfp4MarlinMoEMethod's SM90/SM120 gate")
+    if problems:
+        return [Check("native checkpoint path", FAIL, "; ".join(problems), fix)]
+    gate = {True: f"its gate ({NATIVE_GATE!r}) is lifted by {NATIVE_PATCH}",
+            False: "its SM90/SM120 gate is gone from this SGLang",
+            None: "its gate was not read"}[native.get("gate")]
+    return [Check("native checkpoint path", OK,
+                  f"{len(native.get('targets', []))} SGLang function(s) import (Marlin MXFP4 MoE: {gate}; FP8 "
+                  "Marlin W8A16; wo_a switch) and --moe-runner-backend marlin exists")]
 
 
 def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> tuple[list[Check], str | None]:
@@ -242,7 +300,9 @@ def check_target(environ: Mapping[str, str], arch: str | None) -> tuple[list[Che
                   f"unset {var} to serve with SGLang's own paths on this card")], stand_in
 
 
-def check_env_against_preset(arch: str, environ: Mapping[str, str]) -> list[Check]:
+def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool | None = None) -> list[Check]:
+    """``native``: the checkpoint is the native one served below sm_90 (True), is not (False), or
+    is unknown (None: no ``--model-path``)."""
     from sglang_ampere.envvars import FORK_VARS
     from sglang_ampere.launch.presets import load_builtin
 
@@ -253,6 +313,16 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str]) -> list[Chec
             checks.append(Check("environment", FAIL,
                                 f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
                                 f"unset {e.name} (launch keeps your value over the preset's)"))
+    for e in preset.native_env if native is not False else ():
+        if e.name not in environ or environ[e.name] == e.value:
+            continue
+        status = FAIL if (e.required and native) else WARN
+        what = ("launch refuses it with the native FP8/FP4 checkpoint" if e.required else
+                "launch keeps your value over the preset's for the native FP8/FP4 checkpoint")
+        checks.append(Check("environment", status,
+                            f"your {e.name}={environ[e.name]} contradicts preset {arch}'s [native] "
+                            f"{e.value} ({e.reason}); {what}",
+                            f"unset {e.name}" + ("" if native else " if you serve the native checkpoint")))
     if not checks:
         checks.append(Check("environment", OK, f"no variable contradicts preset {arch}"))
     for name, meaning in FORK_VARS.items():
@@ -351,8 +421,42 @@ def check_cuda_headers(home: str, environ: Mapping[str, str]) -> list[Check]:
     return checks
 
 
+def check_model_dir(path: str, arch: str | None) -> tuple[list[Check], bool | None]:
+    """The checkpoint's format and whether ``launch`` takes it with preset ``arch``; also whether
+    it is the native checkpoint served below sm_90 (None when that cannot be decided)."""
+    from sglang_ampere import checkpoint_format as fmt
+    from sglang_ampere.launch.errors import LaunchError
+    from sglang_ampere.launch.model_dir import check_model
+    from sglang_ampere.launch.presets import load_builtin
+
+    try:
+        found = fmt.detect(path)
+    except fmt.CheckpointFormatError as exc:
+        return [Check("checkpoint", FAIL, str(exc), "point --model-path at the checkpoint folder")], None
+    what = {fmt.DSV4_INT: "dsv4_int (INT4 experts, INT8 dense)",
+            fmt.NATIVE: f"native FP8/FP4 (quant_method fp8; routed experts {found.expert_dtype or 'not found'}"
+                        f"{' = MXFP4' if found.mxfp4_experts else ''})"}.get(found.kind, f"quant_method "
+                                                                                f"{found.quant_method!r}")
+    if arch is None:
+        return [Check("checkpoint", WARN, f"{path}: {what}; no preset decided, so not checked against one",
+                      "pass --gpu ARCH")], None
+    preset = load_builtin(arch)
+    try:
+        model = check_model(path, arch, preset)
+    except LaunchError as exc:
+        return [Check("checkpoint", FAIL, f"{path}: {what}: {exc}", "see the message: launch refuses this "
+                      "checkpoint on this GPU")], found.kind == fmt.NATIVE
+    if model.native_path:
+        adds = [" ".join(a.argv()) for a in preset.native_args] + [f"{e.name}={e.value}" for e in preset.native_env]
+        detail = (f"{path}: {what}: served without conversion on {arch}; launch adds preset {arch}'s [native] "
+                  f"settings: {', '.join(adds)}")
+    else:
+        detail = f"{path}: {what}: accepted on {arch}"
+    return [Check("checkpoint", OK, detail)], model.native_path
+
+
 def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = None,
-            gpu: str = "auto", probe: dict | None = None) -> list[Check]:
+            gpu: str = "auto", probe: dict | None = None, model_path: str | None = None) -> list[Check]:
     environ = dict(os.environ if environ is None else environ)
     checks = [check_sglang_version(), check_entry_point(environ)]
     checks += probe_checks(run_probe(environ) if probe is None else probe)
@@ -360,8 +464,12 @@ def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = N
     checks += gpu_checks
     target_checks, preset_arch = check_target(environ, arch)
     checks += target_checks
+    native = None
+    if model_path is not None:
+        model_checks, native = check_model_dir(model_path, preset_arch)
+        checks += model_checks
     if preset_arch is not None:
-        checks += check_env_against_preset(preset_arch, environ)
+        checks += check_env_against_preset(preset_arch, environ, native)
     checks += check_jit_tools(environ, arch)
     return checks
 
@@ -373,6 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
     parser.add_argument("--gpu", default="auto", metavar="ARCH",
                         help="preset to check the environment against (default: from nvidia-smi)")
+    parser.add_argument("--model-path", metavar="DIR",
+                        help="also check this checkpoint: its format (dsv4_int or native FP8/FP4) and whether "
+                             "launch takes it on this GPU")
 
 
 def render(checks: list[Check]) -> str:
@@ -388,7 +499,7 @@ def render(checks: list[Check]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = collect(gpu=args.gpu)
+    checks = collect(gpu=args.gpu, model_path=getattr(args, "model_path", None))
     failed = any(c.status == FAIL for c in checks)
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))

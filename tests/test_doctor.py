@@ -15,7 +15,9 @@ from sglang_ampere import doctor
 CLI = Path(sys.executable).parent / "sglang-ampere"
 HEALTHY_PROBE = {"targets": [["sglang_ampere.patches.x", "sglang.srt.models.deepseek_v4.f", None]],
                  "patch_errors": [], "registered": True, "cli_choice": True, "plugin_log": "",
-                 "error": None, "tilelang": "0.1.12"}
+                 "error": None, "tilelang": "0.1.12",
+                 "native": {"targets": [[t, None] for t in doctor.NATIVE_TARGETS], "patched": True, "gate": True,
+                            "marlin": True}}
 
 
 def by_name(checks):
@@ -25,10 +27,10 @@ def by_name(checks):
     return out
 
 
-def collect(environ=None, recorded="rtx3090_x4", probe=None, gpu="auto"):
+def collect(environ=None, recorded="rtx3090_x4", probe=None, gpu="auto", model_path=None):
     environ = {"PATH": os.environ["PATH"]} if environ is None else environ
     return doctor.collect(environ=environ, smi_output=smi(recorded) if recorded else "",
-                          gpu=gpu, probe=HEALTHY_PROBE if probe is None else probe)
+                          gpu=gpu, probe=HEALTHY_PROBE if probe is None else probe, model_path=model_path)
 
 
 def test_healthy_box():
@@ -71,6 +73,13 @@ def test_mixed_box_and_no_gpu():
     ({**HEALTHY_PROBE, "patch_errors": [["m", "ImportError: boom"]]}, "patch module", "m: ImportError: boom"),
     ({"error": "ImportError: no sglang"}, "sglang import + plugin load", "ImportError: no sglang"),
     ({**HEALTHY_PROBE, "tilelang": None, "tilelang_error": "ImportError: x"}, "tilelang", "does not import"),
+    ({**HEALTHY_PROBE,
+      "native": {**HEALTHY_PROBE["native"], "targets": [[doctor.NATIVE_TARGETS[0], "AttributeError: x"]]}},
+     "native checkpoint path", "Mxfp4MarlinMoEMethod.process_weights_after_loading: AttributeError"),
+    ({**HEALTHY_PROBE, "native": {**HEALTHY_PROBE["native"], "marlin": None, "marlin_error": "ValueError: v"}},
+     "native checkpoint path", "'marlin' is not a MoE runner backend (ValueError: v)"),
+    ({**HEALTHY_PROBE, "native": {**HEALTHY_PROBE["native"], "patched": False}},
+     "native checkpoint path", "dsv4_native is not in sglang_ampere.patches.PATCH_MODULES"),
 ])
 def test_probe_failures_have_fixes(probe, name, text):
     hits = [c for c in collect(probe=probe) if c.name == name]
@@ -84,12 +93,12 @@ def test_plugin_filtered_by_sglang_plugins():
 
 
 def test_render_and_exit_code(monkeypatch, capsys):
-    monkeypatch.setattr(doctor, "collect", lambda gpu: [doctor.Check("a", doctor.OK, "fine"),
+    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.Check("a", doctor.OK, "fine"),
                                                         doctor.Check("b", doctor.FAIL, "broken", "do X")])
     assert doctor.run(argparse.Namespace(json=False, gpu="auto")) == 1
     out = capsys.readouterr().out
     assert "[FAIL] b: broken\n       fix: do X" in out and out.rstrip().endswith("1 failure(s)")
-    monkeypatch.setattr(doctor, "collect", lambda gpu: [doctor.Check("a", doctor.WARN, "meh", "y")])
+    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.Check("a", doctor.WARN, "meh", "y")])
     assert doctor.run(argparse.Namespace(json=True, gpu="auto")) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
 
@@ -107,6 +116,7 @@ def test_doctor_json_end_to_end(tmp_path):
     assert status["plugin entry point"] == "ok"
     assert status["patch hook targets"] == "ok", report
     assert status["dsv4_int registered"] == "ok", report
+    assert status["native checkpoint path"] == "ok", report
     assert status["tilelang"] == "ok"
     assert status["gpus"] == "ok" and status["preset"] == "ok" and status["environment"] == "ok"
     assert status["jit cache"] == "warn"
@@ -169,3 +179,65 @@ def test_missing_nvcc_fails_with_its_fix(tmp_path):
     nvcc = [c for c in doctor.check_jit_tools(env, None) if c.name == "nvcc"]
     assert len(nvcc) == 1 and nvcc[0].status == doctor.FAIL
     assert "whichever sparse-MLA backend" in nvcc[0].detail and "install the CUDA toolkit" in nvcc[0].fix
+
+
+# ----------------------------------------------------------------------------- the native checkpoint
+
+
+def test_native_path_ok_line_says_what_it_checked():
+    ok = [c for c in collect() if c.name == "native checkpoint path"]
+    assert len(ok) == 1 and ok[0].status == doctor.OK
+    assert f"{len(doctor.NATIVE_TARGETS)} SGLang function(s) import" in ok[0].detail
+    assert "lifted by sglang_ampere.patches.dsv4_native" in ok[0].detail
+
+
+def test_native_targets_are_real_in_the_pinned_sglang():
+    """What the probe resolves exists in the installed SGLang, the gate message included."""
+    import inspect
+    import pkgutil
+
+    pytest.importorskip("sglang")
+    for target in doctor.NATIVE_TARGETS:
+        obj = pkgutil.resolve_name(target)
+        if target.endswith(".process_weights_after_loading"):
+            assert doctor.NATIVE_GATE in inspect.getsource(obj)
+    from sglang_ampere.patches import PATCH_MODULES
+
+    assert doctor.NATIVE_PATCH in PATCH_MODULES
+
+
+def test_model_path_native_checkpoint_is_accepted_and_lists_what_launch_adds(synth_ckpt):
+    from sglang_ampere.launch.presets import load_builtin
+
+    ck = [c for c in collect(model_path=str(synth_ckpt)) if c.name == "checkpoint"]
+    assert len(ck) == 1 and ck[0].status == doctor.OK
+    assert "native FP8/FP4 (quant_method fp8; routed experts I8 = MXFP4): served without conversion on sm86" \
+        in ck[0].detail
+    for a in load_builtin("sm86").native_args:
+        assert " ".join(a.argv()) in ck[0].detail
+
+
+def test_model_path_dsv4_int_and_refusals(tmp_path, model):
+    from helpers.launch import make_native_shard
+
+    ck = [c for c in collect(model_path=str(model)) if c.name == "checkpoint"][0]
+    assert ck.status == doctor.OK and "dsv4_int (INT4 experts, INT8 dense): accepted on sm86" in ck.detail
+    fp8_experts = make_native_shard(tmp_path, "F8_E4M3")
+    ck = [c for c in collect(model_path=str(fp8_experts)) if c.name == "checkpoint"][0]
+    assert ck.status == doctor.FAIL and "routed experts are F8_E4M3; below sm_90 only MXFP4" in ck.detail
+    ck = [c for c in collect(model_path=str(tmp_path / "nowhere")) if c.name == "checkpoint"][0]
+    assert ck.status == doctor.FAIL and "no config.json" in ck.detail
+
+
+def test_native_required_variable_fails_only_for_a_native_checkpoint(synth_ckpt, model):
+    env = {"PATH": os.environ["PATH"], "SGLANG_DSV4_FP4_DEQUANT": "1"}
+
+    def status(**kw):
+        return [(c.status, c.detail) for c in collect(env, **kw) if c.name == "environment"
+                and "SGLANG_DSV4_FP4_DEQUANT" in c.detail]
+
+    native = status(model_path=str(synth_ckpt))
+    assert len(native) == 1 and native[0][0] == doctor.FAIL and "launch refuses it" in native[0][1]
+    unknown = status()
+    assert len(unknown) == 1 and unknown[0][0] == doctor.WARN
+    assert status(model_path=str(model)) == []          # dsv4_int: the [native] table does not apply
