@@ -17,9 +17,10 @@ Why:      With ``--moe-runner-backend marlin`` the original returns SGLang's
           to a kernel sm_80/sm_86 cannot run:
           * routed experts not on Marlin MXFP4 (``--moe-runner-backend`` other than ``marlin``,
             ``SGLANG_DSV4_FP4_DEQUANT=1`` which turns them into an FP8 x FP8 MoE, FP8 experts,
-            or an a2a backend other than ``none``);
+            an a2a backend other than ``none``, or the shared expert fused into the MXFP4 tensor);
           * a dense FP8 layer without FP8 Marlin W8A16 (SGLang enables it by itself on
-            sm_80..sm_88; an sm_90+ card under the Ampere target needs ``SGLANG_FORCE_FP8_MARLIN=1``);
+            sm_80..sm_88; an sm_90+ card under the Ampere target needs ``SGLANG_FORCE_FP8_MARLIN=1``;
+            sm_89 may keep SGLang's FP8 GEMMs, which its FP8 tensor cores run);
           * the FP8 ``wo_a`` einsum (DeepGEMM ``fp8_einsum``), on unless
             ``SGLANG_OPT_FP8_WO_A_GEMM=0``; with it off SGLang dequantizes ``wo_a`` to BF16 while
             loading (``_prepare_deepseek_v4_weights``), which is what the Ampere path uses.
@@ -91,6 +92,10 @@ def check_moe(config, layer, prefix: str, method) -> None:
             f"{prefix}: --moe-a2a-backend {get_moe_a2a_backend().value} prepares the experts for kernels that "
             "need sm_90+; on Ampere the native checkpoint's experts run on Marlin MXFP4 with "
             "--moe-a2a-backend none (the default)")
+    if getattr(layer, "num_fused_shared_experts", 0):
+        raise NativeAmpereError(
+            f"{prefix}: --enforce-shared-experts-fusion appends the FP8 shared expert to the MXFP4 routed-expert "
+            "tensor, which would read its FP8 bytes as MXFP4 (Fp8Config does not forbid it); drop the flag")
     if isinstance(method, (AmpereMxfp4MarlinMoEMethod, UnquantizedFusedMoEMethod)):
         return
     backend = get_moe_runner_backend().value

@@ -115,6 +115,16 @@ def test_a2a_backends_are_refused(ampere, monkeypatch):
             dsv4_config(ampere).get_quant_method(ampere["moe"], "x.experts")
 
 
+def test_shared_expert_fusion_is_refused(ampere):
+    from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
+
+    layer = FusedMoE.__new__(FusedMoE)
+    layer.num_fused_shared_experts = 1         # what --enforce-shared-experts-fusion gives FusedMoE
+    with ampere["checks"].moe_runner_backend(backend("marlin")):
+        with pytest.raises(ampere["patch"].NativeAmpereError, match="--enforce-shared-experts-fusion"):
+            dsv4_config(ampere).get_quant_method(layer, "x.experts")
+
+
 def test_other_models_and_other_gpus_are_left_alone(env, monkeypatch):
     from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod, Fp8MoEMethod
     from sglang.srt.layers.quantization.mxfp4_marlin_moe import Mxfp4MarlinMoEMethod
