@@ -6,8 +6,9 @@ Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.selftes
 ``tests/gpu/test_native_gpu.py``. Each check builds the layer the way the model does: SGLang's method
 ``create_weights`` -> random checkpoint-format codes and scales -> ``process_weights_after_loading``
 (the Marlin repack) -> the method's ``apply``, and compares with
-:func:`~.native_linear.reference_fp8_linear` / :func:`~.native_moe.reference_mxfp4_moe` on the tensors
-as loaded. A failure raises :class:`~sglang_ampere.checking.CheckFailed` (never ``assert``).
+:func:`~.native_linear.reference_fp8_linear` / :func:`~.native_moe.reference_moe` (experts decoded once
+by :func:`~.native_moe.dequantize_mxfp4_expert`) on the tensors as loaded. A failure raises
+:class:`~sglang_ampere.checking.CheckFailed` (never ``assert``).
 
 Without CUDA the same functions run on small shapes (the methods then take their torch paths) so CPU
 tests keep the plumbing and the pass/fail logic honest; ``apply`` can be replaced by a deliberately
@@ -202,7 +203,7 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     from .native_marlin_moe import MARLIN, REFERENCE
-    from .native_moe import reference_mxfp4_moe
+    from .native_moe import dequantize_mxfp4_expert, reference_moe
 
     _device(device)
     shape = dict(MOE_SHAPE if shape is None else shape)
@@ -216,6 +217,10 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     if apply is None:
         def apply(method, layer, dispatch):
             return method.apply(layer, dispatch)
+    # The reference's experts, dequantized once from the tensors as loaded (the codecs run on the CPU).
+    experts = [(dequantize_mxfp4_expert(o["w13_weight"][e], o["w13_weight_scale_inv"][e]).to(device),
+                dequantize_mxfp4_expert(o["w2_weight"][e], o["w2_weight_scale_inv"][e]).to(device))
+               for e in range(shape["experts"])]
     worst, clamp_effect = 0.0, 0.0
     for m in tokens:
         x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
@@ -226,14 +231,13 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
         topk = StandardTopKOutput(w.to(device), ids.to(device), logits.to(device))
         dispatch = StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk)
         got = apply(method, layer, dispatch).hidden_states
-        args = (x, o["w13_weight"], o["w13_weight_scale_inv"], o["w2_weight"], o["w2_weight_scale_inv"],
-                w.to(device), ids.to(device))
-        ref = reference_mxfp4_moe(*args, SWIGLU_LIMIT, None)
+        args = (x, experts.__getitem__, shape["hidden"], w.to(device), ids.to(device))
+        ref = reference_moe(*args, SWIGLU_LIMIT, None)
         require(tuple(got.shape) == tuple(ref.shape), f"M={m}: output {tuple(got.shape)}, want {tuple(ref.shape)}")
         err = rel_frobenius(got, ref)
         require_close(f"MXFP4 Marlin MoE M={m}", "relative error", err, TOL)
         worst = max(worst, err)
-        clamp_effect = max(clamp_effect, rel_frobenius(reference_mxfp4_moe(*args, None, None), ref))
+        clamp_effect = max(clamp_effect, rel_frobenius(reference_moe(*args, None, None), ref))
     require(clamp_effect >= MIN_CLAMP_EFFECT,
             f"the check's inputs do not exercise the SwiGLU clamp (it changes the output by {clamp_effect:.1e} < "
             f"{MIN_CLAMP_EFFECT:.0e}); a kernel without the clamp could pass")
