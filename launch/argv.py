@@ -46,7 +46,8 @@ def make_parser(prog: str = "sglang-ampere launch") -> argparse.ArgumentParser:
         usage=f"{prog} [options] [--] <sglang server args>",
         description=(
             "Start SGLang's OpenAI-compatible server (python -m sglang.launch_server) for a\n"
-            "dsv4_int DeepSeek-V4-Flash checkpoint with the preset for this GPU.\n"
+            "DeepSeek-V4-Flash checkpoint (dsv4_int, or the native FP8/FP4 release: below sm_90\n"
+            "the preset's [native] settings are added) with the preset for this GPU.\n"
             "Arguments this launcher does not know (or everything after --) go to SGLang,\n"
             "which reads them (and --config FILE) with its own parser."),
         epilog=(

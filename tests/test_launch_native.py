@@ -167,3 +167,18 @@ def test_copied_native_checkpoint_keeps_its_format(synth_ckpt, tmp_path):
 
     found = detect(d)
     assert (found.kind, found.expert_dtype, found.mxfp4_experts) == (NATIVE, "I8", True)
+
+
+def test_release_inventory_dry_run_at_pp12_gets_the_native_plan(tmp_path):
+    """The release's tensor inventory (headers only) through launch --pp-size 12: SGLang's checks
+    read its real config, and the layer split is the native memory plan's."""
+    from plan_testlib import write_headers_only
+
+    from sglang_ampere import plan as P
+
+    d = write_headers_only(tmp_path / "release", native=True)
+    plan = plan_for(d, "--pp-size", "12")
+    want = P.make_plan(P.load_model(d), 12, load_builtin("sm86").min_memory_gib)
+    assert plan.native_path and plan.argv[-4:] == NATIVE_ARG
+    assert plan.env["SGLANG_PP_LAYER_PARTITION"] == want.partition_env
+    assert "native checkpoint, 12 x 24 GiB" in plan.stage_table
