@@ -116,7 +116,9 @@ def load_native(path):
     return model
 
 
-def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native_env, synth_ckpt):
+@pytest.mark.parametrize("fused", [False, True], ids=["separate_wqa_wkv", "fuse_wqa_wkv"])
+def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native_env, synth_ckpt, fused):
+    """``separate``: the sm80/sm86 presets' SGLANG_OPT_FUSE_WQA_WKV=0; ``fuse``: SGLang's default."""
     from sglang.srt.environ import envs
     from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod
     from sglang.srt.layers.quantization.mxfp4_marlin_moe import Mxfp4MarlinMoEMethod
@@ -125,8 +127,12 @@ def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native
     from sglang_ampere.quant.native_marlin_moe import REFERENCE, AmpereMxfp4MarlinMoEMethod
 
     assert marlin_native_env.hook_in_effect(dsv4_native.TARGET, dsv4_native.get_quant_method_hook)
-    fused = envs.SGLANG_OPT_FUSE_WQA_WKV.get()
-    model = load_native(synth_ckpt)
+    saved = envs.SGLANG_OPT_FUSE_WQA_WKV.get()
+    envs.SGLANG_OPT_FUSE_WQA_WKV.set(fused)
+    try:
+        model = load_native(synth_ckpt)
+    finally:
+        envs.SGLANG_OPT_FUSE_WQA_WKV.set(saved)
     ckpt = read_checkpoint(synth_ckpt)
     config = json.loads((synth_ckpt / "config.json").read_text())
 
@@ -160,6 +166,7 @@ def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native
     assert dense and all(isinstance(m.quant_method, Fp8LinearMethod) for m in dense)
     attn = model.model.layers[2].self_attn
     assert attn.wo_a.weight.dtype == torch.bfloat16 and not hasattr(attn.wo_a, "weight_scale_inv")
+    assert hasattr(attn, "wqkv_a") == fused and hasattr(attn, "wq_a") != fused
 
     # Negative control: SGLang's own method on the same loaded layer stops at its gate.
     layer = experts[0]
