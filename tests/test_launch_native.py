@@ -182,3 +182,10 @@ def test_release_inventory_dry_run_at_pp12_gets_the_native_plan(tmp_path):
     assert plan.native_path and plan.argv[-4:] == NATIVE_ARG
     assert plan.env["SGLANG_PP_LAYER_PARTITION"] == want.partition_env
     assert "native checkpoint, 12 x 24 GiB" in plan.stage_table
+
+
+def test_sglangs_own_checks_run_on_the_native_command(synth_ckpt):
+    """A mismatch only SGLang's ModelConfig knows about comes back as SGLang's refusal."""
+    with pytest.raises(LaunchError, match=r"SGLang 0.5.23 refuses this combination: .*\(fp8\) does not match .*"
+                                          r"\(dsv4_int\)"):
+        plan_for(synth_ckpt, "--quantization", "dsv4_int")
