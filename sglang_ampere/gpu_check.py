@@ -16,10 +16,16 @@ On a machine with an NVIDIA GPU it runs, in order (``--list`` prints them with t
 8. ``logprobs-pp1``  the server's prompt logprobs (``/generate``, ``logprob_start_len=0``) against
                      the reference: fails on divergence (threshold below);
 9. ``bench-pp1``     a short ``sglang-ampere bench`` (256 and 1000 tokens x 1, 2 streams);
-10. ``stop-pp1``, then ``serve-pp2`` / ``requests-pp2`` / ``logprobs-pp2`` / ``stop-pp2`` with
-    ``--pp-size 2`` when two GPUs are visible.
+10. ``stop-pp1``;
+11. the native FP8/FP4 checkpoint, served without conversion: ``reference-native`` (the same
+    reference forward on the synthetic native checkpoint the ``checkpoint`` step wrote, at the
+    release's hidden and expert shapes), ``serve-native`` (``launch`` adds the preset's
+    ``[native]`` table: routed experts on SGLang's Marlin MXFP4 MoE, dense FP8 on FP8 Marlin
+    W8A16), ``logprobs-native`` (the same verdict as for dsv4_int), ``stop-native``;
+12. ``serve-pp2`` / ``requests-pp2`` / ``logprobs-pp2`` / ``stop-pp2`` with ``--pp-size 2`` when
+    two GPUs are visible.
 
-Each step has a share of the budget (default 480 s on one GPU; ``--budget-s`` scales the shares),
+Each step has a share of the budget (default 645 s on one GPU; ``--budget-s`` scales the shares),
 and gets at most what is left. A failing step is reported with the tail of its log and the run
 continues; steps that need a failed one (e.g. requests without a server) are skipped, saying why.
 ``results.json`` and ``summary.md`` (device, versions, each step's verdict and time) go to
@@ -64,7 +70,7 @@ from typing import Callable
 from . import __version__
 
 EXIT_NO_GPU = 3
-DEFAULT_BUDGET_S = 480.0
+DEFAULT_BUDGET_S = 645.0           # the one-GPU steps' shares (the native steps add 165 s to 480)
 MIN_STEP_S = 5.0
 PASS, FAIL, TIMEOUT, SKIP = "pass", "fail", "timeout", "skip"
 LOG_TAIL_LINES = 40
@@ -319,6 +325,7 @@ def step_checkpoint(ctx: Context, budget: float) -> str:
     run_logged(ctx, "checkpoint", _cli("convert", str(native), str(dst), "--expert-scale", "absmax", "--workers",
                                        str(min(4, os.cpu_count() or 1))), left)
     ctx.state["model"] = dst
+    ctx.state["model-native"] = native          # the synthetic release itself, for the native steps
     return f"{dst} ({sum(f.stat().st_size for f in dst.glob('*.safetensors')) / 2**30:.2f} GiB)"
 
 
@@ -331,22 +338,29 @@ def _logprobs_from_logits(path: Path, ids: list[int]) -> list[float]:
     return [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
 
 
-def step_reference(ctx: Context, budget: float) -> str:
-    ids = _prompt_ids()
-    tokens = ctx.out / "ckpt" / "prompt_ids.json"
-    tokens.write_text(json.dumps(ids))
-    ref = {}
-    t0 = time.monotonic()
-    for dtype in ("float32", "bfloat16"):
-        dump = ctx.out / "ckpt" / f"ref_{dtype}.safetensors"
-        left = budget - (time.monotonic() - t0)
-        run_logged(ctx, "reference", _cli("eval", str(ctx.state["model"]), "--tokens", str(tokens), "--dtype",
-                                          dtype, "--device", "cuda", "--dump-logits", str(dump), "--quiet"),
-                   max(left, 1.0))
-        ref[dtype] = _logprobs_from_logits(dump, ids)
-    floor = sum(abs(a - b) for a, b in zip(ref["bfloat16"], ref["float32"])) / len(ids[1:])
-    ctx.state.update(ids=ids, ref=ref["float32"], floor=floor)
-    return f"{len(ids)} tokens; reference bf16 vs float32: mean |d logprob| {floor:.4f} nats"
+def make_reference(tag: str = "") -> Callable[[Context, float], str]:
+    """The reference forward of ``state["model" + tag]`` ("" the dsv4_int checkpoint, "-native" the
+    native one): float32 logprobs into ``state["ref" + tag]``, its bf16 distance into ``state["floor" + tag]``."""
+    def step(ctx: Context, budget: float) -> str:
+        ids = _prompt_ids()
+        tokens = ctx.out / "ckpt" / "prompt_ids.json"
+        tokens.write_text(json.dumps(ids))
+        ref = {}
+        t0 = time.monotonic()
+        for dtype in ("float32", "bfloat16"):
+            dump = ctx.out / "ckpt" / f"ref{tag}_{dtype}.safetensors"
+            left = budget - (time.monotonic() - t0)
+            run_logged(ctx, f"reference{tag}", _cli("eval", str(ctx.state["model" + tag]), "--tokens", str(tokens),
+                                                    "--dtype", dtype, "--device", "cuda", "--dump-logits", str(dump),
+                                                    "--quiet"), max(left, 1.0))
+            ref[dtype] = _logprobs_from_logits(dump, ids)
+        floor = sum(abs(a - b) for a, b in zip(ref["bfloat16"], ref["float32"])) / len(ids[1:])
+        ctx.state.update({"ids": ids, "ref" + tag: ref["float32"], "floor" + tag: floor})
+        return f"{len(ids)} tokens; reference bf16 vs float32: mean |d logprob| {floor:.4f} nats"
+    return step
+
+
+step_reference = make_reference()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, deadline: float, log: Path) -> None:
@@ -370,27 +384,31 @@ def launch_args(model: Path | str, pp: int, port: int) -> list[str]:
     return ["--model-path", str(model), "--pp-size", str(pp), "--", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def make_serve(pp: int) -> Callable[[Context, float], str]:
+def make_serve(pp: int, native: bool = False) -> Callable[[Context, float], str]:
+    """Start the server on the dsv4_int checkpoint at ``pp``, or (``native``) on the native one at pp 1;
+    it is ``state["server<key>"]`` / ``state["url<key>"]`` with key ``pp`` or ``native``."""
+    key = "native" if native else pp
+
     def step(ctx: Context, budget: float) -> str:
         port = _free_port()
-        name = f"serve-pp{pp}"
+        name = "serve-native" if native else f"serve-pp{pp}"
         log = _log_path(ctx, name)
-        cmd = _cli("launch", *launch_args(ctx.state["model"], pp, port))
+        cmd = _cli("launch", *launch_args(ctx.state["model-native" if native else "model"], pp, port))
         f = open(log, "ab")
         f.write(f"$ {' '.join(cmd)}\n".encode())
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ctx.env, start_new_session=True)
-        ctx.state[f"server{pp}"] = (proc, f)
+        ctx.state[f"server{key}"] = (proc, f)
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, proc, time.monotonic() + budget, log)
-        ctx.state[f"url{pp}"] = url
-        return f"ready at {url} (PP={pp})"
+        ctx.state[f"url{key}"] = url
+        return f"ready at {url} (PP={pp}{', native checkpoint' if native else ''})"
     return step
 
 
-def make_stop(pp: int) -> Callable[[Context, float], str]:
+def make_stop(key: int | str) -> Callable[[Context, float], str]:
     def step(ctx: Context, budget: float) -> str:
-        handle = ctx.state.pop(f"server{pp}", None)
+        handle = ctx.state.pop(f"server{key}", None)
         if handle is None:
             return "no server was started"
         proc, f = handle
@@ -441,17 +459,20 @@ def compare_logprobs(server: list[float], ref: list[float], floor: float) -> tup
     return mean, worst, bound
 
 
-def make_logprobs(pp: int) -> Callable[[Context, float], str]:
+def make_logprobs(key: int | str) -> Callable[[Context, float], str]:
+    """The server ``state["url<key>"]`` against its reference (``key`` "native": the native one's)."""
+    tag = "-native" if key == "native" else ""
+
     def step(ctx: Context, budget: float) -> str:
         ids = ctx.state["ids"]
         body = json.dumps({"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0},
                            "return_logprob": True, "logprob_start_len": 0}).encode()
-        req = urllib.request.Request(ctx.state[f"url{pp}"] + "/generate", data=body,
+        req = urllib.request.Request(ctx.state[f"url{key}"] + "/generate", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=budget) as r:
             meta = json.loads(r.read())["meta_info"]
         got = [float(e[0]) for e in meta["input_token_logprobs"][1:]]
-        mean, worst, bound = compare_logprobs(got, ctx.state["ref"], ctx.state["floor"])
+        mean, worst, bound = compare_logprobs(got, ctx.state["ref" + tag], ctx.state["floor" + tag])
         return f"mean |d logprob| {mean:.4f} nats (bound {bound:.4f}), worst {worst:.3f}"
     return step
 
@@ -492,7 +513,22 @@ def all_steps() -> list[Step]:
             steps.append(Step("bench-pp1", 40, "a short bench passes (no stall, no failure)", step_bench,
                               needs=("serve-pp1",)))
         steps.append(Step(f"stop-pp{pp}", 15, "the server shuts down", make_stop(pp), min_gpus=gpus, always=True))
+        if pp == 1:
+            steps += native_steps()
     return steps
+
+
+def native_steps() -> list[Step]:
+    """The native FP8/FP4 checkpoint served without conversion (after the dsv4_int server stopped)."""
+    return [
+        Step("reference-native", 30, "the reference forward of the synthetic native checkpoint (float32, bf16 floor)",
+             make_reference("-native"), needs=("checkpoint",)),
+        Step("serve-native", 110, "SGLang's server starts through launch on the native checkpoint (Marlin MXFP4 "
+             "MoE, FP8 Marlin W8A16; PP=1)", make_serve(1, native=True), needs=("checkpoint",)),
+        Step("logprobs-native", 10, "the native server's prompt logprobs match the reference forward",
+             make_logprobs("native"), needs=("serve-native", "reference-native")),
+        Step("stop-native", 15, "the native server shuts down", make_stop("native"), always=True),
+    ]
 
 
 # ----------------------------------------------------------------------------- command

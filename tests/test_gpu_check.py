@@ -60,7 +60,7 @@ def test_list_prints_steps_and_budgets(capsys):
         if f" {s.name} " not in out:
             raise AssertionError(f"{s.name} missing from --list:\n{out}")
     one = G.scaled(steps, None, 1)
-    if abs(sum(one.values()) - G.DEFAULT_BUDGET_S) > 1e-6 or "budget 480 s on one GPU" not in out:
+    if abs(sum(one.values()) - G.DEFAULT_BUDGET_S) > 1e-6 or f"budget {G.DEFAULT_BUDGET_S:.0f} s on one GPU" not in out:
         raise AssertionError(out)
     if "serve-pp2" in one or "[2 GPUs]" not in out:
         raise AssertionError("PP=2 steps must be marked and take no budget on one GPU")
@@ -268,3 +268,84 @@ def test_serve_command_is_accepted_by_launch(tmp_path, pp):
     argv = plan.argv
     if argv[argv.index("--pp-size") + 1] != str(pp) or argv[argv.index("--port") + 1] != "30000":
         raise AssertionError(argv)
+
+
+# ----------------------------------------------------------------------------- the native checkpoint steps
+
+
+def test_native_steps_come_after_the_dsv4_int_server_and_need_what_they_read():
+    names = [s.name for s in G.all_steps()]
+    native = ["reference-native", "serve-native", "logprobs-native", "stop-native"]
+    at = names.index("reference-native")
+    if names[at:at + 4] != native or not names.index("stop-pp1") < at < names.index("serve-pp2"):
+        raise AssertionError(names)      # one GPU: the dsv4_int server is gone before the native one starts
+    steps = {s.name: s for s in G.all_steps()}
+    if steps["serve-native"].needs != ("checkpoint",) or set(steps["logprobs-native"].needs) != {
+            "serve-native", "reference-native"} or not steps["stop-native"].always:
+        raise AssertionError({n: (steps[n].needs, steps[n].always) for n in native})
+    if any(steps[n].min_gpus != 1 for n in native):
+        raise AssertionError("the native steps run on one GPU")
+
+
+def test_native_reference_and_logprobs_use_the_native_checkpoint(tmp_path, monkeypatch):
+    """The native steps read and write their own state: eval runs on the native checkpoint, and the
+    server is judged against the native reference, not the dsv4_int one."""
+    calls = []
+    monkeypatch.setattr(G, "run_logged", lambda ctx, name, cmd, timeout: calls.append((name, cmd)) or "")
+    native_ref = [-1.0 - 0.01 * i for i in range(G.PROMPT_TOKENS - 1)]
+    monkeypatch.setattr(G, "_logprobs_from_logits",
+                        lambda path, ids: [x + (0.005 if "bfloat16" in path.name else 0.0) for x in native_ref])
+    (tmp_path / "ckpt").mkdir()
+    ctx = G.Context(out=tmp_path, state={"model": tmp_path / "int", "model-native": tmp_path / "native",
+                                          "ref": [-9.0] * (G.PROMPT_TOKENS - 1), "floor": 0.01})
+    G.make_reference("-native")(ctx, 30.0)
+    evals = [cmd for name, cmd in calls if name == "reference-native"]
+    if len(evals) != 2 or any(cmd[cmd.index("eval") + 1] != str(tmp_path / "native") for cmd in evals):
+        raise AssertionError(calls)
+    if ctx.state["ref-native"] != native_ref or not math.isclose(ctx.state["floor-native"], 0.005):
+        raise AssertionError(ctx.state)
+    if ctx.state["ref"] != [-9.0] * (G.PROMPT_TOKENS - 1):
+        raise AssertionError("the dsv4_int reference must stay as it was")
+
+    class Reply:
+        def __init__(self, logprobs):
+            self.body = json.dumps({"meta_info": {"input_token_logprobs": [[None]] + [[x] for x in logprobs]}})
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.body.encode()
+
+    sent = []
+
+    def urlopen(req, timeout):
+        sent.append(req.full_url)
+        return Reply(served)
+
+    monkeypatch.setattr(G.urllib.request, "urlopen", urlopen)
+    ctx.state["urlnative"] = "http://127.0.0.1:1"
+    served = [x + 0.003 for x in native_ref]
+    if "mean |d logprob| 0.0030" not in G.make_logprobs("native")(ctx, 10.0):
+        raise AssertionError("the native server matches its own reference")
+    served = [x + 0.5 for x in native_ref]
+    with pytest.raises(G.StepFailed, match="diverge"):
+        G.make_logprobs("native")(ctx, 10.0)
+    if sent != ["http://127.0.0.1:1/generate"] * 2:
+        raise AssertionError(sent)
+
+
+def test_native_serve_command_is_accepted_by_launch(synth_ckpt):
+    """serve-native's launch arguments through the launcher's own checks, with the Ampere target
+    gpu-check sets on a Hopper card: the [native] table is added."""
+    from sglang_ampere.launch.launcher import build_plan
+
+    plan = build_plan(["--dry-run", *G.launch_args(synth_ckpt, 1, 30000)], environ={VAR: "ampere"},
+                      smi_output=smi("h100_80gb_hbm3_x8"), python="python3")
+    if not plan.native_path or "--moe-runner-backend" not in plan.argv:
+        raise AssertionError(plan.argv)
+    if plan.argv[plan.argv.index("--moe-runner-backend") + 1] != "marlin":
+        raise AssertionError(plan.argv)
