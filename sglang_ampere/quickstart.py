@@ -57,6 +57,8 @@ def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print) -> i
     out(f"dsv4_int checkpoint: {converted.resolve()}")
     out("next: see how it would be served on an RTX 3090-class GPU (sm_86):")
     out(f"  {next_command(converted.resolve())}")
+    out("or serve the native checkpoint as it is, without conversion (README: 'dsv4_int or native: which to choose'):")
+    out(f"  {next_command(native.resolve())}")
     out("then convert the real model the same way:")
     out("  sglang-ampere audit /path/to/DeepSeek-V4-Flash            # the plan, from headers, in seconds")
     out("  sglang-ampere convert /path/to/DeepSeek-V4-Flash /path/to/DeepSeek-V4-Flash-dsv4_int --workers 2")

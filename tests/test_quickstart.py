@@ -14,6 +14,9 @@ def test_quickstart_end_to_end_and_rerun(tmp_path):
     assert f"dsv4_int checkpoint: {ckpt}" in out
     assert "fidelity expert_int4: SNR dB" in out and "OK: no problems found" in out
     assert "sglang-ampere launch --gpu sm86" in out and str(ckpt) in out.split("next:", 1)[1]
+    native_line = out.split("without conversion", 1)[1].splitlines()[1]
+    assert native_line.strip().startswith("sglang-ampere launch --gpu sm86 --dry-run --model-path")
+    assert native_line.strip().split("--model-path ", 1)[1].endswith("native")
     # ... and the reference forward's figures of the conversion against its source
     kl = float(out.split("KL(REF || MODEL) nats/token: mean ", 1)[1].split()[0])
     top1 = float(out.split("top-1 agreement: ", 1)[1].split()[0])
