@@ -125,3 +125,50 @@ def total(counts: dict[str, SassCounts]) -> SassCounts:
     for c in counts.values():
         acc += c
     return acc
+
+
+@dataclass
+class ResUsage:
+    """Per-kernel resources from ``cuobjdump -res-usage``: registers and bytes of stack, static
+    shared memory (``extern __shared__`` buffers sized at launch are not included) and local
+    memory."""
+    registers: int = 0
+    stack: int = 0
+    shared: int = 0
+    local: int = 0
+
+
+#: Static ``__shared__`` a block may declare on every arch since Volta; larger buffers must be
+#: dynamic and opted in at launch (``cudaFuncAttributeMaxDynamicSharedMemorySize``).
+STATIC_SHARED_LIMIT = 48 * 1024
+
+_RES_FUNCTION = re.compile(r"^\s*Function (\S+?):?\s*$")
+_RES_FIELDS = (("registers", re.compile(r"\bREG:(\d+)")), ("stack", re.compile(r"\bSTACK:(\d+)")),
+               ("shared", re.compile(r"\bSHARED:(\d+)")), ("local", re.compile(r"\bLOCAL:(\d+)")))
+
+
+def parse_res_usage(text: str) -> dict[str, ResUsage]:
+    """Parse ``cuobjdump -res-usage`` output (a ``Function <name>:`` line, then a line with
+    ``REG:.. STACK:.. SHARED:.. LOCAL:..``)."""
+    out: dict[str, ResUsage] = {}
+    current = None
+    for line in text.splitlines():
+        m = _RES_FUNCTION.match(line)
+        if m:
+            current = out.setdefault(m.group(1), ResUsage())
+            continue
+        if current is None:
+            continue
+        for attr, rx in _RES_FIELDS:
+            f = rx.search(line)
+            if f:
+                setattr(current, attr, int(f.group(1)))
+    return out
+
+
+def read_res_usage(binary: Path | str) -> dict[str, ResUsage]:
+    """Per-kernel resources of a cubin or object file (``cuobjdump -res-usage``)."""
+    p = subprocess.run([find_tool("cuobjdump"), "-res-usage", str(binary)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"cuobjdump -res-usage {binary} failed: {p.stderr.strip()}")
+    return parse_res_usage(p.stdout)
