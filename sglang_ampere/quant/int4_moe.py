@@ -38,14 +38,13 @@ import logging
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
 from torch.nn import Parameter
 
 from .. import envvars
 from ..formats.constants import INT4_GROUP
 from ..formats.int4 import int4_group_dequantize
-from . import marlin_layout
+from . import marlin_layout, moe_reference
 
 logger = logging.getLogger("sglang_ampere")
 
@@ -58,23 +57,13 @@ def dequantize_expert(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor
 def reference_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
                   w2_scale: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                   swiglu_limit: Optional[float], routed_scaling_factor: Optional[float]) -> torch.Tensor:
-    """Torch path in the Marlin numerics: BF16 dequantized weights and BF16 intermediates,
-    float32 accumulation of the top-k sum. ``topk_ids < 0`` (not local) are skipped."""
-    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
-    inter = w13.shape[1] // 2
-    for e in torch.unique(topk_ids[topk_ids >= 0]).tolist():
-        tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)
-        h = F.linear(x[tok], dequantize_expert(w13[e], w13_scale[e]).to(x.dtype))
-        gate, up = h[:, :inter], h[:, inter:]
-        if swiglu_limit:
-            gate = gate.clamp(max=swiglu_limit)
-            up = up.clamp(min=-swiglu_limit, max=swiglu_limit)
-        act = (F.silu(gate) * up).to(x.dtype)
-        y = F.linear(act, dequantize_expert(w2[e], w2_scale[e]).to(x.dtype)).float()
-        out.index_add_(0, tok, y * topk_weights[tok, slot].float().unsqueeze(1))
-    if routed_scaling_factor is not None:
-        out *= routed_scaling_factor
-    return out.to(x.dtype)
+    """Torch path in the Marlin numerics (:func:`.moe_reference.reference_moe`) on uint4b8
+    experts; ``topk_ids < 0`` (not local) are skipped."""
+    def weights(e: int):
+        return dequantize_expert(w13[e], w13_scale[e]), dequantize_expert(w2[e], w2_scale[e])
+
+    return moe_reference.reference_moe(x, weights, w2.shape[1], topk_weights, topk_ids, swiglu_limit,
+                                       routed_scaling_factor)
 
 
 class Dsv4Int4MoEMethod(FusedMoEMethodBase):

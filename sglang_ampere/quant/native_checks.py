@@ -6,7 +6,7 @@ Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.selftes
 ``tests/gpu/test_native_gpu.py``. Each check builds the layer the way the model does: SGLang's method
 ``create_weights`` -> random checkpoint-format codes and scales -> ``process_weights_after_loading``
 (the Marlin repack) -> the method's ``apply``, and compares with
-:func:`~.native_linear.reference_fp8_linear` / :func:`~.native_moe.reference_moe` (experts decoded once
+:func:`~.native_linear.reference_fp8_linear` / :func:`~.moe_reference.reference_moe` (experts decoded once
 by :func:`~.native_moe.dequantize_mxfp4_expert`) on the tensors as loaded. A failure raises
 :class:`~sglang_ampere.checking.CheckFailed` (never ``assert``).
 
@@ -202,8 +202,9 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
+    from .moe_reference import reference_moe
     from .native_marlin_moe import MARLIN, REFERENCE
-    from .native_moe import dequantize_mxfp4_expert, reference_moe
+    from .native_moe import dequantize_mxfp4_expert
 
     _device(device)
     shape = dict(MOE_SHAPE if shape is None else shape)

@@ -22,47 +22,17 @@ a power of two), BF16 activations and intermediates, float32 sum over the top-k.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..formats.mxfp4 import mxfp4_dequantize
-
-ExpertWeights = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+from .moe_reference import reference_moe
 
 
 def dequantize_mxfp4_expert(packed: torch.Tensor, scale: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
     """float32 ``[N, K]`` of one expert matrix: int8/uint8 ``[N, K/2]`` codes, E8M0 ``[N, K/32]``."""
     return mxfp4_dequantize(packed.view(torch.uint8), scale, name)
-
-
-def swiglu(h: torch.Tensor, swiglu_limit: Optional[float]) -> torch.Tensor:
-    """``silu(gate) * up`` of ``[M, 2I]`` (gate first) with DeepSeek-V4's clamp (gate above, up both sides)."""
-    inter = h.shape[-1] // 2
-    gate, up = h[..., :inter], h[..., inter:]
-    if swiglu_limit:
-        gate = gate.clamp(max=swiglu_limit)
-        up = up.clamp(min=-swiglu_limit, max=swiglu_limit)
-    return F.silu(gate) * up
-
-
-def reference_moe(x: torch.Tensor, expert_weights: ExpertWeights, num_hidden_out: int,
-                  topk_weights: torch.Tensor, topk_ids: torch.Tensor, swiglu_limit: Optional[float],
-                  routed_scaling_factor: Optional[float]) -> torch.Tensor:
-    """The routed-expert sum in the kernel's numerics. ``expert_weights(e)`` gives float32
-    ``(W13 [2I, H], W2 [H, I])``; ``topk_ids < 0`` (experts not on this rank) are skipped."""
-    out = torch.zeros(x.shape[0], num_hidden_out, dtype=torch.float32, device=x.device)
-    for e in torch.unique(topk_ids[topk_ids >= 0]).tolist():
-        tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)
-        w13, w2 = expert_weights(int(e))
-        h = F.linear(x[tok], w13.to(device=x.device, dtype=x.dtype))
-        act = swiglu(h, swiglu_limit).to(x.dtype)
-        y = F.linear(act, w2.to(device=x.device, dtype=x.dtype)).float()
-        out.index_add_(0, tok, y * topk_weights[tok, slot].float().unsqueeze(1))
-    if routed_scaling_factor is not None:
-        out *= routed_scaling_factor
-    return out.to(x.dtype)
 
 
 def reference_mxfp4_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
