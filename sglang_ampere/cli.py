@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),
     "bench": ("sglang_ampere.bench", "TTFT, TPOT and tok/s per stream over context x concurrency against a server"),
     "gpu-check": ("sglang_ampere.gpu_check", "on a GPU: doctor, selftest, tests/gpu, a server vs the reference, bench"),
-    "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int path ahead of time"),
+    "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time"),
     "kernel-report": ("sglang_ampere.kernel_report",
                       "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
 }
