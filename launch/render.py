@@ -51,7 +51,8 @@ def format_plan(plan: Plan) -> str:
     if plan.preset_args_used or plan.preset_args_kept:
         out.append("# preset server arguments (yours win, on the command line or in --config):")
         for a in plan.preset_args_used:
-            out.append(f"#   {' '.join(a.argv())}  {a.reason}")
+            tag = "[native] " if a in plan.preset.native_args else ""
+            out.append(f"#   {' '.join(a.argv())}  {tag}{a.reason}")
         for a in plan.preset_args_kept:
             out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
     if arch_number(plan.arch) < 90:

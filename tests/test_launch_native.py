@@ -34,7 +34,8 @@ def test_native_checkpoint_accepted_below_sm90_with_the_native_table(synth_ckpt,
     assert plan.argv[-4:] == NATIVE_ARG
     assert {a.flag for a in plan.preset_args_used} >= {a.flag for a in preset.native_args}
     text = format_plan(plan)
-    assert "#   --moe-runner-backend marlin  " in text
+    assert "#   --moe-runner-backend marlin  [native] " in text
+    assert "#   --context-length 65536  the" in text or "#   --context-length 131072  the" in text
     assert "SGLANG_FORCE_FP8_MARLIN=1 \\" in text and "[preset " + arch + " [native]; unset]" in text
     assert any("native FP8/FP4 checkpoint, served without conversion" in n for n in plan.notes)
 
