@@ -136,8 +136,9 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         # SGLang's own verdict on every speculative combination and on the native checkpoint's
         # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes start.
         validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
-    if not help_only:
-        plan.notes += _jit_cache_notes(card_arch, env)      # SGLang JIT-compiles for the card's own arch
+    if model is not None and model.served_format is not None:
+        # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
+        plan.notes += _jit_cache_notes(card_arch, env, model.served_format)
     return plan
 
 
@@ -158,10 +159,10 @@ def _plan_final(final, topo, found, preset, environ, overrides, env, changes, no
     return staged.table
 
 
-def _jit_cache_notes(arch: str, env: Mapping[str, str]) -> list[str]:
+def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None) -> list[str]:
     from sglang_ampere import warmup
 
-    return warmup.cold_cache_notes(arch, env)
+    return warmup.cold_cache_notes(arch, env, checkpoint)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None,

@@ -33,6 +33,14 @@ class ModelDir:
     #: True when the launcher adds the preset's [native] table (native checkpoint below sm_90).
     native_path: bool = False
 
+    @property
+    def served_format(self) -> str | None:
+        """The format whose sglang-ampere path serves this checkpoint (warmup's ``--checkpoint``
+        name): dsv4_int always, native below sm_90; None when SGLang's own sm_90+ kernels do."""
+        if self.format.kind == fmt.DSV4_INT:
+            return fmt.DSV4_INT
+        return fmt.NATIVE if self.native_path else None
+
 
 def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
     """The model directory (validated), its format and notes; ``path`` is SGLang's merged ``model_path``."""

@@ -331,7 +331,7 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
     return checks
 
 
-def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]:
+def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: str | None = None) -> list[Check]:
     from sglang_ampere import warmup
 
     checks = []
@@ -362,11 +362,12 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None) -> list[Check]
         if home is not None:
             checks += check_cuda_headers(home, environ)
     if arch is not None:
-        notes = warmup.cold_cache_notes(arch, environ)
+        notes = warmup.cold_cache_notes(arch, environ, checkpoint)
         if notes:
             checks.append(Check("jit cache", WARN, notes[0].removeprefix("note: ")))
         else:
-            checks.append(Check("jit cache", OK, f"every dsv4_int JIT kernel is built for {arch} in "
+            which = f"the {checkpoint}" if checkpoint else "the dsv4_int and native"
+            checks.append(Check("jit cache", OK, f"every JIT kernel {which} path needs is built for {arch} in "
                                 f"{warmup.cache_root(environ)}"))
     return checks
 
@@ -421,9 +422,11 @@ def check_cuda_headers(home: str, environ: Mapping[str, str]) -> list[Check]:
     return checks
 
 
-def check_model_dir(path: str, arch: str | None) -> tuple[list[Check], bool | None]:
+def check_model_dir(path: str, arch: str | None) -> tuple[list[Check], bool | None, str | None]:
     """The checkpoint's format and whether ``launch`` takes it with preset ``arch``; also whether
-    it is the native checkpoint served below sm_90 (None when that cannot be decided)."""
+    it is the native checkpoint served below sm_90 (None when that cannot be decided), and the
+    format whose JIT kernels the cache check looks for (None: both, e.g. when sglang-ampere does
+    not serve this checkpoint here)."""
     from sglang_ampere import checkpoint_format as fmt
     from sglang_ampere.launch.errors import LaunchError
     from sglang_ampere.launch.model_dir import check_model
@@ -432,27 +435,27 @@ def check_model_dir(path: str, arch: str | None) -> tuple[list[Check], bool | No
     try:
         found = fmt.detect(path)
     except fmt.CheckpointFormatError as exc:
-        return [Check("checkpoint", FAIL, str(exc), "point --model-path at the checkpoint folder")], None
+        return [Check("checkpoint", FAIL, str(exc), "point --model-path at the checkpoint folder")], None, None
     what = {fmt.DSV4_INT: "dsv4_int (INT4 experts, INT8 dense)",
             fmt.NATIVE: f"native FP8/FP4 (quant_method fp8; routed experts {found.expert_dtype or 'not found'}"
                         f"{' = MXFP4' if found.mxfp4_experts else ''})"}.get(found.kind, f"quant_method "
                                                                                 f"{found.quant_method!r}")
     if arch is None:
         return [Check("checkpoint", WARN, f"{path}: {what}; no preset decided, so not checked against one",
-                      "pass --gpu ARCH")], None
+                      "pass --gpu ARCH")], None, None
     preset = load_builtin(arch)
     try:
         model = check_model(path, arch, preset)
     except LaunchError as exc:
         return [Check("checkpoint", FAIL, f"{path}: {what}: {exc}", "see the message: launch refuses this "
-                      "checkpoint on this GPU")], found.kind == fmt.NATIVE
+                      "checkpoint on this GPU")], found.kind == fmt.NATIVE, None
     if model.native_path:
         adds = [" ".join(a.argv()) for a in preset.native_args] + [f"{e.name}={e.value}" for e in preset.native_env]
         detail = (f"{path}: {what}: served without conversion on {arch}; launch adds preset {arch}'s [native] "
                   f"settings: {', '.join(adds)}")
     else:
         detail = f"{path}: {what}: accepted on {arch}"
-    return [Check("checkpoint", OK, detail)], model.native_path
+    return [Check("checkpoint", OK, detail)], model.native_path, model.served_format
 
 
 def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = None,
@@ -464,13 +467,13 @@ def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = N
     checks += gpu_checks
     target_checks, preset_arch = check_target(environ, arch)
     checks += target_checks
-    native = None
+    native = served = None
     if model_path is not None:
-        model_checks, native = check_model_dir(model_path, preset_arch)
+        model_checks, native, served = check_model_dir(model_path, preset_arch)
         checks += model_checks
     if preset_arch is not None:
         checks += check_env_against_preset(preset_arch, environ, native)
-    checks += check_jit_tools(environ, arch)
+    checks += check_jit_tools(environ, arch, served)
     return checks
 
 

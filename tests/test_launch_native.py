@@ -190,3 +190,18 @@ def test_sglangs_own_checks_run_on_the_native_command(synth_ckpt):
     with pytest.raises(LaunchError, match=r"SGLang 0.5.23 refuses this combination: .*\(fp8\) does not match .*"
                                           r"\(dsv4_int\)"):
         plan_for(synth_ckpt, "--quantization", "dsv4_int")
+
+
+def test_cold_jit_cache_note_names_what_this_checkpoint_runs(synth_ckpt, model, tmp_path):
+    """launch's start-up note lists the cold JIT modules of the checkpoint's own path: the native
+    one's MXFP4 top-k sum only for the native checkpoint, nothing for SGLang's own sm_90+ path."""
+    environ = {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
+
+    def cold_note(ckpt, gpu="sm86"):
+        notes = [n for n in plan_for(ckpt, gpu=gpu, environ=dict(environ)).notes if "JIT cache" in n]
+        return notes[0] if notes else None
+
+    native, dsv4_int = cold_note(synth_ckpt), cold_note(model)
+    assert "moe_topk_sum" in native and native.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
+    assert "moe_topk_sum" not in dsv4_int and dsv4_int.endswith("--checkpoint dsv4_int")
+    assert cold_note(synth_ckpt, gpu="sm90") is None
