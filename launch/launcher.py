@@ -33,7 +33,7 @@ from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
 from .resolve import EnvChange, fill_server_args, resolve_arch, resolve_env, target_arch
-from .speculative import pp_spec_env, speculative_args, validate
+from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
 from .stage_plan import VAR as PARTITION_VAR
 from .stage_plan import plan_stages
 from .topology import check_topology, topology_of, with_node_rank
@@ -136,6 +136,8 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         # SGLang's own verdict on every speculative combination and on the native checkpoint's
         # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes start.
         validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
+        # SGLang only fails later, loading the draft, when mtp.* is not what its algorithm reads.
+        check_draft_source(parse_server_args(cli + preset_args), model.config)
     if model is not None and model.served_format is not None:
         # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
         plan.notes += _jit_cache_notes(card_arch, env, model.served_format)

@@ -32,6 +32,8 @@ class ModelDir:
     notes: list[str] = field(default_factory=list)
     #: True when the launcher adds the preset's [native] table (native checkpoint below sm_90).
     native_path: bool = False
+    #: config.json, for the rules that read it later (the speculative draft source).
+    config: dict = field(default_factory=dict)
 
     @property
     def served_format(self) -> str | None:
@@ -62,11 +64,11 @@ def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
         notes.append(f"note: {p / 'config.json'} declares architectures={archs}, not {MODEL_ARCHITECTURE}; "
                      "the presets are tuned for DeepSeek-V4-Flash")
     if found.kind == fmt.DSV4_INT:
-        return ModelDir(str(p), found, notes)
+        return ModelDir(str(p), found, notes, config=cfg)
     if found.kind == fmt.NATIVE and arch_number(arch) >= 90:
         notes.append(f"note: {path} is the native {found.quant_method} checkpoint; on {arch} it runs on SGLang's "
                      "own kernels (the sglang-ampere kernels are not used)")
-        return ModelDir(str(p), found, notes)
+        return ModelDir(str(p), found, notes, config=cfg)
     convert = f"sglang-ampere convert {shlex.quote(str(p))} DST, then launch with --model-path DST"
     if found.kind == fmt.NATIVE:
         if not found.mxfp4_experts:
@@ -85,7 +87,7 @@ def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
                      "experts on SGLang's Marlin MXFP4 MoE (W4A16), dense FP8 layers on FP8 Marlin W8A16, wo_a "
                      f"dequantized to BF16 at load; preset {preset.source}'s [native] settings are added (not yet "
                      "run on a GPU; `sglang-ampere selftest` checks these kernels on the card)")
-        return ModelDir(str(p), found, notes, native_path=True)
+        return ModelDir(str(p), found, notes, native_path=True, config=cfg)
     raise LaunchError(
         f"{p / 'config.json'}: quantization_config.quant_method is {found.quant_method!r}, expected "
         f"{QUANT_METHOD!r} or the native release's {fmt.NATIVE_QUANT_METHOD!r}. "

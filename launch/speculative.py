@@ -31,6 +31,8 @@ import contextlib
 import os
 from typing import Mapping, Sequence
 
+from sglang_ampere.inventory import draft_problem
+
 from .argv import ServerArgv, quiet_sglang_warnings
 from .errors import LaunchError
 
@@ -92,6 +94,20 @@ def speculative_args(choice: str | None, server: ServerArgv) -> tuple[list[str],
             argv += [flag, value]
             used.append((flag, value, REASON.get(flag, "the DSpark drafter")))
     return argv, used
+
+
+def check_draft_source(final: ServerArgv, config: Mapping) -> None:
+    """Refuse a speculative algorithm whose draft this checkpoint's ``mtp.*`` cannot give (EAGLE on
+    V4-Flash-0731's DSpark drafter, DSpark on V4-Flash's MTP block), unless the user names the draft
+    checkpoint; SGLang itself only fails while loading the draft (the rule:
+    :func:`sglang_ampere.inventory.draft_problem`)."""
+    algo = str(final.value("speculative_algorithm") or "").upper()
+    choice = "dspark" if algo == "DSPARK" else "mtp" if algo in ("EAGLE", "NEXTN") else None
+    if choice is None:
+        return
+    problem = draft_problem(choice, dict(config), final.is_given("speculative_draft_model_path"))
+    if problem:
+        raise LaunchError(f"--speculative-algorithm {algo}: {problem}")
 
 
 def pp_spec_env(final: ServerArgv, pp: int, environ: Mapping[str, str],

@@ -93,6 +93,24 @@ def has_dspark_drafter(config: dict) -> bool:
     return any(config.get(k) is not None for k in DSPARK_MARKER_KEYS)
 
 
+def draft_problem(speculative: str, config: dict, separate_draft: bool = False) -> str | None:
+    """Why ``speculative`` (``"mtp"``: SGLang's EAGLE/NextN; ``"dspark"``) cannot take its draft from
+    this checkpoint's ``mtp.*``, or None. ``separate_draft``: the user names the draft checkpoint
+    (``--speculative-draft-model-path``), so this one's ``mtp.*`` is not what the draft loads."""
+    if separate_draft or speculative not in ("mtp", "dspark"):
+        return None
+    drafter = has_dspark_drafter(config)
+    if speculative == "mtp" and drafter:
+        return ("this checkpoint (V4-Flash-0731) holds a DSpark drafter under mtp.*, not the MTP block that "
+                "EAGLE/NextN loads (SGLang 0.5.23's NextN loader fails on it): use --speculative dspark (pp 1), "
+                "or no speculative decoding")
+    if speculative == "dspark" and not drafter:
+        return ("this checkpoint has no DSpark drafter (its mtp.* is V4-Flash's MTP block; no dspark_* key in "
+                "config.json; the drafter ships with V4-Flash-0731): use --speculative mtp, or name a 0731 "
+                "checkpoint with --speculative-draft-model-path DIR")
+    return None
+
+
 def dspark_stages(config: dict) -> int:
     """DSpark blocks: one per target layer whose hidden state feeds ``main_proj``."""
     ids = config.get("dspark_target_layer_ids")

@@ -108,7 +108,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import checkpoint_format, envvars
-from .inventory import DENSE, EXPERT, classify
+from .inventory import DENSE, EXPERT, classify, draft_problem
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -612,6 +612,9 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     if s.speculative == "dspark" and pp > 1:
         raise PlanError(f"--speculative dspark with pp {pp}: SGLang 0.5.23 runs DSpark over pipeline parallelism "
                         "only on PD prefill nodes; use --speculative mtp, or pp 1 (--tp-size equal to the GPU count)")
+    problem = draft_problem(s.speculative, model.config)
+    if problem:
+        raise PlanError(f"--speculative {s.speculative}: {problem}")
     if tp > gpus // nodes:
         notes.append(f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP all-reduce over the "
                      "network is slow")

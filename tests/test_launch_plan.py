@@ -109,3 +109,32 @@ def test_tp_times_pp_over_nodes(real, caller):
     text = format_plan(plan)
     require(text.count("SGLANG_PP_LAYER_PARTITION=21,22 \\") == 2, "both nodes' commands carry the split")
     require(any("does not fit" in n for n in plan.notes), "TP4 x PP2 on 24 GB cannot hold 65536 x 16")
+
+
+def _as_0731(real, tmp_path):
+    """The same headers under a config that declares V4-Flash-0731's DSpark drafter."""
+    d = tmp_path / "v4_0731"
+    d.mkdir()
+    for f in real.iterdir():
+        if f.name != "config.json":
+            (d / f.name).symlink_to(f)
+    cfg = json.loads((real / "config.json").read_text())
+    cfg.update(dspark_block_size=4, dspark_target_layer_ids=[10, 20, 30], dspark_markov_rank=256)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_draft_must_match_what_mtp_holds(real, caller, tmp_path):
+    """EAGLE cannot load 0731's DSpark drafter: SGLang's own checks pass it (it fails later, loading the
+    draft), so the launcher refuses it. DSpark on V4-Flash, which has no drafter, SGLang refuses itself.
+    A draft checkpoint the user names is the user's call."""
+    v0731 = _as_0731(real, tmp_path)
+    with pytest.raises(LaunchError, match=r"EAGLE: this checkpoint \(V4-Flash-0731\) holds a DSpark drafter"):
+        _plan(v0731, caller, "--speculative", "mtp")
+    with pytest.raises(LaunchError, match="DSpark dense speculative decoding requires setting "
+                                          "--speculative-draft-model-path"):
+        _plan(real, caller, "--speculative", "dspark")
+    dspark = _plan(v0731, caller, "--speculative", "dspark")
+    require("DSPARK" in dspark.argv, f"argv {dspark.argv}")
+    named = _plan(real, caller, "--speculative", "dspark", "--speculative-draft-model-path", str(v0731))
+    require("DSPARK" in named.argv, "a named draft checkpoint is the user's call")

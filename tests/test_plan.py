@@ -412,3 +412,16 @@ def test_release_experts_need_no_padding_at_any_tensor_parallel_size(native_real
     for tp in (1, 2, 4, 8):                          # 8 output groups: tp <= 8
         plan = P.make_plan(model, 8 * tp, 80, tp=tp)
         require(not any("pads each rank" in n for n in plan.notes), f"tp {tp}: {plan.notes}")
+
+
+def test_speculative_draft_must_match_what_mtp_holds(real_model):
+    """plan refuses the draft the checkpoint's mtp.* cannot give, with the same rule as launch."""
+    import dataclasses
+
+    v0731 = dataclasses.replace(real_model, config={**real_model.config, "dspark_block_size": 4})
+    with pytest.raises(P.PlanError, match=r"--speculative mtp: this checkpoint \(V4-Flash-0731\) holds a DSpark"):
+        P.make_plan(v0731, 12, 24, settings=P.Settings(speculative="mtp"))
+    with pytest.raises(P.PlanError, match="--speculative dspark: this checkpoint has no DSpark drafter"):
+        P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
+    one = P.make_plan(v0731, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
+    require(one.pp == 1, f"pp {one.pp}")
