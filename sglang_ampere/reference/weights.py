@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from .. import QUANT_METHOD, rules
+from ..checkpoint_format import DSV4_INT, NATIVE, kind_of_config
 from ..convert.headers import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
 from ..formats import (
     FormatError,
@@ -43,8 +44,6 @@ from ..formats import (
 )
 from ..inventory import DENSE, EXPERT, classify
 from ..schema import SchemaError, parse_quantization_config
-
-NATIVE, DSV4_INT = "native", "dsv4_int"
 
 
 class ReferenceError(ValueError):
@@ -60,12 +59,12 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
             "the reference forward runs DeepSeek-V4-Flash (model_type deepseek_v4) only"
         )
     qc = config.get("quantization_config") or {}
-    method = qc.get("quant_method")
-    if method == "fp8":
+    kind, method = kind_of_config(config)
+    if kind == NATIVE:
         if qc.get("fmt", "e4m3") != "e4m3" or list(qc.get("weight_block_size", [128, 128])) != [128, 128]:
             raise ReferenceError(f"{where}: FP8 quantization_config {qc} is not the release's (e4m3, 128x128 blocks)")
         return NATIVE
-    if method == QUANT_METHOD:
+    if kind == DSV4_INT:
         try:
             parse_quantization_config(qc)
         except SchemaError as e:
