@@ -51,8 +51,9 @@ FORK_VARS: dict[str, str] = {
     HACK_FLASHMLA_VAR: "SGLang 0.5.23 reads it only on ROCm; here =torch (or =tilelang) selects the "
                        "sglang-ampere sparse-MLA backend for prefill and decode",
     "SGLANG_APPLY_CONFIG_BACKUP": "does nothing: SGLang 0.5.23 never reads it (safe to drop)",
-    "SGLANG_OPT_FP8_WO_A_GEMM": "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum); "
-                                "a dsv4_int wo_a is BF16 after load, so it changes nothing here",
+    "SGLANG_OPT_FP8_WO_A_GEMM": "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum, sm_90+); "
+                                "the presets' [native] table sets 0 for it below sm_90, and a dsv4_int wo_a "
+                                "is BF16 after load, so there it changes nothing",
     "SGLANG_OPT_FUSE_WQA_WKV": "read by SGLang: 1 fuses wq_a+wkv into one GEMM; dsv4_int loads either way "
                                "unless the two differ in dtype, and the presets set 0",
     "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH": "read by SGLang: 1 computes indexer logits in torch instead "
