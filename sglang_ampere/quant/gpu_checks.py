@@ -45,6 +45,19 @@ def _require_ampere(device: str) -> None:
         require_cuda_sm80("the dsv4_int kernel checks")
 
 
+def random_moe_input(m: int, shape: dict, gen: torch.Generator, device: str, weight_scale: float = 1.0):
+    """``(x, topk_output)`` for ``m`` tokens: BF16 activations of scale 3, distinct top-k experts from
+    random router logits, positive top-k weights renormalised to ``weight_scale`` (as TopK gives them)."""
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
+    logits = torch.randn(m, shape["experts"], generator=gen)
+    ids = logits.topk(shape["topk"], dim=1).indices.to(torch.int32)
+    w = torch.rand(m, shape["topk"], generator=gen) + 0.1
+    w = (w / w.sum(1, keepdim=True) * weight_scale).float()
+    return x, StandardTopKOutput(w.to(device), ids.to(device), logits.to(device))
+
+
 def make_int8_layer(strategy: str, n: int, k: int, device: str, gen: torch.Generator):
     """A linear layer as SGLang builds it with Dsv4Int8LinearMethod, holding random codes."""
     from .int8_linear import Dsv4Int8LinearMethod
@@ -125,7 +138,6 @@ def make_moe_layer(backend: str, device: str, gen: torch.Generator, experts: int
 
 def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, tokens=MOE_TOKENS, seed: int = 0) -> str:
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
-    from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     from .int4_moe import reference_moe
 
@@ -137,18 +149,14 @@ def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, to
         require(method.active == backend, f"expected the {backend} path, got {method.active}")
     worst, clamp_effect = 0.0, 0.0
     for m in tokens:
-        x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
-        logits = torch.randn(m, shape["experts"], generator=gen)
-        ids = logits.topk(shape["topk"], dim=1).indices.to(torch.int32)
-        w = torch.rand(m, shape["topk"], generator=gen) + 0.1
-        w = (w / w.sum(1, keepdim=True)).float()
-        topk = StandardTopKOutput(w.to(device), ids.to(device), logits.to(device))
+        x, topk = random_moe_input(m, shape, gen, device)
+        w, ids = topk.topk_weights, topk.topk_ids
         out = method.apply(layer, StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk))
         got = out.hidden_states
         # The runners (CUDA) apply routed scaling; the reference then does too.
         scale = ROUTED_SCALING if x.is_cuda else None
         ref = reference_moe(x, o["w13_weight"], o["w13_weight_scale_inv"], o["w2_weight"], o["w2_weight_scale_inv"],
-                            w.to(device), ids.to(device), SWIGLU_LIMIT, scale)
+                            w, ids, SWIGLU_LIMIT, scale)
         require(got.shape == ref.shape, f"M={m}: {got.shape} vs {ref.shape}")
         err = rel_frobenius(got, ref)
         require_close(f"{backend} MoE M={m}", "relative error", err, TOL)
@@ -159,8 +167,8 @@ def check_int4_moe(backend: str = "marlin", device: str = "cuda", shape=None, to
             o["w13_weight_scale_inv"],
             o["w2_weight"],
             o["w2_weight_scale_inv"],
-            w.to(device),
-            ids.to(device),
+            w,
+            ids,
             None,
             scale,
         )

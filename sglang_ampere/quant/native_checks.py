@@ -3,7 +3,7 @@ Marlin MoE (through :class:`~.native_marlin_moe.AmpereMxfp4MarlinMoEMethod`, the
 ``patches/dsv4_native.py`` hands out), against the torch references on real DeepSeek-V4 shapes.
 
 Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.selftest.PROVIDERS`) and run by
-``tests/gpu/test_native_gpu.py``. Each check builds the layer the way the model does: SGLang's method
+``tests/gpu/test_quant_gpu.py``. Each check builds the layer the way the model does: SGLang's method
 ``create_weights`` -> random checkpoint-format codes and scales -> ``process_weights_after_loading``
 (the Marlin repack) -> the method's ``apply``, and compares with
 :func:`~.native_linear.reference_fp8_linear` / :func:`~.moe_reference.reference_moe` (experts decoded once
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from ..checking import CheckFailed, rel_frobenius, require, require_close, require_cuda_sm80
-from .gpu_checks import DENSE_SHAPES, DENSE_TOKENS, MOE_TOKENS, ROUTED_SCALING, SWIGLU_LIMIT, TOL
+from .gpu_checks import DENSE_SHAPES, DENSE_TOKENS, MOE_TOKENS, ROUTED_SCALING, SWIGLU_LIMIT, TOL, random_moe_input
 
 #: Routed experts as in V4-Flash at TP=1: hidden 4096, intermediate 2048, top-6; 8 of the 256 experts.
 MOE_SHAPE = dict(experts=8, hidden=4096, inter=2048, topk=6)
@@ -200,7 +200,6 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     routed scaling factor, as SGLang's TopK gives them to this method (it fuses the factor in top-k);
     the reference then sums without scaling again, so a kernel that scales twice fails."""
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
-    from sglang.srt.layers.moe.topk import StandardTopKOutput
 
     from .moe_reference import reference_moe
     from .native_marlin_moe import MARLIN, REFERENCE
@@ -224,15 +223,10 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
                for e in range(shape["experts"])]
     worst, clamp_effect = 0.0, 0.0
     for m in tokens:
-        x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
-        logits = torch.randn(m, shape["experts"], generator=gen)
-        ids = logits.topk(shape["topk"], dim=1).indices.to(torch.int32)
-        w = torch.rand(m, shape["topk"], generator=gen) + 0.1
-        w = (w / w.sum(1, keepdim=True) * ROUTED_SCALING).float()
-        topk = StandardTopKOutput(w.to(device), ids.to(device), logits.to(device))
+        x, topk = random_moe_input(m, shape, gen, device, weight_scale=ROUTED_SCALING)
         dispatch = StandardDispatchOutput(hidden_states=x, hidden_states_scale=None, topk_output=topk)
         got = apply(method, layer, dispatch).hidden_states
-        args = (x, experts.__getitem__, shape["hidden"], w.to(device), ids.to(device))
+        args = (x, experts.__getitem__, shape["hidden"], topk.topk_weights, topk.topk_ids)
         ref = reference_moe(*args, SWIGLU_LIMIT, None)
         require(tuple(got.shape) == tuple(ref.shape), f"M={m}: output {tuple(got.shape)}, want {tuple(ref.shape)}")
         err = rel_frobenius(got, ref)

@@ -1,6 +1,7 @@
-"""GPU: SGLang's Marlin W8A16 linear / W4A16 MoE (and the opt-in Triton WNA16 MoE) vs the
-torch reference on real DeepSeek-V4-Flash shapes -- the same checks `sglang-ampere selftest`
-runs. Skipped cleanly without a CUDA sm_80+ device."""
+"""GPU: SGLang's Marlin W8A16 linear / W4A16 MoE (and the opt-in Triton WNA16 MoE) for dsv4_int,
+and the native checkpoint's FP8 Marlin W8A16 linear and MXFP4 Marlin MoE through the gate-lifted
+method (``patches/dsv4_native``), vs the torch references on real DeepSeek-V4-Flash shapes -- the
+same checks `sglang-ampere selftest` runs. Skipped cleanly without a CUDA sm_80+ device."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ pytestmark = [
                        reason="needs a CUDA sm_80+ GPU"),
 ]
 
-from sglang_ampere.quant.gpu_checks import gpu_checks  # noqa: E402
+from sglang_ampere.quant import gpu_checks, native_checks  # noqa: E402
 
-CHECKS = gpu_checks()
+CHECKS = gpu_checks.gpu_checks() + native_checks.gpu_checks()
 
 
 @pytest.mark.parametrize("name,check", CHECKS, ids=[n for n, _ in CHECKS])
