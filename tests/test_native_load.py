@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("sglang")
 
-from helpers.dsv4int import SMALL_ROPE, expected_locations, read_checkpoint, sentinel_fill
+from helpers.dsv4int import expected_locations, load_real_model, read_checkpoint
 from helpers.sglang_cpu import init_sglang_cpu
 
 pytestmark = pytest.mark.slow
@@ -94,25 +94,8 @@ def marlin_native_env():
 
 
 def load_native(path):
-    from sglang.srt.configs.load_config import LoadConfig
-    from sglang.srt.configs.model_config import ModelConfig
-    from sglang.srt.model_loader.loader import (
-        DefaultModelLoader,
-        _get_quantization_config,
-        _initialize_model,
-        set_default_torch_dtype,
-    )
-
-    mc = ModelConfig(str(path), dtype="bfloat16", model_override_args=json.dumps(SMALL_ROPE))
-    assert mc.quantization == "fp8" and mc.is_fp4_experts
-    loader = DefaultModelLoader(LoadConfig())
-    quant_config = _get_quantization_config(mc, loader.load_config)
-    cpu = torch.device("cpu")
-    with set_default_torch_dtype(mc.dtype):
-        with cpu:
-            model = _initialize_model(mc, loader.load_config, quant_config)
-        sentinel_fill(model)
-        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), cpu)
+    model, mc = load_real_model(path, draft=False, quantization="fp8")
+    assert mc.is_fp4_experts
     return model
 
 

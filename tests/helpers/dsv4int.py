@@ -249,8 +249,9 @@ SMALL_ROPE = {"max_position_embeddings": 4096,
                                "beta_fast": 32, "beta_slow": 1}}
 
 
-def load_real_model(path, draft: bool, sentinels: bool = True):
-    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between."""
+def load_real_model(path, draft: bool, sentinels: bool = True, quantization: str | None = "dsv4_int"):
+    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between.
+    ``quantization``: the method SGLang's ModelConfig must have detected (None: any)."""
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.model_loader.loader import (
@@ -262,7 +263,8 @@ def load_real_model(path, draft: bool, sentinels: bool = True):
 
     mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft,
                      model_override_args=json.dumps(SMALL_ROPE))
-    assert mc.quantization == "dsv4_int"
+    if quantization is not None and mc.quantization != quantization:
+        raise AssertionError(f"{path}: SGLang detected quantization {mc.quantization!r}, not {quantization!r}")
     loader = DefaultModelLoader(LoadConfig())
     quant_config = _get_quantization_config(mc, loader.load_config)
     cpu = torch.device("cpu")
