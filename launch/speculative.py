@@ -31,8 +31,6 @@ import contextlib
 import os
 from typing import Mapping, Sequence
 
-from sglang_ampere.inventory import draft_problem
-
 from .argv import ServerArgv, quiet_sglang_warnings
 from .errors import LaunchError
 
@@ -105,6 +103,8 @@ def check_draft_source(final: ServerArgv, config: Mapping) -> None:
     choice = "dspark" if algo == "DSPARK" else "mtp" if algo in ("EAGLE", "NEXTN") else None
     if choice is None:
         return
+    from sglang_ampere.inventory import draft_problem  # imports torch (formats/); launch itself does not
+
     problem = draft_problem(choice, dict(config), final.is_given("speculative_draft_model_path"))
     if problem:
         raise LaunchError(f"--speculative-algorithm {algo}: {problem}")
