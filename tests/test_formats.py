@@ -213,3 +213,29 @@ def test_format_error_pickles():
         and e.tensor == "layers.1.attn.wkv.scale"
         and str(e) == "layers.1.attn.wkv.scale: bad"
     )
+
+
+def test_codecs_follow_the_input_device():
+    """`convert --device cuda` decodes on the GPU: a table built on the host would meet CUDA codes
+    and fail. Without a GPU here, the meta device plays the other device for the table-driven
+    codecs, and every tensor factory call in formats/ and the dense converter must name a device."""
+    import ast
+    from pathlib import Path
+
+    import sglang_ampere
+
+    meta = torch.zeros(3, 8, dtype=torch.uint8, device="meta")
+    assert F.e2m1_decode(F.unpack_nibbles(meta)).device.type == "meta"
+    assert F.e2m1_encode(torch.zeros(5, device="meta")).device.type == "meta"
+    assert F.e2m1_table(device="meta").device.type == "meta"
+
+    root = Path(sglang_ampere.__file__).parent
+    factories = {"tensor", "ones", "zeros", "full", "empty", "arange", "linspace", "rand", "randn"}
+    hostbound = []
+    for f in [*sorted((root / "formats").glob("*.py")), root / "convert" / "dense.py"]:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in factories
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                    and not any(k.arg == "device" for k in node.keywords)):
+                hostbound.append(f"{f.name}:{node.lineno} torch.{node.func.attr}")
+    assert hostbound == [], f"tensor factories without device= (they build on the host): {hostbound}"

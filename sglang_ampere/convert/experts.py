@@ -338,7 +338,7 @@ def _requantize_groups(b, sb, t: _Tables, tabs, name, stats):
     s_abs = torch.where(mcode == 0, torch.full_like(s_units, ABSMAX_FLOOR), s_units * pow2[e + 254])
     if stats is not None:
         four_e = pow2[2 * e + 254]                                         # e in -127..127
-        vals2 = e2m1_table(torch.float64).to(b.device) ** 2
+        vals2 = e2m1_table(torch.float64, b.device) ** 2
         stats.add(ExpertStats(float(((hist @ vals2) * four_e).sum()), float((best_err * four_e).sum()),
                               float((mse_err * four_e).sum())))
     return out, s_abs.to(torch.bfloat16)

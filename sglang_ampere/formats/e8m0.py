@@ -24,7 +24,7 @@ def e8m0_to_float(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
     if b.numel() and bool((b == E8M0_NAN).any()):
         n = int((b == E8M0_NAN).sum())
         raise FormatError(name, f"{n} E8M0 scale byte(s) are 255 (NaN); the checkpoint is damaged")
-    return torch.ldexp(torch.ones(b.shape, dtype=torch.float32), b.to(torch.int32) - E8M0_BIAS)
+    return torch.ldexp(torch.ones(b.shape, dtype=torch.float32, device=b.device), b.to(torch.int32) - E8M0_BIAS)
 
 
 def e8m0_from_exponent(exp: torch.Tensor, name: str | None = None) -> torch.Tensor:

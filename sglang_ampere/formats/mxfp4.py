@@ -15,20 +15,20 @@ from .errors import FormatError
 from .nibbles import pack_nibbles, unpack_nibbles
 
 
-def e2m1_table(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def e2m1_table(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """The 16 E2M1 values indexed by code (codes 8..15 are the negatives; code 8 is -0.0)."""
-    mags = torch.tensor(E2M1_MAGNITUDES, dtype=torch.float64)
+    mags = torch.tensor(E2M1_MAGNITUDES, dtype=torch.float64, device=device)
     return torch.cat((mags, -mags)).to(dtype)
 
 
 def e2m1_decode(codes: torch.Tensor) -> torch.Tensor:
-    """Codes 0..15 (any integer dtype) -> float32 values."""
-    return e2m1_table()[codes.long()]
+    """Codes 0..15 (any integer dtype) -> float32 values, on the codes' device."""
+    return e2m1_table(device=codes.device)[codes.long()]
 
 
 def e2m1_encode(values: torch.Tensor) -> torch.Tensor:
     """Nearest E2M1 code for each value (ties go to the smaller magnitude); |x| > 6 saturates."""
-    mags = torch.tensor(E2M1_MAGNITUDES, dtype=torch.float32)
+    mags = torch.tensor(E2M1_MAGNITUDES, dtype=torch.float32, device=values.device)
     a = values.float().abs().clamp(max=E2M1_MAX)
     idx = (a.unsqueeze(-1) - mags).abs().argmin(dim=-1)  # argmin keeps the first (smaller) on ties
     return (idx | ((values < 0).to(torch.long) << 3)).to(torch.uint8)

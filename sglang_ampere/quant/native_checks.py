@@ -217,7 +217,7 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     if apply is None:
         def apply(method, layer, dispatch):
             return method.apply(layer, dispatch)
-    # The reference's experts, dequantized once from the tensors as loaded (the codecs run on the CPU).
+    # The reference's experts, dequantized once from the tensors as loaded (decoded on the host).
     experts = [(dequantize_mxfp4_expert(o["w13_weight"][e], o["w13_weight_scale_inv"][e]).to(device),
                 dequantize_mxfp4_expert(o["w2_weight"][e], o["w2_weight_scale_inv"][e]).to(device))
                for e in range(shape["experts"])]

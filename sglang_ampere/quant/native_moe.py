@@ -44,7 +44,7 @@ def reference_mxfp4_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Ten
                          "(want [E, 2I, H/2] and [E, H, I/2])")
 
     def weights(e: int):
-        # The codecs decode on the CPU (their lookup tables live there); reference_moe moves back.
+        # Decoded on the host one expert at a time (an oracle, not a fast path); reference_moe moves it back.
         return (dequantize_mxfp4_expert(w13[e].cpu(), w13_scale[e].cpu(), f"w13[{e}]"),
                 dequantize_mxfp4_expert(w2[e].cpu(), w2_scale[e].cpu(), f"w2[{e}]"))
 

@@ -123,8 +123,8 @@ class Weights:
 
     ``get(name)`` returns float32 (integer tensors as they are) on ``device``, dequantized on
     each call; ``cached(name)`` keeps the result for the lifetime of this object. The raw bytes
-    stay in host memory and are decoded there (the codecs are host code); only the decoded
-    tensor moves to the device."""
+    stay in host memory and are decoded there (streamed from disk, one part at a time); only the
+    decoded tensor moves to the device."""
 
     def __init__(self, raw: dict[str, torch.Tensor], kind: str, prefix: str = "", device="cpu"):
         self.raw, self.kind, self.prefix, self.device = raw, kind, prefix, torch.device(device)
