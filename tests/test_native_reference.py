@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from sglang_ampere.quant.native_linear import dequantize_fp8_block, reference_fp8_linear, weight_copies
-from sglang_ampere.quant.native_moe import dequantize_mxfp4_expert, reference_mxfp4_moe
+from sglang_ampere.formats import fp8_block_dequantize, mxfp4_dequantize
+from sglang_ampere.quant.native_linear import reference_fp8_linear, weight_copies
+from sglang_ampere.quant.native_moe import reference_mxfp4_moe
 
 
 def e2m1_f64(code: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ def rel(a, b):
 def test_mxfp4_expert_dequant_is_exact(gen):
     n = int(torch.randint(3, 40, (1,), generator=gen))
     packed, scale = random_mxfp4(n, 96, gen)
-    got = dequantize_mxfp4_expert(packed, scale)
+    got = mxfp4_dequantize(packed, scale)
     want = mxfp4_f64(packed, scale)
     assert want.abs().sum() > 0 and torch.equal(got.double(), want)
 
@@ -67,7 +68,7 @@ def test_fp8_block_dequant_is_exact_on_odd_sizes(gen):
     n, k = (int(v) for v in torch.randint(130, 300, (2,), generator=gen))
     w, s = random_fp8(n, k, gen)
     want = fp8_f64(w, s)
-    assert want.abs().sum() > 0 and torch.equal(dequantize_fp8_block(w, s).double(), want)
+    assert want.abs().sum() > 0 and torch.equal(fp8_block_dequantize(w, s).double(), want)
 
 
 def test_fp8_reference_linear_matches_float64(gen):

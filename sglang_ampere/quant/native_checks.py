@@ -7,7 +7,7 @@ Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.selftes
 ``create_weights`` -> random checkpoint-format codes and scales -> ``process_weights_after_loading``
 (the Marlin repack) -> the method's ``apply``, and compares with
 :func:`~.native_linear.reference_fp8_linear` / :func:`~.moe_reference.reference_moe` (experts decoded once
-by :func:`~.native_moe.dequantize_mxfp4_expert`) on the tensors as loaded. A failure raises
+by :func:`~sglang_ampere.formats.mxfp4_dequantize`) on the tensors as loaded. A failure raises
 :class:`~sglang_ampere.checking.CheckFailed` (never ``assert``).
 
 Without CUDA the same functions run on small shapes (the methods then take their torch paths) so CPU
@@ -201,9 +201,9 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
     the reference then sums without scaling again, so a kernel that scales twice fails."""
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
 
+    from ..formats import mxfp4_dequantize
     from .moe_reference import reference_moe
     from .native_marlin_moe import MARLIN, REFERENCE
-    from .native_moe import dequantize_mxfp4_expert
 
     _device(device)
     shape = dict(MOE_SHAPE if shape is None else shape)
@@ -218,8 +218,8 @@ def check_mxfp4_marlin_moe(device: str = "cuda", shape=None, tokens=MOE_TOKENS, 
         def apply(method, layer, dispatch):
             return method.apply(layer, dispatch)
     # The reference's experts, dequantized once from the tensors as loaded (decoded on the host).
-    experts = [(dequantize_mxfp4_expert(o["w13_weight"][e], o["w13_weight_scale_inv"][e]).to(device),
-                dequantize_mxfp4_expert(o["w2_weight"][e], o["w2_weight_scale_inv"][e]).to(device))
+    experts = [(mxfp4_dequantize(o["w13_weight"][e], o["w13_weight_scale_inv"][e]).to(device),
+                mxfp4_dequantize(o["w2_weight"][e], o["w2_weight_scale_inv"][e]).to(device))
                for e in range(shape["experts"])]
     worst, clamp_effect = 0.0, 0.0
     for m in tokens:

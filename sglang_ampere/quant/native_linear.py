@@ -32,15 +32,10 @@ from ..formats.fp8 import fp8_block_dequantize
 MARLIN_WEIGHT_DTYPE = torch.int32
 
 
-def dequantize_fp8_block(weight: torch.Tensor, scale: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
-    """float32 ``[N, K]`` of a native FP8 weight and its 128x128 block scale (E8M0 or float32)."""
-    return fp8_block_dequantize(weight, scale, name)
-
-
 def reference_fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                          bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """W8A16 in torch: the dequantized weight in x's dtype, one matmul."""
-    w = dequantize_fp8_block(weight.cpu(), scale.cpu()).to(device=x.device, dtype=x.dtype)
+    w = fp8_block_dequantize(weight.cpu(), scale.cpu()).to(device=x.device, dtype=x.dtype)
     return F.linear(x, w, bias)
 
 

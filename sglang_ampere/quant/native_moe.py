@@ -30,11 +30,6 @@ from ..formats.mxfp4 import mxfp4_dequantize
 from .moe_reference import reference_moe
 
 
-def dequantize_mxfp4_expert(packed: torch.Tensor, scale: torch.Tensor, name: Optional[str] = None) -> torch.Tensor:
-    """float32 ``[N, K]`` of one expert matrix: int8/uint8 ``[N, K/2]`` codes, E8M0 ``[N, K/32]``."""
-    return mxfp4_dequantize(packed.view(torch.uint8), scale, name)
-
-
 def reference_mxfp4_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
                         w2_scale: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
                         swiglu_limit: Optional[float], routed_scaling_factor: Optional[float] = None) -> torch.Tensor:
@@ -45,7 +40,7 @@ def reference_mxfp4_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Ten
 
     def weights(e: int):
         # Decoded on the host one expert at a time (an oracle, not a fast path); reference_moe moves it back.
-        return (dequantize_mxfp4_expert(w13[e].cpu(), w13_scale[e].cpu(), f"w13[{e}]"),
-                dequantize_mxfp4_expert(w2[e].cpu(), w2_scale[e].cpu(), f"w2[{e}]"))
+        return (mxfp4_dequantize(w13[e].cpu(), w13_scale[e].cpu(), f"w13[{e}]"),
+                mxfp4_dequantize(w2[e].cpu(), w2_scale[e].cpu(), f"w2[{e}]"))
 
     return reference_moe(x, weights, w2.shape[1], topk_weights, topk_ids, swiglu_limit, routed_scaling_factor)
