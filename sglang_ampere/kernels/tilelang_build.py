@@ -9,6 +9,9 @@
   Ampere path (:func:`sglang_ampere.gpus.takes_ampere_path`) runs the sm_86 plan, whose shared
   memory fits every newer arch's per-block limit.
 * :func:`device_arch` - ``(sm number, SM count)`` of a CUDA device, cached.
+* :func:`kernel_params` / :func:`check_unique_params` - the parameter names of a kernel as
+  TileLang generates it, and the check that no two are the same (TileLang's NVRTC and cython
+  launchers match dynamic sizes by name, so two sizes sharing one name get one argument).
 
 Importing this module imports neither TileLang nor SGLang.
 """
@@ -40,6 +43,49 @@ def compile_prim(prim_func, arch: int, pass_configs: Mapping[str, bool]):
 
     return tilelang.compile(prim_func, target=target_for(arch), execution_backend="tvm_ffi",
                             pass_configs=dict(pass_configs))
+
+
+def kernel_params(prim_func, arch: int, pass_configs: Mapping[str, bool]) -> dict[str, list[str]]:
+    """Each generated device kernel's parameter names, in order, with ``prim_func`` lowered for
+    ``sm_{arch}`` (no GPU needed; the lowering kernel-report does)."""
+    import tilelang
+    from tilelang import tvm
+
+    tgt = tvm.target.Target(target_for(arch))
+    with tvm.transform.PassContext(opt_level=3, config=dict(pass_configs)), tgt:
+        art = tilelang.lower(prim_func, target=tgt)
+    return {gv.name_hint: [str(p.name) for p in fn.params] for gv, fn in art.device_mod.functions.items()}
+
+
+def dynamic_size_names(prim_func) -> list[str]:
+    """The names of the distinct dynamic sizes in ``prim_func``'s buffer shapes, one per size, in
+    the order TileLang's launch generators collect them (a name twice: two sizes share it)."""
+    from tilelang import tvm
+
+    sizes: list = []
+    for param in prim_func.params:
+        buf = prim_func.buffer_map.get(param)
+        for dim in [] if buf is None else buf.shape:
+            if isinstance(dim, tvm.tirx.Var) and not any(dim.same_as(v) for v in sizes):
+                sizes.append(dim)
+    return [str(v.name) for v in sizes]
+
+
+def duplicates(names) -> list[str]:
+    """The names that occur more than once in ``names`` (sorted)."""
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for n in names:
+        (dup if n in seen else seen).add(n)
+    return sorted(dup)
+
+
+def check_unique_params(kernel: str, names) -> None:
+    """Raise ``ValueError`` when two of a kernel's parameters (or dynamic sizes) share a name."""
+    dup = duplicates(names)
+    if dup:
+        raise ValueError(f"{kernel}: parameter name(s) {dup} occur more than once in {list(names)}; TileLang's "
+                         "NVRTC and cython launchers would pass one argument for each such name")
 
 
 def plan_for_arch(plans: Mapping[int, P], arch: int, what: str) -> P:

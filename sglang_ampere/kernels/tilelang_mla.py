@@ -141,18 +141,33 @@ def build(spec: KernelSpec):
             bits = T.Cast("uint32", C[a]) | (T.Cast("uint32", C[a + 1]) << T.uint32(8))
             KV_s[j, NOPE + r] = T.reinterpret(BF16, T.Cast("uint16", bits))
 
-    @T.macro
-    def load_slots(Idx, n_valid, width, blk, t, slot_s, ok_s, bound, ps, st, is_paged):
-        for j in T.Parallel(BI):
-            pos = blk * BI + j
-            raw = T.if_then_else(pos < n_valid, Idx[t, T.min(pos, width - 1)], -1)
-            if is_paged:
-                inside = (T.Cast("int64", raw // ps) * st + ps * L.TOKEN_BYTES) <= bound
-            else:
-                inside = raw < bound
-            good = (raw >= 0) & inside
-            slot_s[j] = T.if_then_else(good, raw, 0)
-            ok_s[j] = T.if_then_else(good, 1, 0)
+    def slot_loader(width, bound, ps, st, is_paged):
+        # A list's dynamic sizes (its width, the cache's bytes or rows) are closed over, never
+        # passed as macro parameters: TileLang renames a dynamic size to the macro parameter it is
+        # bound to, so one macro called for list 1 and list 2 would give the kernel two parameters
+        # named ``width`` and two named ``bound`` (TileLang's NVRTC and cython launchers then pass
+        # 12 arguments to a 14-parameter kernel). tilelang_build.duplicate_params checks this.
+        @T.macro
+        def load_slots(Idx, n_valid, blk, t, slot_s, ok_s):
+            for j in T.Parallel(BI):
+                pos = blk * BI + j
+                raw = T.if_then_else(pos < n_valid, Idx[t, T.min(pos, width - 1)], -1)
+                if is_paged:
+                    inside = (T.Cast("int64", raw // ps) * st + ps * L.TOKEN_BYTES) <= bound
+                else:
+                    inside = raw < bound
+                good = (raw >= 0) & inside
+                slot_s[j] = T.if_then_else(good, raw, 0)
+                ok_s[j] = T.if_then_else(good, 1, 0)
+
+        return load_slots
+
+    if spec.paged:
+        load_slots1 = slot_loader(w1, nb1, ps1, st1, True)
+        load_slots2 = slot_loader(w2, nb2, ps2, st2, True) if dual else None
+    else:
+        load_slots1 = slot_loader(w1, nrows, 1, 1, False)
+        load_slots2 = None
 
     @T.macro
     def attend_block(Q_s, KV_s, P_s, ok_s, acc_s, acc_o, m_i, m_prev, alpha, l_i, l_blk):
@@ -194,7 +209,7 @@ def build(spec: KernelSpec):
                 Out[t, sp, h0 + h, d] = acc_o[h, d] * fac[h]
 
     @T.macro
-    def body(Q, Idx1, Len1, Idx2, Len2, Sink, Out, Lse, src1, src2, bound1, bound2):
+    def body(Q, Idx1, Len1, Idx2, Len2, Sink, Out, Lse, src1, src2):
         with T.Kernel(ntok, n_hblk, NS, threads=threads) as (t, hb, sp):
             Q_s = T.alloc_shared((HB, DIM), BF16)
             KV_s = T.alloc_shared((BI, DIM), BF16)
@@ -225,8 +240,7 @@ def build(spec: KernelSpec):
             for it in T.serial(T.ceildiv(T.max(nblk - sp, 0), NS)):
                 blk = sp + it * NS
                 if blk < nblk1:
-                    load_slots(Idx1, n1, w1, blk, t, slot_s, ok_s, bound1, ps1 if spec.paged else 1,
-                               st1 if spec.paged else 1, spec.paged)
+                    load_slots1(Idx1, n1, blk, t, slot_s, ok_s)
                     if spec.paged:
                         decode_paged(src1, slot_s, KV_s, ps1, st1)
                     else:
@@ -234,7 +248,7 @@ def build(spec: KernelSpec):
                             KV_s[j, d] = src1[slot_s[j], d]
                 else:
                     if dual:
-                        load_slots(Idx2, n2, w2, blk - nblk1, t, slot_s, ok_s, bound2, ps2, st2, True)
+                        load_slots2(Idx2, n2, blk - nblk1, t, slot_s, ok_s)
                         decode_paged(src2, slot_s, KV_s, ps2, st2)
                 attend_block(Q_s, KV_s, P_s, ok_s, acc_s, acc_o, m_i, m_prev, alpha, l_i, l_blk)
             finish(acc_o, m_i, l_i, Sink, Out, Lse, t, h0, sp, fac)
@@ -245,7 +259,7 @@ def build(spec: KernelSpec):
                              Idx1: T.Tensor((ntok, w1), I32), Len1: T.Tensor((ntok,), I32),
                              Sink: T.Tensor((H,), FP32),
                              Out: T.Tensor(out_shapes[0], out_dtypes[0]), Lse: T.Tensor(out_shapes[1], out_dtypes[1])):
-            body(Q, Idx1, Len1, None, None, Sink, Out, Lse, KV, None, nrows, None)
+            body(Q, Idx1, Len1, None, None, Sink, Out, Lse, KV, None)
         return sparse_mla_dense
 
     if not dual:
@@ -254,7 +268,7 @@ def build(spec: KernelSpec):
                               Idx1: T.Tensor((ntok, w1), I32), Len1: T.Tensor((ntok,), I32),
                               Sink: T.Tensor((H,), FP32),
                               Out: T.Tensor(out_shapes[0], out_dtypes[0]), Lse: T.Tensor(out_shapes[1], out_dtypes[1])):
-            body(Q, Idx1, Len1, None, None, Sink, Out, Lse, C1, None, nb1, None)
+            body(Q, Idx1, Len1, None, None, Sink, Out, Lse, C1, None)
         return sparse_mla_paged1
 
     @T.prim_func
@@ -263,7 +277,7 @@ def build(spec: KernelSpec):
                           C2: T.Tensor((nb2,), U8), Idx2: T.Tensor((ntok, w2), I32), Len2: T.Tensor((ntok,), I32),
                           Sink: T.Tensor((H,), FP32),
                           Out: T.Tensor(out_shapes[0], out_dtypes[0]), Lse: T.Tensor(out_shapes[1], out_dtypes[1])):
-        body(Q, Idx1, Len1, Idx2, Len2, Sink, Out, Lse, C1, C2, nb1, nb2)
+        body(Q, Idx1, Len1, Idx2, Len2, Sink, Out, Lse, C1, C2)
     return sparse_mla_paged2
 
 

@@ -1,0 +1,103 @@
+"""Every TileLang kernel we ship has distinct parameter names once lowered for sm_86.
+
+TileLang names a dynamic size after the ``T.macro`` parameter it is passed through, and its NVRTC
+and cython launch generators collect dynamic sizes *by name*: two sizes that share a name get one
+launch argument, so the kernel receives too few (the paged sparse-MLA kernel once had ``bound``
+and ``width`` twice each: 12 arguments for 14 parameters). The tvm_ffi backend the wrappers use
+was not affected, but every backend must launch the same kernel correctly. No GPU is needed:
+TileLang lowers to CUDA C++ here as ``kernel-report`` does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sglang_ampere.kernels import tilelang_build as B
+from sglang_ampere.kernels import tilelang_indexer as TI
+from sglang_ampere.kernels import tilelang_mla as M
+
+pytest.importorskip("tilelang")
+
+
+#: One kernel per family, prefill and split decode alternating (within a family they differ only
+#: in the output shapes and the sink parameter).
+FAMILIES = {
+    "sparse_mla_dense_prefill_h64": M, "sparse_mla_paged_swa_decode_s8_h64": M,
+    "sparse_mla_paged_c4_prefill_h64": M, "sparse_mla_paged_c128_decode_s8_h64": M,
+    "indexer_logits_decode_s16_h64": TI,
+}
+
+
+def _one_per_family():
+    specs = {s.name: s for s in [*M.report_specs(86), *TI.report_specs(86)]}
+    return [specs[name] for name in FAMILIES]
+
+
+def test_the_families_are_all_there():
+    assert len(_one_per_family()) == 5
+    built = {type(s).__module__ for s in [*M.report_specs(86), *TI.report_specs(86)]}
+    assert built == {M.__name__, TI.__name__}
+
+
+def test_dynamic_sizes_have_distinct_names_in_every_served_kernel():
+    """Cheap (no lowering): every kernel a server launches, by the launchers' own collection rule."""
+    specs = [*M.serving_specs(86), *M.report_specs(86), *TI.serving_specs(86)]
+    seen = set()
+    for spec in specs:
+        if spec in seen:
+            continue
+        seen.add(spec)
+        mod = M if type(spec).__module__ == M.__name__ else TI
+        names = B.dynamic_size_names(mod.build(spec))
+        B.check_unique_params(spec.name, names)
+        assert len(names) == len(set(names)) >= 3, (spec.name, names)
+    paged2 = M.build(M.serving_specs(86)[-1])
+    assert B.dynamic_size_names(paged2) == ["num_tokens", "cache_bytes1", "width1", "cache_bytes2", "width2"]
+
+
+@pytest.mark.parametrize("spec", _one_per_family(), ids=lambda s: s.name)
+def test_generated_kernel_signature_has_no_duplicate_names(spec):
+    mod = FAMILIES[spec.name]
+    kernels = B.kernel_params(mod.build(spec), 86, mod.PASS_CONFIGS)
+    assert kernels, spec.name
+    for name, params in kernels.items():
+        B.check_unique_params(name, params)
+        assert len(params) == len(set(params)), (name, params)
+    if mod is M and spec.paged:
+        (params,) = kernels.values()
+        assert "cache_bytes1" in params and "width1" in params
+        assert ("cache_bytes2" in params) == (spec.page2 is not None)
+
+
+def test_the_check_catches_a_duplicate():
+    """Negative controls: a synthetic signature, and a real TileLang kernel that passes two
+    dynamic sizes through one macro parameter (the old sparse-MLA naming)."""
+    old = ["C1", "C2", "Idx1", "Idx2", "Len1", "Len2", "Lse", "Out", "Q", "bound", "bound", "num_tokens",
+           "width", "width"]
+    with pytest.raises(ValueError, match=r"\['bound', 'width'\]"):
+        B.check_unique_params("sparse_mla_paged2_kernel", old)
+    B.check_unique_params("ok", [n + str(i) for i, n in enumerate(old)])
+    assert B.duplicates(["a", "b", "a", "c", "b"]) == ["a", "b"] and B.duplicates(["a"]) == []
+
+    import tilelang.language as T
+
+    n1, n2 = T.dynamic("n1"), T.dynamic("n2")
+
+    @T.macro
+    def fill(X, width):
+        for i in T.Parallel(32):
+            X[T.min(i, width - 1)] = T.float32(1)
+
+    @T.prim_func
+    def two_sizes(A: T.Tensor((n1,), "float32"), Bf: T.Tensor((n2,), "float32")):
+        with T.Kernel(1, threads=32):
+            fill(A, n1)
+            fill(Bf, n2)
+
+    names = B.dynamic_size_names(two_sizes)
+    assert names == ["width", "width"], names          # TileLang renamed both sizes
+    with pytest.raises(ValueError, match="width"):
+        B.check_unique_params("two_sizes", names)
+    (params,) = B.kernel_params(two_sizes, 86, M.PASS_CONFIGS).values()
+    with pytest.raises(ValueError, match="width"):
+        B.check_unique_params("two_sizes_kernel", params)
