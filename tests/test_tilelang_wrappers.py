@@ -137,3 +137,24 @@ def test_runtime_jit_path_builds_without_a_gpu():
     assert "mma_sync<tl::DataType::kBFloat16" in src
     assert "fp8" not in src.lower() and "e4m3" not in src.lower()          # FP8 decoded with integer ops only
     assert "149760" in src and "37440" in src                               # both page strides baked in
+
+
+def test_launch_builders_work_on_any_device(gen):
+    """The argument builders the CUDA wrappers and the CPU tile tests share: kernel order, page
+    geometry from the pool views, the split choice, and refusal without a way to choose splits."""
+    from sglang_ampere.kernels import gpu_checks as G
+
+    kw = G.paged_case(3, 1024, 4, int(torch.randint(0, 2**31, (1,), generator=gen)), torch.device("cpu"))
+    plan = M.PLANS[86]
+    la = M.paged_launch(kw["q"], kw["k_cache"], kw["indices"], kw["topk_length"], kw["attn_sink"], G.SCALE,
+                        kw["extra_k_cache"], kw["extra_indices_in_kvcache"], kw["extra_topk_length"],
+                        plan=plan, num_splits=2)
+    assert la.spec.page1 == (L.SWA_PAGE_SIZE, L.page_bytes(L.SWA_PAGE_SIZE))
+    assert la.spec.page2 == (L.C4_PAGE_SIZE, L.page_bytes(L.C4_PAGE_SIZE)) and la.spec.num_splits == 2
+    assert la.tokens == 3 and len(la.args) == 8 and la.args[-1].dtype == torch.float32
+    assert [a.dtype for a in la.args[:4]] == [torch.bfloat16, torch.uint8, torch.int32, torch.int32]
+    assert M.paged_launch(kw["q"], kw["k_cache"], kw["indices"], kw["topk_length"], None, G.SCALE,
+                          plan=plan, sms=82).spec.num_splits == M.choose_splits(3, 2, 82)
+    with pytest.raises(ValueError, match="num_splits or the device's SM count"):
+        M.dense_launch(torch.randn(2, 64, 512), torch.randn(9, 512), torch.zeros(2, 4, dtype=torch.int32),
+                       None, 0.1, plan=plan)

@@ -224,6 +224,60 @@ def _flat_pool(kvcache: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.as_strided(pages, (n,), (1,), pages.storage_offset()), st
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel call, built on any device: the kernel to compile and all its arguments in order
+    (the last one is the result ``out [rows, max_seq_len]`` float32, which the kernel fills).
+
+    :func:`indexer_launch` builds it; the CUDA wrapper below and the CPU tile tests
+    (``tests/helpers/tile_cpu``, which compile the same :func:`build` for TileLang's CPU target)
+    both call ``kernel(*launch.args)``.
+    """
+    spec: KernelSpec
+    args: tuple
+
+    @property
+    def out(self) -> torch.Tensor:
+        return self.args[-1]
+
+
+def _check_launchable(q_fp8: torch.Tensor, clean_logits: bool) -> None:
+    if clean_logits:
+        raise ValueError("clean_logits=True is not supported; entries past each row's length are always 0")
+    if q_fp8.ndim != 4 or q_fp8.shape[1] != 1 or q_fp8.shape[3] != DIM:
+        raise ValueError(f"q_fp8 must be [rows, 1, heads, {DIM}], got {tuple(q_fp8.shape)}")
+
+
+def indexer_launch(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weight: torch.Tensor, seq_lens: torch.Tensor,
+                   page_table: torch.Tensor, max_seq_len: int, *, plan: TilePlan, num_splits: int | None = None,
+                   sms: int | None = None, clean_logits: bool = False) -> Launch:
+    """The kernel's spec and arguments for ``paged_mqa_logits_torch``'s arguments (any device).
+
+    The result tensor is allocated here (``torch.empty``: the kernel writes every column). Needs
+    at least one row, one column and one page-table column (the wrapper answers those cases
+    without a kernel). ``num_splits`` None: :func:`choose_splits` for ``sms`` multiprocessors.
+    """
+    _check_launchable(q_fp8, clean_logits)
+    B, _, H, _ = q_fp8.shape
+    W = int(max_seq_len)
+    if B == 0 or W == 0 or page_table.shape[1] == 0:
+        raise ValueError(f"nothing to launch: {B} rows, max_seq_len {W}, {page_table.shape[1]} page-table columns")
+    device = q_fp8.device
+    flat, st = _flat_pool(kvcache_fp8)
+    words = flat.view(torch.float32)
+    q = q_fp8.view(torch.uint8).reshape(B, H, DIM).contiguous()
+    w = weight.to(device=device, dtype=torch.float32).contiguous()
+    lens = seq_lens.to(device=device, dtype=torch.int32).contiguous()
+    pt = page_table.to(device=device, dtype=torch.int32).contiguous()
+    if not num_splits:
+        if sms is None:
+            raise ValueError("give num_splits or the device's SM count (sms) to choose it")
+        num_splits = choose_splits(B, pt.shape[1], sms, plan)
+    spec = KernelSpec(heads=H, num_splits=int(num_splits), plan=plan, page_stride=st)
+    out = torch.empty(B, W, dtype=torch.float32, device=device)
+    return Launch(spec, (q, flat, words, w, lens, pt, out))
+
+
 def paged_mqa_logits_tilelang(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weight: torch.Tensor,
                               seq_lens: torch.Tensor, page_table: torch.Tensor, deep_gemm_metadata,
                               max_seq_len: int, clean_logits: bool = False) -> torch.Tensor:
@@ -237,29 +291,16 @@ def paged_mqa_logits_tilelang(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, we
     if q_fp8.device.type != "cuda":
         raise RuntimeError("the TileLang indexer kernel runs on CUDA only; use the torch path "
                            "(SGLANG_AMPERE_INDEXER_BACKEND=torch) elsewhere")
-    if clean_logits:
-        raise ValueError("clean_logits=True is not supported; entries past each row's length are always 0")
-    if q_fp8.ndim != 4 or q_fp8.shape[1] != 1 or q_fp8.shape[3] != DIM:
-        raise ValueError(f"q_fp8 must be [rows, 1, heads, {DIM}], got {tuple(q_fp8.shape)}")
-    B, _, H, _ = q_fp8.shape
-    device = q_fp8.device
-    W = int(max_seq_len)
-    out = torch.empty(B, W, dtype=torch.float32, device=device)
+    _check_launchable(q_fp8, clean_logits)
+    B, W = q_fp8.shape[0], int(max_seq_len)
     if B == 0 or W == 0:
-        return out
+        return torch.empty(B, W, dtype=torch.float32, device=q_fp8.device)
     if page_table.shape[1] == 0:
-        return out.zero_()
-    flat, st = _flat_pool(kvcache_fp8)
-    words = flat.view(torch.float32)
-    q = q_fp8.view(torch.uint8).reshape(B, H, DIM).contiguous()
-    w = weight.to(device=device, dtype=torch.float32).contiguous()
-    lens = seq_lens.to(device=device, dtype=torch.int32).contiguous()
-    pt = page_table.to(device=device, dtype=torch.int32).contiguous()
-    arch, sms = device_arch(device)
-    plan = plan_for(arch)
-    spec = KernelSpec(heads=H, num_splits=choose_splits(B, pt.shape[1], sms, plan), plan=plan, page_stride=st)
-    compiled(spec, arch)(q, flat, words, w, lens, pt, out)
-    return out
+        return torch.zeros(B, W, dtype=torch.float32, device=q_fp8.device)
+    arch, sms = device_arch(q_fp8.device)
+    launch = indexer_launch(q_fp8, kvcache_fp8, weight, seq_lens, page_table, W, plan=plan_for(arch), sms=sms)
+    compiled(launch.spec, arch)(*launch.args)
+    return launch.out
 
 
 def report_specs(arch: int) -> list[KernelSpec]:

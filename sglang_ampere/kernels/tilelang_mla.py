@@ -315,33 +315,40 @@ def _combine(po: torch.Tensor, pl: torch.Tensor, sink: torch.Tensor) -> tuple[to
     return out, lse
 
 
-def _launch(spec: KernelSpec, args: list, T_: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    arch, _ = device_arch(device)
-    kernel = compiled(spec, arch)
-    H = spec.heads
-    sink = args[-1]
-    if spec.num_splits == 1:
-        out = torch.empty(T_, H, DIM, dtype=torch.bfloat16, device=device)
-        lse = torch.empty(T_, H, dtype=torch.float32, device=device)
-        kernel(*args, out, lse)
-        return out, lse
-    po = torch.empty(T_, spec.num_splits, H, DIM, dtype=torch.float32, device=device)
-    pl = torch.empty(T_, spec.num_splits, H, dtype=torch.float32, device=device)
-    kernel(*args, po, pl)
-    out, lse = _combine(po, pl, sink)
-    return out.to(torch.bfloat16), lse
+@dataclass(frozen=True)
+class Launch:
+    """One kernel call, built on any device: the kernel to compile and its inputs in kernel order.
+
+    :func:`dense_launch` / :func:`paged_launch` build it and :func:`run` allocates the outputs,
+    calls a compiled kernel and merges split partials. The CUDA wrappers below and the CPU tile
+    tests (``tests/helpers/tile_cpu``, which compile the same :func:`build` for TileLang's CPU
+    target) go through these three functions, so both launch the kernel with the same arguments.
+    """
+    spec: KernelSpec
+    args: tuple            # inputs, in the prim_func's order (the outputs Out, Lse follow)
+    tokens: int
 
 
-def _common(q: torch.Tensor, attn_sink, topk_len, T_, width, device):
-    if q.device.type != "cuda":
-        raise RuntimeError("the TileLang sparse-MLA kernels run on CUDA only; use the torch path "
-                           "(SGLANG_AMPERE_PREFILL_BACKEND/SGLANG_AMPERE_DECODE_BACKEND=torch) elsewhere")
-    H = q.shape[1]
+def _splits(num_splits, tokens: int, heads: int, plan: TilePlan, sms) -> int:
+    if num_splits:
+        return int(num_splits)
+    if sms is None:
+        raise ValueError("give num_splits or the device's SM count (sms) to choose it")
+    return choose_splits(tokens, max(1, heads // plan.heads_per_cta), sms)
+
+
+def _sink_and_lengths(attn_sink, topk_len, T_: int, H: int, width: int, device):
     sink = (torch.full((H,), _NEG, device=device) if attn_sink is None
             else attn_sink.to(device=device, dtype=torch.float32).contiguous())
     lens = (torch.full((T_,), width, dtype=torch.int32, device=device) if topk_len is None
             else topk_len.to(device=device, dtype=torch.int32).contiguous())
     return sink, lens
+
+
+def _require_cuda(q: torch.Tensor) -> None:
+    if q.device.type != "cuda":
+        raise RuntimeError("the TileLang sparse-MLA kernels run on CUDA only; use the torch path "
+                           "(SGLANG_AMPERE_PREFILL_BACKEND/SGLANG_AMPERE_DECODE_BACKEND=torch) elsewhere")
 
 
 def _flat_bytes(k_cache: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -356,8 +363,12 @@ def _flat_bytes(k_cache: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return torch.as_strided(c, (n,), (1,), c.storage_offset()), ps, st
 
 
-def sparse_mla_dense(q, kv, indices, attn_sink, sm_scale, topk_length=None, num_splits=None):
-    """Dense-form contract of ``sparse_mla_torch`` on CUDA (q cast to bf16; output in q's dtype)."""
+def dense_launch(q, kv, indices, attn_sink, sm_scale, topk_length=None, *, plan: TilePlan,
+                 num_splits: int | None = None, sms: int | None = None) -> Launch:
+    """The dense kernel's spec and arguments for ``sparse_mla_torch``'s arguments (any device).
+
+    ``num_splits`` None: :func:`choose_splits` for a device with ``sms`` multiprocessors.
+    """
     device = q.device
     kv2 = kv.reshape(kv.shape[0], kv.shape[-1]).to(torch.bfloat16).contiguous()
     idx = indices.reshape(indices.shape[0], indices.shape[-1]).to(torch.int32).contiguous()
@@ -366,45 +377,85 @@ def sparse_mla_dense(q, kv, indices, attn_sink, sm_scale, topk_length=None, num_
         raise ValueError(
             f"the TileLang kernel is built for {DIM}-wide rows; got q {tuple(q.shape)}, kv {tuple(kv.shape)}"
         )
-    sink, lens = _common(q, attn_sink, topk_length, T_, idx.shape[1], device)
-    arch, sms = device_arch(device)
-    plan = plan_for(arch)
-    ns = num_splits or choose_splits(T_, max(1, H // plan.heads_per_cta), sms)
-    spec = KernelSpec(paged=False, heads=H, num_splits=ns, sm_scale=float(sm_scale), plan=plan)
-    if T_ == 0:
-        return torch.empty_like(q)
-    out, _ = _launch(spec, [q.to(torch.bfloat16).contiguous(), kv2, idx, lens, sink], T_, device)
-    return out.to(q.dtype)
+    sink, lens = _sink_and_lengths(attn_sink, topk_length, T_, H, idx.shape[1], device)
+    spec = KernelSpec(paged=False, heads=H, num_splits=_splits(num_splits, T_, H, plan, sms),
+                      sm_scale=float(sm_scale), plan=plan)
+    return Launch(spec, (q.to(torch.bfloat16).contiguous(), kv2, idx, lens, sink), T_)
 
 
-def sparse_mla_paged(q, k_cache, indices, topk_length, attn_sink, sm_scale, extra_k_cache=None,
-                     extra_indices=None, extra_topk_length=None, num_splits=None):
-    """FlashMLA-shaped paged call: returns ``(out [T,1,H,512] bf16, lse [T,H,1] fp32)``."""
+def paged_launch(q, k_cache, indices, topk_length, attn_sink, sm_scale, extra_k_cache=None,
+                 extra_indices=None, extra_topk_length=None, *, plan: TilePlan,
+                 num_splits: int | None = None, sms: int | None = None) -> Launch:
+    """The paged kernel's spec and arguments for a FlashMLA-shaped call (any device).
+
+    The page size and page stride of each cache come from its pool view ``[pages, page_size, 1,
+    584]`` (:func:`_flat_bytes`); ``num_splits`` as in :func:`dense_launch`.
+    """
     device = q.device
     if q.ndim != 4 or q.shape[1] != 1:
         raise ValueError(f"q must be [tokens, 1, heads, 512], got {tuple(q.shape)}")
     q3 = q[:, 0].to(torch.bfloat16).contiguous()
     T_, H, _ = q3.shape
     idx1 = indices.reshape(T_, indices.shape[-1]).to(torch.int32).contiguous()
-    sink, len1 = _common(q3, attn_sink, topk_length, T_, idx1.shape[1], device)
+    sink, len1 = _sink_and_lengths(attn_sink, topk_length, T_, H, idx1.shape[1], device)
     c1, ps1, st1 = _flat_bytes(k_cache)
-    arch, sms = device_arch(device)
-    plan = plan_for(arch)
-    ns = num_splits or choose_splits(T_, max(1, H // plan.heads_per_cta), sms)
     args = [q3, c1, idx1, len1]
     page2 = None
     if extra_k_cache is not None:
         idx2 = extra_indices.reshape(T_, extra_indices.shape[-1]).to(torch.int32).contiguous()
-        _, len2 = _common(q3, None, extra_topk_length, T_, idx2.shape[1], device)
+        _, len2 = _sink_and_lengths(None, extra_topk_length, T_, H, idx2.shape[1], device)
         c2, ps2, st2 = _flat_bytes(extra_k_cache)
         page2 = (ps2, st2)
         args += [c2, idx2, len2]
-    spec = KernelSpec(paged=True, heads=H, num_splits=ns, sm_scale=float(sm_scale), plan=plan,
-                      page1=(ps1, st1), page2=page2)
-    args.append(sink)
-    if T_ == 0:
-        return q.new_empty(0, 1, H, DIM), torch.empty(0, H, 1, device=device)
-    out, lse = _launch(spec, args, T_, device)
+    spec = KernelSpec(paged=True, heads=H, num_splits=_splits(num_splits, T_, H, plan, sms),
+                      sm_scale=float(sm_scale), plan=plan, page1=(ps1, st1), page2=page2)
+    return Launch(spec, (*args, sink), T_)
+
+
+def run(launch: Launch, kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call a compiled ``kernel`` of ``launch.spec``: ``(out [T,H,512] bf16, lse [T,H] fp32)``.
+
+    The outputs are allocated on the arguments' device; split partials are merged with the sink
+    (:func:`_combine`).
+    """
+    spec, T_ = launch.spec, launch.tokens
+    device = launch.args[0].device
+    H = spec.heads
+    sink = launch.args[-1]
+    if spec.num_splits == 1:
+        out = torch.empty(T_, H, DIM, dtype=torch.bfloat16, device=device)
+        lse = torch.empty(T_, H, dtype=torch.float32, device=device)
+        kernel(*launch.args, out, lse)
+        return out, lse
+    po = torch.empty(T_, spec.num_splits, H, DIM, dtype=torch.float32, device=device)
+    pl = torch.empty(T_, spec.num_splits, H, dtype=torch.float32, device=device)
+    kernel(*launch.args, po, pl)
+    out, lse = _combine(po, pl, sink)
+    return out.to(torch.bfloat16), lse
+
+
+def sparse_mla_dense(q, kv, indices, attn_sink, sm_scale, topk_length=None, num_splits=None):
+    """Dense-form contract of ``sparse_mla_torch`` on CUDA (q cast to bf16; output in q's dtype)."""
+    _require_cuda(q)
+    arch, sms = device_arch(q.device)
+    launch = dense_launch(q, kv, indices, attn_sink, sm_scale, topk_length, plan=plan_for(arch),
+                          num_splits=num_splits, sms=sms)
+    if launch.tokens == 0:
+        return torch.empty_like(q)
+    out, _ = run(launch, compiled(launch.spec, arch))
+    return out.to(q.dtype)
+
+
+def sparse_mla_paged(q, k_cache, indices, topk_length, attn_sink, sm_scale, extra_k_cache=None,
+                     extra_indices=None, extra_topk_length=None, num_splits=None):
+    """FlashMLA-shaped paged call: returns ``(out [T,1,H,512] bf16, lse [T,H,1] fp32)``."""
+    _require_cuda(q)
+    arch, sms = device_arch(q.device)
+    launch = paged_launch(q, k_cache, indices, topk_length, attn_sink, sm_scale, extra_k_cache,
+                          extra_indices, extra_topk_length, plan=plan_for(arch), num_splits=num_splits, sms=sms)
+    if launch.tokens == 0:
+        return q.new_empty(0, 1, launch.spec.heads, DIM), torch.empty(0, launch.spec.heads, 1, device=q.device)
+    out, lse = run(launch, compiled(launch.spec, arch))
     return out.unsqueeze(1), lse.unsqueeze(-1)
 
 
