@@ -35,6 +35,25 @@ from .inventory import DENSE, EXPERT, TensorSpec, native_inventory
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)
+#: DeepSeek-V4's chat tokens: every token SGLang 0.5.23's ``dsv4`` chat encoder looks up in the
+#: tokenizer's added vocabulary (the server refuses to start without them). SGLang forces that
+#: encoder for any ``DeepseekV4*`` architecture (entrypoints/openai/chat_encoding.py:45) and it
+#: renders through deepseek-recipe (parser/deepseek_recipe_renderer.py:113, ``SpecialTokens(image=
+#: IMAGE_TOKEN)``): recipe's special-token kinds other than BOS/EOS, in its order (deepseek_recipe
+#: 0.2.0 _native.pyi:21-36; the image token spelled as SGLang's IMAGE_TOKEN, renderer.py:20), then
+#: SGLang's quick-instruction task tokens (renderer.py:24-31, looked up by ``token_to_id``).
+#: tests/test_synth_chat_tokens.py checks this tuple against those sources.
+CHAT_TOKENS = (
+    "<think>", "</think>", "<｜System｜>", "<｜User｜>", "<｜Assistant｜>", "<｜latest_reminder｜>",
+    "｜DSML｜", "<｜deepseek_image｜>", "<｜ref｜>", "<｜/ref｜>", "<｜box｜>", "<｜/box｜>",
+    "<｜point｜>", "<｜/point｜>", "<｜polygon｜>", "<｜/polygon｜>",
+    "<｜action｜>", "<｜query｜>", "<｜authority｜>", "<｜domain｜>", "<｜title｜>", "<｜read_url｜>",
+)
+THINK_START, THINK_END, USER, ASSISTANT = CHAT_TOKENS[0], CHAT_TOKENS[1], CHAT_TOKENS[3], CHAT_TOKENS[4]
+#: Tokenizer ids: BOS/EOS/PAD 0-2, one token per byte value 3-258, the chat tokens from 259.
+BYTE_IDS = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + 256)
+#: Ids the tokenizer uses (the first TOKENIZER_IDS of the vocabulary); ``--vocab`` must cover them.
+TOKENIZER_IDS = BYTE_IDS.stop + len(CHAT_TOKENS)
 #: Fixed by the architecture (448 no-RoPE + 64 RoPE dims; indexer head 128); not scaled down.
 HEAD_DIM, ROPE_DIM, INDEX_HEAD_DIM = 512, 64, 128
 #: Checkpoint layouts: the V4-Flash release (MTP block) and V4-Flash-0731 (DSpark drafter).
@@ -85,8 +104,8 @@ class SynthSpec:
         need(self.index_heads >= 1 and self.heads >= 1, "--heads and --index-heads must be positive")
         need(0 <= self.hash_layers <= self.layers, f"--hash-layers must be between 0 and --layers ({self.layers})")
         need(
-            self.vocab >= 256 + len(SPECIAL_TOKENS),
-            f"--vocab must be at least {256 + len(SPECIAL_TOKENS)} (byte-level tokenizer)",
+            self.vocab >= TOKENIZER_IDS,
+            f"--vocab must be at least {TOKENIZER_IDS} (byte-level tokenizer and DeepSeek-V4's chat tokens)",
         )
         need(self.mtp in (0, 1), "--mtp must be 0 or 1")
         need(self.variant in VARIANTS, f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
@@ -284,20 +303,26 @@ def _byte_alphabet() -> list[str]:
 
 
 def tokenizer_files() -> dict[str, dict]:
+    """``tokenizer.json`` and ``tokenizer_config.json``: byte-level BPE without merges, BOS/EOS/PAD
+    and the chat tokens as added tokens (ids in the module's id layout, see ``TOKENIZER_IDS``)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for ch in _byte_alphabet():
         vocab[ch] = len(vocab)
+    for tok in CHAT_TOKENS:
+        vocab[tok] = len(vocab)
+    # BOS/EOS/PAD are special (dropped by skip_special_tokens); the chat tokens are not, as DeepSeek's
+    # R1 tokenizers mark their role and think tokens, so `<think>`/`</think>` survive into decoded text.
     added = [
         {
-            "id": i,
+            "id": vocab[t],
             "content": t,
             "single_word": False,
             "lstrip": False,
             "rstrip": False,
             "normalized": False,
-            "special": True,
+            "special": t in SPECIAL_TOKENS,
         }
-        for i, t in enumerate(SPECIAL_TOKENS)
+        for t in SPECIAL_TOKENS + CHAT_TOKENS
     ]
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer = {
@@ -313,11 +338,18 @@ def tokenizer_files() -> dict[str, dict]:
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                   "ignore_merges": False, "vocab": vocab, "merges": []},
     }
+    # For transformers' apply_chat_template; SGLang renders DeepSeek-V4 chats with deepseek-recipe
+    # instead (see CHAT_TOKENS) and this template follows its layout: system text after BOS,
+    # history answers after `</think>` (their reasoning dropped), and the generation prompt opening
+    # with `<think>` when the ``thinking`` template argument is true, `</think>` otherwise. Without
+    # thinking the ids equal SGLang's; with it SGLang also puts a reasoning-effort text after BOS.
     chat_template = (
-        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
-        "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}{{ eos_token }}"
+        "{{ bos_token }}{% for m in messages %}"
+        f"{{% if m['role'] == 'user' %}}{USER}{{{{ m['content'] }}}}"
+        f"{{% elif m['role'] == 'assistant' %}}{ASSISTANT}{THINK_END}{{{{ m['content'] }}}}{{{{ eos_token }}}}"
         "{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
+        f"{{% if add_generation_prompt %}}{ASSISTANT}{{% if thinking %}}{THINK_START}{{% else %}}{THINK_END}"
+        "{% endif %}{% endif %}"
     )
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -438,7 +470,7 @@ _FLAGS = {
     "o_groups": "output projection groups (real: 8)",
     "o_lora_rank": "output LoRA rank, multiple of 128 (real: 1024)",
     "index_heads": "indexer heads (real: 64; indexer head dim fixed at 128)",
-    "vocab": "vocabulary size (real: 129280; the tokenizer uses the first 259 ids)",
+    "vocab": f"vocabulary size (real: 129280; the tokenizer uses the first {TOKENIZER_IDS} ids)",
     "hash_layers": "leading layers routed by tid2eid (real: 3)",
     "mtp": "MTP (next-n) layers, 0 or 1 (real: 1; --variant v4-flash only)",
     "dspark_stages": "DSpark drafter blocks = target layers feeding it (--variant 0731; real: 3)",
