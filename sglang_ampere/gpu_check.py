@@ -287,9 +287,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prompt_ids(vocab_used: int = 259, n: int = PROMPT_TOKENS, seed: int = 0) -> list[int]:
+def _prompt_ids(n: int = PROMPT_TOKENS, seed: int = 0) -> list[int]:
+    """Random text for the logprob check: synth's byte-token ids (no BOS/EOS/PAD, no chat tokens)."""
+    from .synth import BYTE_IDS
+
     rng = random.Random(seed)
-    return [rng.randrange(3, vocab_used) for _ in range(n)]
+    return [rng.randrange(BYTE_IDS.start, BYTE_IDS.stop) for _ in range(n)]
 
 
 # ----------------------------------------------------------------------------- the steps
