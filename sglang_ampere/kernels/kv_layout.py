@@ -175,15 +175,20 @@ def index_pool_pages(pool: torch.Tensor) -> torch.Tensor:
 def write_index_keys(pool: torch.Tensor, slots: torch.Tensor, keys: torch.Tensor) -> None:
     """Store ``keys [n, 128]`` (any float dtype) at flat entries ``slots`` (= page * 64 + j).
 
-    Each key gets scale = max(amax, 1e-4) / 448 (float32) and e4m3fn values rounded by torch,
-    independent of the kernels' integer decoder.
+    Each key gets scale = max(amax, 1e-4) / 448 (float32) and e4m3fn values of
+    ``key * (1 / scale)`` (the float32 reciprocal, then the product), rounded by torch,
+    independent of the kernels' integer decoder. SGLang's two index-key writers multiply by the
+    reciprocal (``fused_norm_rope_v2.cuh:208-217``, ``store.cuh:175-184``); dividing by the
+    scale instead rounds to a different byte for about 2 values in 10^7 (e.g. 432.0 vs
+    431.99997 at a 416/448 tie).
     """
     if keys.ndim != 2 or keys.shape[1] != INDEX_DIM:
         raise ValueError(f"expected keys [n, {INDEX_DIM}], got {tuple(keys.shape)}")
     flat = pool.view(torch.uint8).reshape(pool.shape[0], INDEX_PAGE_BYTES)
     k = keys.float()
     scale = torch.clamp(k.abs().amax(-1), min=AMAX_FLOOR) / E4M3_MAX
-    q = (k / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
+    inv_scale = 1.0 / scale
+    q = (k * inv_scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
     slots = slots.long().to(pool.device)
     page, j = slots // INDEX_PAGE_SIZE, slots % INDEX_PAGE_SIZE
     cols = torch.arange(INDEX_DIM, device=pool.device)
