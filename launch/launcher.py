@@ -27,12 +27,13 @@ from typing import Callable, Mapping, Sequence
 
 from sglang_ampere import gpus as gpus_mod
 
+from . import swa_pool
 from .argv import parse_env_overrides, parse_server_args, split_argv, wants_help
 from .errors import LaunchError
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
-from .resolve import EnvChange, fill_server_args, resolve_arch, resolve_env, target_arch
+from .resolve import EnvChange, add_cpu_site, fill_server_args, resolve_arch, resolve_env, target_arch
 from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
 from .stage_plan import VAR as PARTITION_VAR
 from .stage_plan import plan_stages
@@ -57,6 +58,7 @@ class Plan:
     preset_args_used: list = field(default_factory=list)     # ArgEntry added to argv
     preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
     spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
+    swa_args_used: list = field(default_factory=list)        # (flag, value, reason) from the SWA pool rule
     stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
     card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
     native_path: bool = False          # the native FP8/FP4 checkpoint below sm_90: the preset's [native] added
@@ -110,13 +112,18 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     native = model is not None and model.native_path
     env, changes, env_notes = resolve_env(preset, environ, overrides, opts, native=native)
     notes += env_notes
+    if arch == gpus_mod.CPU_ARCH:
+        add_cpu_site(env, changes)
 
     preset_args, used, kept = ([], [], []) if server is None else fill_server_args(preset, server, native=native)
     spec_args, spec_used = ([], []) if server is None else speculative_args(opts.speculative, server)
     preset_args = spec_args + preset_args
     stage_table = ""
+    swa_used: list = []
     if server is not None and topo is not None:
         final = parse_server_args(cli + preset_args)
+        final, preset_args, used, swa_used = _swa_pool(final, server, cli, preset_args, used, topo, found,
+                                                       preset, environ, overrides, model, notes)
         stage_table = _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes)
     base = [python or sys.executable, "-m", "sglang.launch_server"]
     node_argvs: list[list[str]] = []
@@ -129,7 +136,8 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
 
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
-                preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, stage_table=stage_table,
+                preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, swa_args_used=swa_used,
+                stage_table=stage_table,
                 card_arch=card_arch, native_path=native)
     if server is not None and (native or opts.speculative not in (None, "none")
                                or server.value("speculative_algorithm")):
@@ -142,6 +150,24 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
         plan.notes += _jit_cache_notes(card_arch, env, model.served_format)
     return plan
+
+
+def _swa_pool(final, server, cli, preset_args, used, topo, found, preset, environ, overrides, model, notes):
+    """``--swa-full-tokens-ratio`` against SGLang's prefill admission (:mod:`.swa_pool`): the final
+    arguments, the preset's arguments and entries used, and the (flag, value, reason) it added."""
+    memory = min((g.memory_gib for g in found), default=None)
+    decision = swa_pool.decide(
+        final, server.is_given(swa_pool.DEST), model.config if model is not None else None,
+        swa_pool.device_memory_gib(final, memory or preset.min_memory_gib),
+        lambda: plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib).pool_tokens)
+    if decision.note:
+        notes.append(decision.note)
+    if decision.ratio is None:
+        return final, preset_args, used, []
+    preset_args = swa_pool.with_ratio(preset_args, decision.ratio)
+    used = [a for a in used if a.flag != swa_pool.FLAG]
+    return (parse_server_args(cli + preset_args), preset_args, used,
+            [(swa_pool.FLAG, decision.ratio, decision.reason)])
 
 
 def _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes) -> str:

@@ -15,14 +15,16 @@ from pathlib import Path
 
 from sglang_ampere import MODEL_ARCHITECTURE, QUANT_METHOD
 from sglang_ampere import checkpoint_format as fmt
+from sglang_ampere.gpus import CPU_ARCH
 
 from .errors import LaunchError
 from .presets import Preset
 
 
-def arch_number(arch: str) -> int:
-    """``"sm86"`` -> 86."""
-    return int(arch[2:])
+def below_sm90(arch: str) -> bool:
+    """Whether ``arch`` takes sglang-ampere's paths (``"sm86"`` yes, ``"sm90"`` no; the CPU target
+    takes them too, with torch stand-ins for the kernels)."""
+    return arch == CPU_ARCH or int(arch[2:]) < 90
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
                      "the presets are tuned for DeepSeek-V4-Flash")
     if found.kind == fmt.DSV4_INT:
         return ModelDir(str(p), found, notes, config=cfg)
-    if found.kind == fmt.NATIVE and arch_number(arch) >= 90:
+    if found.kind == fmt.NATIVE and not below_sm90(arch):
         notes.append(f"note: {path} is the native {found.quant_method} checkpoint; on {arch} it runs on SGLang's "
                      "own kernels (the sglang-ampere kernels are not used)")
         return ModelDir(str(p), found, notes, config=cfg)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sglang_ampere.gpus import KNOWN_ARCHES
+from sglang_ampere.gpus import KNOWN_ARCHES, PRESET_TARGETS
 
 try:
     import tomllib
@@ -208,8 +208,8 @@ def load_builtin(arch: str) -> Preset:
 
 
 def _load_builtin(arch: str, chain: tuple[str, ...]) -> Preset:
-    if arch not in KNOWN_ARCHES:
-        raise PresetError(f"no preset for {arch!r}; known: {', '.join(KNOWN_ARCHES)}")
+    if arch not in PRESET_TARGETS:
+        raise PresetError(f"no preset for {arch!r}; known: {', '.join(PRESET_TARGETS)}")
     text = resources.files("sglang_ampere.env").joinpath(f"{arch}.toml").read_text(encoding="utf-8")
     return parse_preset(tomllib.loads(text), arch, chain)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from sglang_ampere import envvars
 from sglang_ampere import gpus as gpus_mod
 
-from .model_dir import arch_number
+from .model_dir import below_sm90
 from .resolve import ampere_target_line
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def format_plan(plan: Plan) -> str:
             out.append(f"#   {' '.join(a.argv())}  {tag}{a.reason}")
         for a in plan.preset_args_kept:
             out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
-    if arch_number(plan.arch) < 90:
+    if below_sm90(plan.arch):
         out.append(f"# sparse MLA below sm_90: prefill={_setting(plan, PREFILL_VAR)} "
                    f"decode={_setting(plan, DECODE_VAR)} "
                    "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
@@ -63,6 +63,8 @@ def format_plan(plan: Plan) -> str:
                    "(--nsa-indexer-backend {torch,tilelang} to change)")
     for flag, value, reason in plan.spec_args_used:
         out.append(f"# speculative: {flag} {value}  {reason}")
+    for flag, value, reason in plan.swa_args_used:
+        out.append(f"# SWA pool: {flag} {value}  {reason}")
     if plan.stage_table:
         out += [ln if ln.startswith("#") else "# " + ln for ln in plan.stage_table.rstrip("\n").splitlines()]
     for n in plan.notes:

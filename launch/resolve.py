@@ -37,8 +37,10 @@ def resolve_arch(opts: argparse.Namespace, environ: Mapping[str, str], smi_outpu
                  need_gpu: bool) -> tuple[str, list]:
     """The preset architecture and the GPUs visible on this node."""
     gpu = (opts.gpu or "auto").lower()
-    if gpu != "auto" and gpu not in KNOWN_ARCHES:
-        raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(KNOWN_ARCHES)}")
+    if gpu != "auto" and gpu not in gpus_mod.PRESET_TARGETS:
+        raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(gpus_mod.PRESET_TARGETS)}")
+    if gpu == gpus_mod.CPU_ARCH:
+        return gpu, []            # SGLang's CPU engine: no GPU wanted, none looked for
     found, why_none = gpus_mod.detect_gpus_or_reason(environ, smi_output)
     if gpu == "auto":
         if not found:
@@ -109,7 +111,7 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
         user = overrides.get(e.name, environ.get(e.name))
         if e.required and user is not None and user != e.value:
             where = "--env" if e.name in overrides else "your environment"
-            raise LaunchError(f"{e.name}={user} (from {where}) cannot serve the native FP8/FP4 checkpoint: "
+            raise LaunchError(f"{e.name}={user} (from {where}) cannot serve {_what_requires(label)}: "
                               f"{e.reason}. Unset it, or set {e.name}={e.value}")
         if e.name in environ:
             if environ[e.name] != e.value:
@@ -164,6 +166,25 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
     return env, changes, notes
 
 
+def add_cpu_site(env: dict[str, str], changes: list[EnvChange]) -> None:
+    """The CPU target's boot folder first on ``PYTHONPATH`` (see :mod:`sglang_ampere.cpu_target`:
+    every server process must answer ``import sgl_kernel`` before any plugin runs)."""
+    from sglang_ampere import cpu_target
+
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = cpu_target.pythonpath(old)
+    if env["PYTHONPATH"] != old:
+        changes.append(EnvChange("PYTHONPATH", old, env["PYTHONPATH"], "--gpu cpu",
+                                 "sglang-ampere's CPU boot file: a stand-in sgl_kernel in every server process"))
+
+
+def _what_requires(label: str) -> str:
+    """What a ``required`` preset entry exists for, from its source label ("preset sm86 [native]")."""
+    if label.endswith("[native]"):
+        return "the native FP8/FP4 checkpoint"
+    return f"the {label.removeprefix('preset ')} target"
+
+
 def fill_server_args(preset: Preset, server: ServerArgv,
                      native: bool = False) -> tuple[list[str], list[ArgEntry], list[ArgEntry]]:
     """(argv to append, preset entries used, preset entries the user's own value overrode).
@@ -185,7 +206,8 @@ def fill_server_args(preset: Preset, server: ServerArgv,
             clash = sorted(d for d in given if server.value(d) != wanted[d])
             if a.required and clash:
                 theirs = server.value(clash[0])
-                raise LaunchError(f"{a.flag} {theirs} cannot serve the native FP8/FP4 checkpoint: {a.reason}. "
+                what = _what_requires(f"preset {preset.source}" + (" [native]" if a in preset.native_args else ""))
+                raise LaunchError(f"{a.flag} {theirs} cannot serve {what}: {a.reason}. "
                                   f"Drop {a.flag}, or pass {' '.join(a.argv())}")
             kept.append(a)
         else:

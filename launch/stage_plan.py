@@ -34,6 +34,7 @@ class StagePlan:
     reason: str = ""
     table: str = ""                          # the plan's table, for --dry-run
     notes: list[str] = field(default_factory=list)
+    pool_tokens: int | None = None           # SGLang's KV pool at --mem-fraction-static (tightest stage)
 
 
 def speculative_of(server: ServerArgv) -> str:
@@ -88,6 +89,7 @@ def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], 
     except plan_mod.PlanError as exc:
         out.notes.append(f"warning: memory plan: {exc}")
         return out
+    out.pool_tokens = plan.sglang_pool_tokens
     # The plan's own notes become the launcher's warnings below; the table keeps the figures.
     out.table = "".join(ln for ln in plan_mod.format_table(plan).splitlines(True) if not ln.startswith("# note:"))
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB

@@ -52,13 +52,15 @@ _ENV = {"prefill": "SGLANG_AMPERE_PREFILL_BACKEND", "decode": "SGLANG_AMPERE_DEC
 def needs_ampere_path() -> bool:
     """True on a CUDA GPU that takes the sm_80/sm_86 path: below sm_90, or any sm_90+ card under
     ``SGLANG_AMPERE_TARGET=ampere`` (decided once per process, on the current device, by
-    :func:`sglang_ampere.gpus.takes_ampere_path`, the one place that decision is made)."""
+    :func:`sglang_ampere.gpus.takes_ampere_path`, the one place that decision is made); and on
+    the CPU target (:mod:`sglang_ampere.cpu_target`), which serves attention and the indexer with
+    this package's torch implementations through the same hooks."""
     import torch
 
-    from sglang_ampere import gpus
+    from sglang_ampere import cpu_target, gpus
 
     if not torch.cuda.is_available():
-        return False
+        return cpu_target.active()
     return gpus.takes_ampere_path(torch.cuda.get_device_capability())
 
 

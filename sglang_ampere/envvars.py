@@ -32,9 +32,11 @@ _VARS = (
            "largest intermediate (MB) the torch indexer-logits path may allocate per chunk"),
     EnvVar("SGLANG_AMPERE_MOE_BACKEND", "marlin", ("marlin", "triton"),
            "INT4 routed-expert kernel on CUDA: Marlin MoE (repacked at load) or SGLang's Triton WNA16 MoE"),
-    EnvVar("SGLANG_AMPERE_TARGET", "auto", ("auto", "ampere"),
+    EnvVar("SGLANG_AMPERE_TARGET", "auto", ("auto", "ampere", "cpu"),
            "ampere = an sm_90+ GPU takes exactly the sm_80/sm_86 path (our sparse-MLA and indexer kernels "
-           "built for its arch, Marlin methods, the Ampere preset), so a Hopper card validates the Ampere code"),
+           "built for its arch, Marlin methods, the Ampere preset), so a Hopper card validates the Ampere code; "
+           "cpu = no GPU: SGLang's CPU engine with sglang-ampere's torch stand-ins for every CUDA-only op "
+           "(`launch --gpu cpu` sets it; ignored where CUDA is available)"),
     EnvVar("SGLANG_AMPERE_ALLOW_ANY_SGLANG", "0", ("0", "1"),
            "1 = start even if the installed SGLang is not the pinned release (unsupported)"),
 )

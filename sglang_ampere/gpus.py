@@ -38,6 +38,19 @@ def ampere_target(environ: Mapping[str, str] | None = None) -> bool:
     return envvars.get(TARGET_VAR, environ) == "ampere"
 
 
+#: ``--gpu cpu``: no GPU; SGLang's CPU engine with sglang-ampere's torch stand-ins (a test and
+#: demonstration target: the whole serving path runs, slowly). It has a preset (``env/cpu.toml``).
+CPU_ARCH = "cpu"
+#: What ``launch --gpu`` and the built-in presets accept: the GPU architectures, then ``cpu``.
+PRESET_TARGETS = (*KNOWN_ARCHES, CPU_ARCH)
+
+
+def cpu_target(environ: Mapping[str, str] | None = None) -> bool:
+    """``SGLANG_AMPERE_TARGET=cpu`` is set (validated). The plugin's CPU patches additionally
+    require that CUDA is unavailable (:func:`sglang_ampere.cpu_target.active`)."""
+    return envvars.get(TARGET_VAR, environ) == CPU_ARCH
+
+
 def takes_ampere_path(capability: tuple[int, int], environ: Mapping[str, str] | None = None) -> bool:
     """Whether a CUDA card of this compute capability runs sglang-ampere's sm_80/sm_86 path.
 
@@ -52,7 +65,7 @@ def takes_ampere_path(capability: tuple[int, int], environ: Mapping[str, str] | 
 
 
 def arch_capability(arch: str) -> tuple[int, int]:
-    """``"sm86"`` -> ``(8, 6)``, ``"sm120"`` -> ``(12, 0)`` (known or not)."""
+    """``"sm86"`` -> ``(8, 6)``, ``"sm120"`` -> ``(12, 0)`` (known or not; ``cpu`` has none)."""
     if arch in ARCH_CAPS:
         return ARCH_CAPS[arch]
     digits = arch[2:] if arch.startswith("sm") else ""
@@ -63,7 +76,9 @@ def arch_capability(arch: str) -> tuple[int, int]:
 
 def preset_arch(card_arch: str, environ: Mapping[str, str] | None = None) -> str:
     """The preset a card of ``card_arch`` launches with: its own, or :data:`AMPERE_STAND_IN` for an
-    sm_90+ card under ``SGLANG_AMPERE_TARGET=ampere``."""
+    sm_90+ card under ``SGLANG_AMPERE_TARGET=ampere``; ``cpu`` launches with its own."""
+    if card_arch == CPU_ARCH:
+        return CPU_ARCH
     cap = arch_capability(card_arch)
     if cap >= (9, 0) and takes_ampere_path(cap, environ):
         return AMPERE_STAND_IN

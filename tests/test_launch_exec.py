@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from helpers.launch import fake_nvidia_smi
 
-from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
+from sglang_ampere.gpus import PRESET_TARGETS
+from sglang_ampere.launch.presets import load_builtin
 
 pytestmark = pytest.mark.slow
 CLI = Path(sys.executable).parent / "sglang-ampere"
@@ -52,7 +53,7 @@ def test_environment_reaches_the_launched_process(tmp_path, sglang_help):
     assert "fp8" in choices and "dsv4_int" not in choices
 
 
-@pytest.mark.parametrize("arch", KNOWN_ARCHES)
+@pytest.mark.parametrize("arch", PRESET_TARGETS)
 def test_preset_server_flags_exist_in_pinned_sglang(arch, sglang_help):
     for a in load_builtin(arch).args:
         assert re.search(rf"(^|\s|\[){re.escape(a.flag)}[\s,=\]]", sglang_help, re.M), \

@@ -16,7 +16,7 @@ from helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-PRESETS = ["sm80.toml", "sm86.toml", "sm89.toml", "sm90.toml", "sm120.toml"]
+PRESETS = ["sm80.toml", "sm86.toml", "sm89.toml", "sm90.toml", "sm120.toml", "cpu.toml"]
 PROBE = r"""
 import importlib.metadata as md, importlib.resources as res, json, sys
 import sglang_ampere, sglang_ampere.patches, sglang_ampere.launch
@@ -26,6 +26,7 @@ print(json.dumps({
     "launch": sglang_ampere.launch.__file__,
     "presets": sorted(p.name for p in res.files("sglang_ampere.env").iterdir() if p.name.endswith(".toml")),
     "entry_points": eps,
+    "cpu_site": (res.files("sglang_ampere.cpu_target") / "site" / "sitecustomize.py").is_file(),
 }))
 """
 
@@ -83,6 +84,7 @@ def test_wheel_contains_layout_and_installs(src, tmp_path):
     info = _probe(py, tmp_path)
     assert "site-packages/sglang_ampere/patches/" in info["patches"]
     assert info["presets"] == sorted(PRESETS)
+    assert info["cpu_site"], "the CPU target's boot file (cpu_target/site/sitecustomize.py) is not installed"
     assert info["entry_points"] == ["sglang_ampere.plugin:register"]
 
 
@@ -94,4 +96,5 @@ def test_editable_install_maps_top_level_dirs(src, tmp_path):
     assert Path(info["patches"]).resolve() == (src / "patches" / "__init__.py").resolve()
     assert Path(info["launch"]).resolve() == (src / "launch" / "__init__.py").resolve()
     assert info["presets"] == sorted(PRESETS)
+    assert info["cpu_site"], "the CPU target's boot file (cpu_target/site/sitecustomize.py) is not installed"
     assert info["entry_points"] == ["sglang_ampere.plugin:register"]

@@ -11,7 +11,8 @@ import sglang_ampere
 from sglang_ampere import envvars
 from sglang_ampere.envvars import FORK_VARS
 from sglang_ampere.envvars import HACK_FLASHMLA_VAR as HACK_VAR
-from sglang_ampere.launch.presets import KNOWN_ARCHES, load_builtin
+from sglang_ampere.gpus import PRESET_TARGETS
+from sglang_ampere.launch.presets import load_builtin
 from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
 
 
@@ -71,15 +72,15 @@ def package_read_sites(name: str) -> list[str]:
     return sites
 
 
-ALL = [(arch, load_builtin(arch)) for arch in KNOWN_ARCHES]
+ALL = [(arch, load_builtin(arch)) for arch in PRESET_TARGETS]
 
 
 def test_every_arch_has_a_preset_file_shipped_as_package_data():
     files = {p.name for p in resources.files("sglang_ampere.env").iterdir() if p.name.endswith(".toml")}
-    assert files == {f"{a}.toml" for a in KNOWN_ARCHES}
+    assert files == {f"{a}.toml" for a in PRESET_TARGETS}
 
 
-@pytest.mark.parametrize("arch, preset", ALL, ids=KNOWN_ARCHES)
+@pytest.mark.parametrize("arch, preset", ALL, ids=PRESET_TARGETS)
 def test_preset_shape_and_reasons(arch, preset):
     assert preset.arch == arch and preset.description
     for entry in list(preset.env) + list(preset.args) + list(preset.native_env) + list(preset.native_args):
@@ -119,8 +120,11 @@ def test_no_dead_variables(name, arches):
             f"{name} (set by presets {arches}) is declared but nothing in sglang_ampere/ or patches/ reads it")
     else:
         environ_py = sglang_sources()["srt/environ.py"]
-        assert re.search(rf"^\s+{name}\s*=\s*Env\w+\(", environ_py, re.M), f"{name} is not an SGLang env var"
-        assert sglang_read_sites(name), f"{name} is defined in SGLang but never read"
+        sites = sglang_read_sites(name)
+        declared = re.search(rf"^\s+{name}\s*=\s*Env\w+\(", environ_py, re.M)
+        # declared in SGLang's table, or (SGLANG_USE_CPU_ENGINE) read straight from the environment
+        assert declared or any("getenv" in s or "environ" in s for s in sites), f"{name} is not an SGLang env var"
+        assert sites, f"{name} is defined in SGLang but never read"
 
 
 @pytest.mark.parametrize("name", [PREFILL_VAR, DECODE_VAR])
@@ -202,7 +206,7 @@ def test_native_table_below_sm90_only():
     nowhere SGLang's own kernels do (sm_90, sm_120)."""
     for arch, preset in ALL:
         has = bool(preset.native_env or preset.native_args)
-        assert has == (arch in ("sm80", "sm86", "sm89")), arch
+        assert has == (arch in ("sm80", "sm86", "sm89", "cpu")), arch
     sm86 = load_builtin("sm86")
     assert [(a.flag, a.value, a.required) for a in sm86.native_args] == [("--moe-runner-backend", "marlin", True),
                                                                           ("--moe-a2a-backend", "none", True)]

@@ -1,0 +1,108 @@
+"""The CPU target: SGLang's CPU engine made to start and serve DeepSeek-V4 (no GPU, no AMX).
+
+Target:   ``KVCacheConfigurator.configure`` (``sglang.srt.mem_cache.kv_cache_configurator``),
+          ``sglang.srt.models.deepseek_v4.get_rope_wrapper``, and
+          ``Fp8LinearMethod.process_weights_after_loading`` / ``.apply``
+          (``sglang.srt.layers.quantization.fp8``)
+Hook:     AROUND, all four; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
+          ``SGLANG_USE_CPU_ENGINE=1`` and without CUDA (:func:`sglang_ampere.cpu_target.active`;
+          ``sglang-ampere launch --gpu cpu`` sets both). Anywhere else :func:`hooks` returns no hook,
+          so a GPU process is never touched.
+Why:      * ``configure``: SGLang's CPU platform allows an FP8 KV cache only for MHA models on Intel
+            AMX with the ``intel_amx`` backend (``kv_cache_configurator.py`` 459-468) and raises
+            otherwise. DeepSeek-V4 always stores its own FP8 page layout
+            (``DeepSeekV4TokenToKVPool``), written and read here by torch code, so the check does not
+            apply: ``configure`` runs with the module's ``current_platform`` answering
+            ``is_cpu() -> False`` (everything else is the real platform object).
+          * ``get_rope_wrapper``: with ``device="cpu"`` SGLang's factory takes ``get_rope_cpu``,
+            which asserts a ``deepseek_yarn`` scaling (``rotary_embedding/factory.py`` ~478-481),
+            but the sliding-window layers use plain RoPE (``deepseek_v4.py`` ~1402). DeepSeek-V4's
+            forward never calls that rope object (it ropes with its own ``freqs_cis`` tables), so
+            it is built with the generic factory, as on a GPU.
+          * ``Fp8LinearMethod``: the native FP8 checkpoint only. On the CPU engine ``fp8.py``
+            asserts AMX and repacks for its AMX kernels (826-833, 1290-1296); with ``fp8._is_cpu``
+            false for the call the layer goes the way it goes on Ampere, whose CUDA-only ops the CPU
+            target's stand-ins replace (``patches/cpu_ops.py``).
+SGLang:   written for 0.5.23 (file:line above).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+from . import Hook
+
+logger = logging.getLogger("sglang_ampere.patches.cpu_engine")
+
+SGLANG_VERSION = "0.5.23"
+KVC = "sglang.srt.mem_cache.kv_cache_configurator"
+DSV4 = "sglang.srt.models.deepseek_v4"
+FP8 = "sglang.srt.layers.quantization.fp8"
+
+
+def active() -> bool:
+    from sglang_ampere import cpu_target
+
+    return cpu_target.active()
+
+
+class _NotCpuPlatform:
+    """The real platform object, except that ``is_cpu()`` is False."""
+
+    def __init__(self, platform):
+        self._platform = platform
+
+    def is_cpu(self) -> bool:
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self._platform, name)
+
+
+@contextlib.contextmanager
+def _module_attr(module_name: str, attr: str, value):
+    module = sys.modules[module_name]
+    saved = getattr(module, attr)
+    setattr(module, attr, value)
+    try:
+        yield
+    finally:
+        setattr(module, attr, saved)
+
+
+def configure_hook(original, self, *args, **kwargs):
+    module = sys.modules[KVC]
+    with _module_attr(KVC, "current_platform", _NotCpuPlatform(module.current_platform)):
+        return original(self, *args, **kwargs)
+
+
+def rope_wrapper_hook(original, *args, **kwargs):
+    if "device" in kwargs:
+        kwargs["device"] = None
+    return original(*args, **kwargs)
+
+
+def fp8_not_cpu_hook(original, *args, **kwargs):
+    with _module_attr(FP8, "_is_cpu", False):
+        return original(*args, **kwargs)
+
+
+def hooks() -> list[Hook]:
+    if not active():
+        return []
+    import importlib
+
+    for name in (KVC, DSV4, FP8):
+        importlib.import_module(name)
+    return [
+        Hook(f"{KVC}.KVCacheConfigurator.configure", configure_hook, "AROUND",
+             "CPU target: DeepSeek-V4 keeps its own FP8 KV layout; skip the CPU engine's AMX-only FP8 KV check"),
+        Hook(f"{DSV4}.get_rope_wrapper", rope_wrapper_hook, "AROUND",
+             "CPU target: build the (unused) rope object with the generic factory, not the YaRN-only CPU one"),
+        Hook(f"{FP8}.Fp8LinearMethod.process_weights_after_loading", fp8_not_cpu_hook, "AROUND",
+             "CPU target: prepare native FP8 layers as on Ampere, not for AMX"),
+        Hook(f"{FP8}.Fp8LinearMethod.apply", fp8_not_cpu_hook, "AROUND",
+             "CPU target: run native FP8 layers as on Ampere, not on AMX"),
+    ]
