@@ -21,8 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .errors import LaunchError
 from sglang_ampere.gpus import PRESET_TARGETS
+
+from .errors import LaunchError
 
 #: (launcher flag, options attribute, variable it sets) of the fork-era sparse-MLA / indexer flags.
 NSA_FLAGS = (
@@ -63,8 +64,9 @@ def make_parser(prog: str = "sglang-ampere launch") -> argparse.ArgumentParser:
             "      --dist-init-addr 10.0.0.1:5000"),
     )
     p.add_argument("--gpu", default="auto", metavar="ARCH",
-                   help=f"auto (read nvidia-smi) or one of {', '.join(PRESET_TARGETS)} (default: auto; cpu: SGLang's CPU "
-                        "engine with sglang-ampere's torch stand-ins, no GPU needed, slow: for tests and a first try)")
+                   help=f"auto (read nvidia-smi) or one of {', '.join(PRESET_TARGETS)} (default: auto; cpu: "
+                        "SGLang's CPU engine with sglang-ampere's torch stand-ins, no GPU needed, slow: for tests "
+                        "and a first try)")
     p.add_argument("--preset", metavar="FILE", help="use this preset TOML file instead of env/<arch>.toml")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="set an environment variable for SGLang (repeatable; beats everything)")
