@@ -1,0 +1,28 @@
+"""SGLang's real DeepSeek-V4 kernels vs the torch stand-ins of kernels/dsv4_ops_torch on a real
+GPU (skipped without CUDA sm_80+ or without SGLang): the checks of kernels/dsv4_ops_checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sglang_ampere.kernels.dsv4_ops_checks import gpu_checks
+
+
+def _has_ampere_or_newer() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not _has_ampere_or_newer(), reason="needs a CUDA GPU of sm_80 or newer"),
+]
+
+CHECKS = gpu_checks()
+
+
+@pytest.mark.parametrize("name,check", CHECKS, ids=[n for n, _ in CHECKS])
+def test_stand_in_matches_sglang_kernel(name, check):
+    pytest.importorskip("sglang")
+    detail = check()
+    print(f"{name}: {detail}")
