@@ -451,3 +451,46 @@ def test_init_compression_metadata(gen, compute):
         assert got[8] is None
     # negative control: out_loc without the "compress only at a multiple of the ratio" mask
     assert got[0].tolist() != [x // 4 for x in raw.tolist()]
+
+
+# ------------------------------------------------------------------------------------------
+# signatures: the stand-ins take the same parameters as the SGLang functions they replace
+
+SIGNATURES = [
+    ("kernels/ops/attention/dsv4/norm_rope.py", "fused_q_norm_rope"),
+    ("kernels/ops/attention/dsv4/norm_rope.py", "fused_rope_inplace"),
+    ("kernels/ops/attention/dsv4/norm_rope.py", "fused_k_norm_rope_flashmla"),
+    ("kernels/ops/attention/dsv4/norm_rope.py", "fused_q_indexer_rope_hadamard_quant"),
+    ("kernels/ops/attention/dsv4/attn.py", "fused_store_cache"),
+    ("kernels/ops/attention/dsv4/metadata_kernel.py", "init_compression_metadata"),
+    ("kernels/ops/layernorm/mhc.py", "hc_split_sinkhorn"),
+    ("kernels/ops/layernorm/mhc.py", "mhc_combine"),
+    ("kernels/ops/layernorm/mhc_head.py", "fused_hc_head"),
+    ("kernels/ops/activation/silu_and_mul_clamp.py", "silu_and_mul_clamp"),
+]
+
+
+def _params(fn: ast.FunctionDef):
+    a = fn.args
+    pos = [x.arg for x in a.posonlyargs + a.args]
+    defaults = [None] * (len(pos) - len(a.defaults)) + [ast.unparse(d) for d in a.defaults]
+    kwd = [(x.arg, None if d is None else ast.unparse(d)) for x, d in zip(a.kwonlyargs, a.kw_defaults)]
+    return list(zip(pos, defaults)), kwd
+
+
+@pytest.mark.parametrize("relpath,name", SIGNATURES, ids=[n for _, n in SIGNATURES])
+def test_signature_matches_sglang(relpath, name):
+    import inspect
+    import textwrap
+
+    spec = importlib.util.find_spec("sglang")
+    if spec is None:
+        pytest.skip("sglang is not installed")
+    tree = ast.parse((Path(list(spec.submodule_search_locations)[0]) / relpath).read_text())
+    theirs = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    ours = ast.parse(textwrap.dedent(inspect.getsource(getattr(ops, name)))).body[0]
+    (tp, tk), (op, ok) = _params(theirs), _params(ours)
+    # KVLayout.V4 is a str enum with value "v4"; the stand-ins take either
+    norm = {"KVLayout.V4": "'v4'"}
+    assert [(n, norm.get(d, d)) for n, d in tp] == op
+    assert [(n, norm.get(d, d)) for n, d in tk] == ok
