@@ -494,3 +494,116 @@ def test_signature_matches_sglang(relpath, name):
     norm = {"KVLayout.V4": "'v4'"}
     assert [(n, norm.get(d, d)) for n, d in tp] == op
     assert [(n, norm.get(d, d)) for n, d in tk] == ok
+
+
+# ------------------------------------------------------------------------------------------
+# SGLang's own Triton kernels, run on the CPU by Triton's interpreter, against the stand-ins
+
+_INTERPRETER_SCRIPT = r'''
+import ast, importlib.util, json, sys
+from pathlib import Path
+
+import torch
+
+from sglang_ampere.kernels import dsv4_ops_torch as T
+
+root = Path(list(importlib.util.find_spec("sglang").submodule_search_locations)[0])
+tmp, seed = Path(sys.argv[1]), int(sys.argv[2])
+
+
+def load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def extract(relpath, names, modname):
+    """The named top-level functions of a SGLang file (with their decorators), in a file of their
+    own: mhc.py's module-level imports (TileLang) cost 20 s and are not needed by these."""
+    src = (root / relpath).read_text()
+    lines = src.splitlines()
+    parts = ["import torch", "import triton", "import triton.language as tl"]
+    for n in ast.parse(src).body:
+        if isinstance(n, ast.FunctionDef) and n.name in names:
+            first = n.decorator_list[0].lineno if n.decorator_list else n.lineno
+            parts.append("\n".join(lines[first - 1: n.end_lineno]))
+    path = tmp / (modname + ".py")
+    path.write_text("\n\n\n".join(parts) + "\n")
+    return load(path, modname)
+
+
+def stats(got, want):
+    g, w = got.double(), want.double()
+    rel = ((g - w).abs() / w.abs().clamp(min=1e-30)).max().item() if g.numel() else 0.0
+    return {"equal": bool(torch.equal(got, want)), "n_diff": int((g != w).sum()), "n": g.numel(),
+            "max_rel": rel, "shape_ok": got.shape == want.shape, "dtype_ok": got.dtype == want.dtype}
+
+
+mhc = extract("kernels/ops/layernorm/mhc.py", {"_mhc_combine_kernel", "mhc_combine",
+              "_hc_split_sinkhorn_triton_kernel", "_hc_split_sinkhorn_triton"}, "sglang_mhc_part")
+head = load(root / "kernels/ops/layernorm/mhc_head.py", "sglang_mhc_head")
+meta = load(root / "kernels/ops/attention/dsv4/metadata_kernel.py", "sglang_metadata_kernel")
+g = torch.Generator().manual_seed(seed)
+res = {}
+
+x = torch.randn(5, 4 * 1100, generator=g)                  # float32 x_flat, as hc_pre passes it
+pre = torch.rand(5, 4, generator=g) + 0.1
+res["mhc_combine"] = stats(T.mhc_combine(x, pre, 4, torch.float32), mhc.mhc_combine(x, pre, 4, torch.float32))
+
+mixes = torch.randn(6, 1, 24, generator=g) * 2
+scale, base = torch.rand(3, generator=g) + 0.5, torch.randn(24, generator=g)
+for name, a, b in zip(("pre", "post", "comb"), T.hc_split_sinkhorn(mixes, scale, base, 4, 20, 1e-6),
+                      mhc._hc_split_sinkhorn_triton(mixes, scale, base, 4, 20, 1e-6)):
+    res["sinkhorn_" + name] = stats(a, b)
+
+# fp16 x (the interpreter rounds fp32 -> bf16 by truncation; fp16 stores round correctly)
+xh = (torch.randn(3, 4, 700, generator=g) * 2).half()
+fn = torch.randn(4, 4 * 700, generator=g) * 0.05
+sc, bs = torch.rand(1, generator=g) + 0.5, torch.randn(4, generator=g) * 0.5
+res["hc_head"] = stats(T.fused_hc_head(xh, fn, sc, bs, 1e-6, 1e-6),
+                       head.fused_hc_head(xh, fn, sc, bs, norm_eps=1e-6, hc_eps=1e-6))
+
+bsz, mp = 9, 5
+lens = torch.randint(1, mp * 256, (bsz,), generator=g, dtype=torch.int32)
+lens[:3] = torch.tensor([128, 512, 3], dtype=torch.int32)
+pos = (lens - 1).long()
+raw = torch.randint(0, 100000, (7,), generator=g)
+table = torch.randint(0, 1000, (bsz, mp), generator=g, dtype=torch.int32)
+for compute in (True, False):
+    a = T.init_compression_metadata(lens, pos, raw, table, 256, compute)
+    b = meta.init_compression_metadata(lens, pos, raw, table, 256, compute_page_indices=compute)
+    for i, (u, v) in enumerate(zip(a, b)):
+        res[f"metadata_{compute}_{i}"] = {"equal": True} if u is None and v is None else stats(u, v)
+print("RESULT " + json.dumps(res))
+'''
+
+
+def test_against_sglang_triton_kernels_in_the_interpreter(tmp_path, seed):
+    """mhc_combine, hc_head, the metadata kernel and the Triton port of the Sinkhorn split (which
+    SGLang keeps "numerically identical" to the TileLang kernel), run by TRITON_INTERPRET=1."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("sglang") is None or importlib.util.find_spec("triton") is None:
+        pytest.skip("sglang / triton not installed")
+    script = tmp_path / "interp.py"
+    script.write_text(_INTERPRETER_SCRIPT)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(seed)], capture_output=True,
+                          text=True, timeout=240, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    res = json.loads(line[-1][len("RESULT "):])
+    for name, r in res.items():
+        assert r.get("shape_ok", True) and r.get("dtype_ok", True), (name, r)
+    # same float32 operations in the same order: bit-equal
+    assert res["mhc_combine"]["equal"], res["mhc_combine"]
+    assert all(r["equal"] for k, r in res.items() if k.startswith("metadata_")), res
+    # exp / sigmoid implementations (numpy vs torch) differ by ulps, iterated 20 times
+    for k in ("sinkhorn_pre", "sinkhorn_post", "sinkhorn_comb"):
+        assert res[k]["max_rel"] <= 1e-5, (k, res[k])
+    # fp16 output: float32 tile sums vs float64 sums may flip a rounding, one ulp at most
+    assert res["hc_head"]["max_rel"] <= 2.0 ** -10 and res["hc_head"]["n_diff"] <= 0.01 * res["hc_head"]["n"]
