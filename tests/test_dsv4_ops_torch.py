@@ -395,12 +395,15 @@ def test_silu_and_mul_clamp(gen, dtype):
     m, n, limit = 5, 72, 7.0
     gu = (torch.randn(m, 2 * n, generator=gen) * 8).to(dtype)
     gu[0, :4] = torch.tensor([-20.0, -7.5, 7.5, 30.0])         # both sides of the gate clamp
+    gu[1, :2] = torch.tensor([-80.0, -100.0])                  # silu ~1e-33; __fdividef gives 0
     out = torch.empty(m, n, dtype=dtype)
     ops.silu_and_mul_clamp(gu, out, limit)
     src = gu.float().bfloat16() if dtype == torch.float16 else gu        # bf16 clamp domain
     want = _swiglu64(src, limit)
     rel = BF16_REL if dtype == torch.bfloat16 else 2.0 ** -10
     tol = rel * want.abs() + 1e-7
+    assert out[1, 1] == 0                                      # the fast-math division rule
+    assert out[1, 0] != 0 or dtype == torch.float16            # (fp16 cannot hold ~1e-33)
     assert _close(out, want, tol)
     assert not _close(out, _swiglu64(src, limit, gate_both=True), tol)    # gate clamped below too
 

@@ -558,8 +558,10 @@ def silu_and_mul_clamp(input: torch.Tensor, output: torch.Tensor, swiglu_limit: 
     Rounding: the clamps are done in bf16 (``__hmin2`` / ``__hmax2``; an fp16 input is first
     converted to bf16 through float32), then float32 silu and product, one rounding to
     ``output``'s dtype. The kernel's ``__expf`` and fast division are approximate to a few
-    float32 ulps. Same formula as the project's ``reference.ops.swiglu`` (which clamps in
-    float32 and returns float32).
+    float32 ulps. Two fast-math edge rules are mirrored: ``__fdividef`` returns 0 when the
+    denominator exceeds 2^126 (a gate below about -87.3, where silu is ~1e-36 anyway), and
+    float32 subnormal results are flushed to zero (``-ftz``). Same formula as the project's
+    ``reference.ops.swiglu`` (which clamps in float32 and returns float32).
 
     Call site: ``models/deepseek_v2.py:490`` (the shared expert's ``DeepseekV2MLP``); replace
     ``sglang.srt.models.deepseek_v2.silu_and_mul_clamp``.
@@ -572,7 +574,12 @@ def silu_and_mul_clamp(input: torch.Tensor, output: torch.Tensor, swiglu_limit: 
     g = torch.minimum(bf[..., :n], lim).float()
     u = torch.maximum(bf[..., n:], -lim)
     u = torch.minimum(u, lim).float()
-    output.copy_((g / (1.0 + torch.exp(-g)) * u).to(output.dtype))
+    den = 1.0 + torch.exp(-g)
+    silu = torch.where(den > 2.0 ** 126, torch.zeros_like(g), g / den)
+    val = silu * u
+    tiny = 2.0 ** -126                                                   # FLT_MIN: ftz below it
+    val = torch.where((silu.abs() < tiny) | (val.abs() < tiny), torch.zeros_like(val), val)
+    output.copy_(val.to(output.dtype))
 
 
 # ------------------------------------------------------------------------------------------
