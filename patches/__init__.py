@@ -22,6 +22,7 @@ PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_indexer",
     "sglang_ampere.patches.dsv4_native",
     "sglang_ampere.patches.cpu_engine",
+    "sglang_ampere.patches.cpu_ops",
 ]
 
 
