@@ -418,3 +418,309 @@ def test_index_key_codec_multiplies_by_the_reciprocal_scale():
     # negative control: the division rule gives the other byte
     div = (k[0, 1] / scale).to(torch.float8_e4m3fn).view(torch.uint8).item()
     assert div == 0x7E
+
+
+# ------------------------------------------------------------------------------------------
+# SGLang's real compressor_v2 on its real pool and SWA allocator, the stand-ins patched in
+
+HIDDEN, EPS = 64, 1e-6
+ROPE = dict(dim=64, seqlen=1024, original_seq_len=256, base=160000.0, factor=4.0, beta_fast=32,
+            beta_slow=1)
+COMPRESSORS = (("c4", 0, 4, 512, False), ("c4_index", 0, 4, 128, True), ("c128", 1, 128, 512, False))
+
+
+@pytest.fixture(scope="module")
+def sgl():
+    from types import SimpleNamespace
+
+    from helpers.sglang_cpu import init_sglang_cpu
+
+    init_sglang_cpu()
+    import sglang.kernels.ops.attention.dsv4.compress as ck
+    import sglang.srt.layers.attention.dsv4.compressor_v2 as cv2
+    from sglang.kernels.ops.attention.dsv4.rope import precompute_freqs_cis
+    from sglang.srt.layers.attention.dsv4.compressor import Compressor
+    from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+    from sglang.srt.mem_cache.deepseek_v4_memory_pool import DeepSeekV4TokenToKVPool
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    return SimpleNamespace(ck=ck, cv2=cv2, Compressor=Compressor, Alloc=SWATokenToKVPoolAllocator,
+                           Pool=DeepSeekV4TokenToKVPool, R2T=ReqToTokenPool, Mode=ForwardMode,
+                           freqs=precompute_freqs_cis(**ROPE))
+
+
+class _World:
+    """One layer of ratio 4 (main + indexer compressor) and one of ratio 128, on SGLang's pool
+    (page 256) with its SWA allocator, and the stand-ins patched into compressor_v2."""
+
+    def __init__(self, sgl, gen, monkeypatch, perturb=None):
+        from types import SimpleNamespace
+
+        self.sgl, self.perturb = sgl, perturb
+        self.pool = sgl.Pool(
+            max_num_reqs=4, swa_size=1024, c4_size=2048 // 4, c128_size=2048 // 128,
+            c4_state_pool_size=1024 // 256 * 8, c128_state_pool_size=0, page_size=256,
+            swa_page_size=256, dtype=torch.float8_e4m3fn, c4_state_dtype=torch.float32,
+            c128_state_dtype=torch.float32, qk_nope_head_dim=448, qk_rope_head_dim=64,
+            indexer_head_dim=128, layer_num=2, device="cpu", enable_memory_saver=False,
+            compression_ratios=[4, 128], full_size=2048)
+        self.r2t = sgl.R2T(size=4, max_context_len=1024, device="cpu", enable_memory_saver=False)
+        self.alloc = sgl.Alloc(2048, 1024, page_size=256, dtype=torch.float8_e4m3fn, device="cpu",
+                               kvcache=self.pool, need_sort=False, req_to_token_pool=self.r2t)
+        self.alloc.full_attn_allocator.alloc(256)      # full pages != SWA pages from here on
+        for layer in (0, 1):                           # never-written state reads as NaN
+            self.pool.get_attention_compress_states(layer).kv_score_buffer.kv_score.fill_(
+                float("nan"))
+        self.pool.get_indexer_compress_states(0).kv_score_buffer.kv_score.fill_(float("nan"))
+        cfg = SimpleNamespace(hidden_size=HIDDEN, rms_norm_eps=EPS, qk_rope_head_dim=64)
+        self.comp, self.w = {}, {}
+        for name, layer, ratio, hd, index in COMPRESSORS:
+            c = sgl.Compressor(cfg, layer, index, sgl.freqs, ratio, hd, rotate=index)
+            coff = 2 if ratio == 4 else 1
+            W = (torch.randn(2 * coff * hd, HIDDEN, generator=gen) * 0.2).to(torch.bfloat16)
+            ape = torch.randn(ratio, coff * hd, generator=gen) * 0.5
+            norm = torch.rand(hd, generator=gen) + 0.5
+            c.wkv_gate.weight.data.copy_(W)
+            if perturb == "no_ape_reorder":
+                c.ape.data.copy_(ape)
+            else:
+                c.load_ape_weight(c.ape, ape)          # SGLang's load-time reorder
+            c.norm.weight.data.copy_(norm)
+            self.comp[name], self.w[name] = c, (W, ape, norm)
+
+        class Backend(sgl.cv2.CompressorBackendMixin):
+            pass
+
+        self.backend = Backend()
+        self.backend.token_to_kv_pool = self.pool
+        self.backend.enable_deepseek_v4_fp4_indexer = False
+        self.hist: dict[int, torch.Tensor] = {}
+        self.seq: dict[int, int] = {}
+        self._patch(monkeypatch)
+
+    def _patch(self, mp):
+        ck, cv2, perturb = self.sgl.ck, self.sgl.cv2, self.perturb
+
+        def shifted(ratio, rids, f2s):
+            if perturb != "ring":
+                return rids, f2s
+            return (rids + 1, f2s) if ratio == 128 else (rids, f2s + 1)
+
+        def prefill(compress_ratio, req_pool_indices, seq_lens, extend_lens, req_to_token,
+                    full_to_state, swa_page_size, ring_size, num_q_tokens, use_cuda_graph=False,
+                    use_req_ring=False):
+            rids, f2s = shifted(compress_ratio, req_pool_indices, full_to_state)
+            c, w = C.plan_prefill(compress_ratio, rids, seq_lens, extend_lens, req_to_token, f2s,
+                                  swa_page_size, ring_size, num_q_tokens, use_cuda_graph,
+                                  use_req_ring or (perturb == "req_ring" and compress_ratio == 4))
+            return ck.CompressorPrefillPlan(compress_ratio, c, w)
+
+        def decode(compress_ratio, req_pool_indices, req_to_token, full_to_state, seq_lens,
+                   swa_page_size, ring_size, use_req_ring=False):
+            rids, f2s = shifted(compress_ratio, req_pool_indices, full_to_state)
+            d = C.plan_decode(compress_ratio, rids, req_to_token, f2s, seq_lens, swa_page_size,
+                              ring_size,
+                              use_req_ring or (perturb == "req_ring" and compress_ratio == 4))
+            return ck.CompressorDecodePlan(compress_ratio, d)
+
+        mp.setattr(ck.CompressorPrefillPlan, "generate", staticmethod(prefill))
+        mp.setattr(ck.CompressorDecodePlan, "generate", staticmethod(decode))
+        mp.setattr(cv2, "compress_forward", C.compress_forward_for_plan)
+        mp.setattr(cv2, "compress_norm_rope_store", C.compress_norm_rope_store_for_plan)
+
+    def _out_loc(self, pos, locs, ratio):
+        # what SGLang's compressed-attention metadata stores (metadata_kernel.py:100-110)
+        o = torch.where((pos + 1) % ratio == 0, locs // ratio, torch.zeros_like(locs))
+        return o + 1 if self.perturb == "out_loc" else o
+
+    def forward(self, rids, ext=None, hist=None):
+        """An extend (``ext`` tokens per request) or, with ``ext=None``, one decode step."""
+        from types import SimpleNamespace
+
+        sgl, r2t = self.sgl, self.r2t.req_to_token
+        for rid, h in (hist or {}).items():
+            self.hist[rid] = h
+        decode = ext is None
+        ext = [1] * len(rids) if decode else ext
+        pre = [self.seq.get(r, 0) for r in rids]
+        seqs = [p + e for p, e in zip(pre, ext)]
+        last = torch.tensor([int(r2t[r, p - 1]) if p else -1 for r, p in zip(rids, pre)])
+        if decode:
+            locs = self.alloc.alloc_decode(torch.tensor(seqs), torch.tensor(seqs), last)
+        else:
+            locs = self.alloc.alloc_extend(torch.tensor(pre), torch.tensor(pre), torch.tensor(seqs),
+                                           torch.tensor(seqs), last, sum(ext))
+        assert locs is not None
+        pos, k = [], 0
+        for r, p, s in zip(rids, pre, seqs):
+            r2t[r, p:s] = locs[k: k + s - p].to(torch.int32)
+            pos.append(torch.arange(p, s))
+            k += s - p
+            self.seq[r] = s
+        pos = torch.cat(pos)
+        x = torch.cat([self.hist[r][p:s] for r, p, s in zip(rids, pre, seqs)])
+        rid_t = torch.tensor(rids)
+        meta = {}
+        for ratio in (4, 128):
+            meta[ratio] = sgl.cv2.create_paged_compressor_data(
+                ratio, is_prefill=not decode, token_to_kv_pool=self.pool, req_to_token=r2t,
+                req_pool_indices=rid_t, seq_lens=torch.tensor(seqs),
+                extend_lens=None if decode else torch.tensor(ext),
+                seq_lens_cpu=None if decode else seqs, extend_lens_cpu=None if decode else ext)
+        self.backend.forward_metadata = SimpleNamespace(
+            c4_compress_metadata=meta[4], c128_compress_metadata=meta[128],
+            core_metadata=SimpleNamespace(c4_out_loc=self._out_loc(pos, locs, 4),
+                                          c128_out_loc=self._out_loc(pos, locs, 128)))
+        fb = SimpleNamespace(forward_mode=sgl.Mode.DECODE if decode else sgl.Mode.EXTEND,
+                             attn_cp_metadata=None)
+        for name, layer, *_ in COMPRESSORS:
+            self.backend.forward_unified(x, fb, layer, self.comp[name])
+
+    def stored(self, name, rid):
+        """The rows the caches hold for request ``rid``'s complete entries, decoded with
+        kv_layout's torch-FP8 readers (main: [C, 512]; indexer: keys * scale [C, 128])."""
+        _, layer, ratio, hd, index = next(c for c in COMPRESSORS if c[0] == name)
+        n = self.seq[rid] // ratio
+        slots = self.r2t.req_to_token[rid, torch.arange(n) * ratio + ratio - 1].long() // ratio
+        if index:
+            keys, scales = L.read_index_keys_reference(self.pool.get_index_k_with_scale_buffer(0))
+            return keys.reshape(-1, 128)[slots] * scales.reshape(-1)[slots, None]
+        buf = self.pool.get_extra_key_buffer(layer).view(torch.uint8)
+        return L.read_rows_reference(buf, slots, self.pool.get_extra_key_page_size(layer))
+
+    def expected(self, name, rid):
+        """float64: kv/score projections of the whole history, pooling, norm, RoPE (Hadamard)."""
+        _, layer, ratio, hd, index = next(c for c in COMPRESSORS if c[0] == name)
+        W, ape, norm = self.w[name]
+        h = self.hist[rid][: self.seq[rid]].double() @ W.double().t()
+        n = self.seq[rid] // ratio
+        if n == 0:
+            return torch.zeros(0, hd, dtype=torch.float64)
+        pooled = torch.stack([_oracle_pool(h, ape, j * ratio + ratio - 1, ratio, hd)
+                              for j in range(n)])
+        return _oracle_store(pooled, norm, EPS, self.sgl.freqs, torch.arange(n) * ratio)
+
+
+def _rows_ok(got, want, index) -> bool:
+    if got.shape != want.shape or not torch.isfinite(got).all():
+        return False
+    if index:
+        return all(_fp8_ok(g, e, e.abs().max().clamp(min=1e-4) / 448) for g, e in zip(got, want))
+    for g, e in zip(got, want):
+        amax = e[:448].view(7, 64).abs().amax(-1)
+        scale = torch.exp2(torch.ceil(torch.log2(amax.clamp(min=1e-4) / 448)))[:, None]
+        if not _fp8_ok(g[:448].view(7, 64), e[:448].view(7, 64), scale):
+            return False
+        if not torch.allclose(g[448:].double(), e[448:], rtol=2 ** -8, atol=1e-5):
+            return False
+    return True
+
+
+def _world_ok(world, rids) -> bool:
+    return all(_rows_ok(world.stored(name, r), world.expected(name, r), name == "c4_index")
+               for name, *_ in COMPRESSORS for r in rids)
+
+
+def _hist(gen, n):
+    return torch.randn(n, HIDDEN, generator=gen).to(torch.bfloat16)
+
+
+def _prefill_world(sgl, gen, mp, perturb=None, chunks=None):
+    """Two requests (rids 2 and 0) of 300 and 141 tokens: whole prompts, or ``chunks``."""
+    world = _World(sgl, gen, mp, perturb)
+    hist = {2: _hist(gen, 300), 0: _hist(gen, 141)}
+    if chunks is None:
+        world.forward([2, 0], [300, 141], hist)
+    else:
+        world.forward([2, 0], chunks[0], hist)
+        world.forward([2, 0], chunks[1])
+    return world
+
+
+def test_sglang_compressor_prefill(sgl, gen, monkeypatch):
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    world = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch)
+    assert world.seq == {2: 300, 0: 141}
+    for name, *_ in COMPRESSORS:
+        for r in (2, 0):
+            got, want = world.stored(name, r), world.expected(name, r)
+            assert got.shape[0] == world.seq[r] // (4 if name != "c128" else 128)
+            assert _rows_ok(got, want, name == "c4_index"), (name, r)
+    # the same prompts as two chunks (SGLang's chunked prefill: the second chunk's first
+    # windows come from the state ring) store the same rows
+    chunked = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
+                             chunks=([150, 62], [150, 79]))
+    assert _world_ok(chunked, [2, 0])
+    for name, *_ in COMPRESSORS:
+        for r in (2, 0):
+            assert torch.equal(chunked.stored(name, r), world.stored(name, r)), (name, r)
+    # negative controls: rows stored one slot off; the ape without SGLang's load-time reorder;
+    # the state ring offset by one (only the chunked run reads it)
+    assert not _world_ok(_prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
+                                        "out_loc"), [2, 0])
+    bad = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, "no_ape_reorder")
+    assert not _rows_ok(bad.stored("c4", 2), bad.expected("c4", 2), False)
+    assert _world_ok(_prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, "ring"),
+                     [2, 0])
+    assert not _world_ok(_prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
+                                        "ring", chunks=([150, 62], [150, 79])), [2, 0])
+
+
+def _decode_world(sgl, gen, mp, perturb=None):
+    """Prefill 250 and 37 tokens, then 8 batched decode steps (crossing 252, 256, 40, 44)."""
+    world = _World(sgl, gen, mp, perturb)
+    world.forward([1, 3], [250, 37], {1: _hist(gen, 258), 3: _hist(gen, 45)})
+    for _ in range(8):
+        world.forward([1, 3])
+    return world
+
+
+def test_sglang_compressor_decode(sgl, gen, monkeypatch):
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    world = _decode_world(sgl, torch.Generator().manual_seed(seed), monkeypatch)
+    assert world.seq == {1: 258, 3: 45}
+    assert world.stored("c128", 1).shape[0] == 2          # the second one made in decode
+    for name, *_ in COMPRESSORS:
+        for r in (1, 3):
+            assert _rows_ok(world.stored(name, r), world.expected(name, r), name == "c4_index"), \
+                (name, r)
+    # negative control: the state ring offset by one
+    assert not _world_ok(_decode_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
+                                       "ring"), [1, 3])
+
+
+def _prefix_world(sgl, gen, mp, perturb=None):
+    """Request A (rid 0): 300-token prefill and 3 decode steps, then it leaves and the radix
+    cache keeps its first page (256 tokens: full KV, SWA KV and so the SWA page's state rows).
+    Request B (rid 1) shares that prefix, extends 140 tokens and decodes 2."""
+    world = _World(sgl, gen, mp, perturb)
+    a = _hist(gen, 303)
+    world.forward([0], [300], {0: a})
+    for _ in range(3):
+        world.forward([0])
+    r2t = world.r2t.req_to_token
+    prefix = r2t[0, :256].clone()
+    world.alloc.free(r2t[0, 256:303].long())               # A's own pages; the prefix stays
+    r2t[0] = -1                                            # A's request slot is reused
+    del world.seq[0]
+    b = torch.cat([a[:256], _hist(gen, 142)])
+    r2t[1, :256] = prefix
+    world.seq[1] = 256
+    world.forward([1], [140], {1: b})
+    for _ in range(2):
+        world.forward([1])
+    return world
+
+
+def test_sglang_compressor_prefix_reuse(sgl, gen, monkeypatch):
+    seed = int(torch.randint(0, 2**31, (1,), generator=gen))
+    world = _prefix_world(sgl, torch.Generator().manual_seed(seed), monkeypatch)
+    assert world.seq == {1: 398}
+    for name, *_ in COMPRESSORS:
+        assert _rows_ok(world.stored(name, 1), world.expected(name, 1), name == "c4_index"), name
+    # negative controls: C4 state kept per request (the prototype's rule) cannot find the
+    # prefix's page-tail rows; the state ring offset by one
+    for perturb in ("req_ring", "ring"):
+        bad = _prefix_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, perturb)
+        assert not _rows_ok(bad.stored("c4", 1), bad.expected("c4", 1), False), perturb

@@ -14,7 +14,7 @@ this module                            replaces (paths under ``site-packages/sgl
 =====================================  ============================================================
 ``plan_prefill(...) -> (plan_c,        ``CompressorPrefillPlan.generate`` (``kernels/ops/attention/
 plan_w)``                              dsv4/compress.py:254``) -> ``plan_compress_prefill``
-                                       (``kernels/jit/csrc/deepseek_v4/c_plan.cuh:458``, host path
+                                       (``kernels/jit/csrc/deepseek_v4/c_plan.cuh:442``, host path
                                        571-635 + ``plan_compress_prefill_kernel_1`` 251-309)
 ``plan_decode(...) -> plan_d``         ``CompressorDecodePlan.generate`` (``compress.py:167``) ->
                                        ``plan_compress_decode`` (``c_plan.cuh:637``, kernel 311-348)
@@ -57,7 +57,7 @@ import torch
 from . import kv_layout as L
 
 _INVALID_U32 = 0xFFFFFFFF
-_MAX_TOKENS = 65536  # ragged_id is a u16 (c_plan.cuh:490, kMaxTokens)
+_MAX_TOKENS = 65536  # ragged_id is a u16 (c_plan.cuh:495, kMaxTokens)
 _FLT_MAX = torch.finfo(torch.float32).max
 _ROPE_DIM = 64
 _PLAN_CHUNK = 64  # compress plans pooled per torch step (bounds temporary memory)
@@ -185,7 +185,7 @@ def plan_prefill(
     use_cuda_graph: bool = False,
     use_req_ring: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill plans ``(plan_c [num_c, 16], plan_w [num_w, 8])`` uint8 (``c_plan.cuh:458-635``,
+    """Prefill plans ``(plan_c [num_c, 16], plan_w [num_w, 8])`` uint8 (``c_plan.cuh:442-635``,
     the CPU-input host loop 571-601, then ``plan_compress_prefill_kernel_1`` 251-309).
 
     Tokens are ragged: request ``i`` (``prefix = seq_len - extend_len``) owns ragged ids
@@ -625,3 +625,29 @@ def compress_norm_rope_store(
                      kvcache.shape[0] * L.INDEX_PAGE_SIZE, "index-K slot")
         keys = _hadamard128(torch.cat([y[:, :-_ROPE_DIM], rot], dim=1))
         L.write_index_keys(kvcache, slots, keys)
+
+
+# ------------------------------------------------------------------------------------------
+# adapters with SGLang's call signatures (duck-typed on its plan NamedTuples; no import)
+
+
+def compress_forward_for_plan(kv_score_buffer, kv_score_input, ape, plan, *, head_dim,
+                              compress_ratio, out=None, is_online=False):
+    """``compress.py:404`` ``compress_forward``'s signature over :func:`compress_forward`:
+    ``plan`` is a ``CompressorDecodePlan`` / ``CompressorPrefillPlan`` (``plan[1:3]`` are its
+    tensors, as the CUDA call passes them)."""
+    if is_online:
+        raise NotImplementedError("the online c128 compressor (SGLANG_OPT_USE_ONLINE_COMPRESS) "
+                                  "is not ported")
+    if int(plan.compress_ratio) != int(compress_ratio):
+        raise ValueError(f"plan is for ratio {plan.compress_ratio}, call for {compress_ratio}")
+    tensors = (plan[1],) if plan.is_decode else (plan[1], plan[2])
+    return compress_forward(kv_score_buffer, kv_score_input, ape, *tensors, head_dim=head_dim,
+                            compress_ratio=compress_ratio, is_decode=plan.is_decode, out=out)
+
+
+def compress_norm_rope_store_for_plan(kv, plan, **kwargs) -> None:
+    """``compress.py:445`` ``compress_norm_rope_store``'s signature over
+    :func:`compress_norm_rope_store` (SGLang's keyword arguments pass through)."""
+    compress_norm_rope_store(kv, plan[1], is_decode=plan.is_decode,
+                             compress_ratio=plan.compress_ratio, **kwargs)
