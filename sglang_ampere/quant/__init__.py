@@ -3,6 +3,8 @@
 * :mod:`.config`        -- ``Dsv4IntConfig``: per-layer decisions from the checkpoint's real dtypes.
 * :mod:`.int8_linear`   -- INT8 W8A16 dense method (Marlin uint8b128 on sm_80+, torch reference elsewhere).
 * :mod:`.int4_moe`      -- INT4 W4A16 routed-expert method (Marlin uint4b8 g32, opt-in Triton WNA16, torch reference).
+* :mod:`.int8_reference` / :mod:`.int4_reference` -- the torch references of those two methods (no SGLang
+  import: the device kit's runner imports them on a machine without SGLang).
 * :mod:`.moe_reference` -- the routed-expert sum (SwiGLU clamp, top-k) both MoE references share.
 * :mod:`.native_linear` -- torch reference of FP8 128x128 block-scaled W8A16 (SGLang's FP8 Marlin).
 * :mod:`.native_moe`    -- torch reference of the MXFP4 (E2M1 x E8M0, group 32) routed experts.

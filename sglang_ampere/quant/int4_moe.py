@@ -25,7 +25,8 @@ Backends (``SGLANG_AMPERE_MOE_BACKEND``):
 * ``triton`` (opt-in, CUDA sm_80+): SGLang's Triton WNA16 MoE reads the checkpoint layout as
   is (``use_int4_w4a16``, ``block_shape=[0, 32]``, no zero point = subtract 8); its runner
   also applies ``routed_scaling_factor``.
-* torch reference (no CUDA): dequantize + matmul per active expert. SGLang's DeepSeek MoE
+* torch reference (no CUDA): dequantize + matmul per active expert
+  (:mod:`.int4_reference`, no SGLang import; re-exported here). SGLang's DeepSeek MoE
   multiplies by ``routed_scaling_factor`` itself off CUDA (``deepseek_v2.py``: ``if not
   _is_cuda: final_hidden_states *= routed_scaling_factor``), so the reference does not;
   on a CUDA tensor it does, matching the runners. ``fuse_routed_scaling_factor_in_topk`` is
@@ -35,7 +36,6 @@ Backends (``SGLANG_AMPERE_MOE_BACKEND``):
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 from sglang.srt.layers.quantization.base_config import FusedMoEMethodBase
@@ -43,27 +43,12 @@ from torch.nn import Parameter
 
 from .. import envvars
 from ..formats.constants import INT4_GROUP
-from ..formats.int4 import int4_group_dequantize
-from . import marlin_layout, moe_reference
+from . import marlin_layout
+from .int4_reference import dequantize_expert, reference_moe
+
+__all__ = ["Dsv4Int4MoEMethod", "dequantize_expert", "reference_moe"]
 
 logger = logging.getLogger("sglang_ampere")
-
-
-def dequantize_expert(packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """float32 ``[N, K]`` of one expert matrix."""
-    return int4_group_dequantize(packed.view(torch.uint8), scale)
-
-
-def reference_moe(x: torch.Tensor, w13: torch.Tensor, w13_scale: torch.Tensor, w2: torch.Tensor,
-                  w2_scale: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-                  swiglu_limit: Optional[float], routed_scaling_factor: Optional[float]) -> torch.Tensor:
-    """Torch path in the Marlin numerics (:func:`.moe_reference.reference_moe`) on uint4b8
-    experts; ``topk_ids < 0`` (not local) are skipped."""
-    def weights(e: int):
-        return dequantize_expert(w13[e], w13_scale[e]), dequantize_expert(w2[e], w2_scale[e])
-
-    return moe_reference.reference_moe(x, weights, w2.shape[1], topk_weights, topk_ids, swiglu_limit,
-                                       routed_scaling_factor)
 
 
 class Dsv4Int4MoEMethod(FusedMoEMethodBase):

@@ -17,7 +17,8 @@ Execution:
 * CUDA sm_80+: SGLang's Marlin W8A16 GEMM (``uint8b128``; group 128 from block scales, or
   per-channel). The weight is repacked at load and the int8 original dropped; no BF16 copy.
 * elsewhere: torch reference -- dequantize to float32, round to BF16, ``F.linear`` -- which
-  is also what :mod:`sglang_ampere.quant.gpu_checks` compares Marlin against.
+  is also what :mod:`sglang_ampere.quant.gpu_checks` compares Marlin against. It lives in
+  :mod:`.int8_reference` (no SGLang import) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -26,30 +27,17 @@ import logging
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from sglang.srt.layers.quantization.base_config import LinearMethodBase
 from torch.nn import Parameter
 
 from ..formats.blocks import block_scale_shape
 from ..formats.constants import BLOCK
-from ..formats.int8 import int8_block_dequantize, uint8_channel_dequantize
 from . import marlin_layout
+from .int8_reference import dequantize, reference_linear
+
+__all__ = ["Dsv4Int8LinearMethod", "dequantize", "marlin_usable", "reference_linear"]
 
 logger = logging.getLogger("sglang_ampere")
-
-
-def dequantize(weight: torch.Tensor, scale: torch.Tensor, strategy: str, name: Optional[str] = None) -> torch.Tensor:
-    """float32 ``[N, K]`` from a checkpoint-layout INT8 weight and its BF16 scale."""
-    if strategy == "block":
-        return int8_block_dequantize(weight, scale, name)
-    return uint8_channel_dequantize(weight, scale, name)
-
-
-def reference_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, strategy: str,
-                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The torch path: BF16 dequantized weight (as Marlin forms it), matmul in x's dtype."""
-    w = dequantize(weight, scale, strategy).to(x.dtype)
-    return F.linear(x, w, bias)
 
 
 def marlin_usable(device: torch.device) -> bool:
