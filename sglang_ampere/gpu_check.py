@@ -56,8 +56,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,7 +65,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
+from . import __version__, server_probe
+from .server_probe import LOGPROB_FACTOR, LOGPROB_FLOOR  # noqa: F401  (the rule gpu-check reports)
+
+_kill_group = server_probe.kill_group
+_free_port = server_probe.free_port
+_logprobs_from_logits = server_probe.logprobs_from_logits
 
 EXIT_NO_GPU = 3
 DEFAULT_BUDGET_S = 645.0           # the one-GPU steps' shares (the native steps add 165 s to 480)
@@ -81,7 +84,6 @@ SYNTH_FLAGS = ("--layers", "4", "--experts", "8", "--topk", "6", "--hidden", "40
                "--heads", "64", "--q-lora-rank", "1024", "--o-groups", "8", "--o-lora-rank", "1024",
                "--index-heads", "64", "--hash-layers", "2", "--mtp", "0")
 PROMPT_TOKENS = 64
-LOGPROB_FACTOR, LOGPROB_FLOOR = 4.0, 0.02
 
 
 class StepFailed(Exception):
@@ -262,29 +264,8 @@ def run_logged(ctx: Context, name: str, cmd: list[str], timeout: float, ok_codes
     return text
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "sglang_ampere", *args]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prompt_ids(n: int = PROMPT_TOKENS, seed: int = 0) -> list[int]:
@@ -330,15 +311,6 @@ def step_checkpoint(ctx: Context, budget: float) -> str:
     ctx.state["model"] = dst
     ctx.state["model-native"] = native          # the synthetic release itself, for the native steps
     return f"{dst} ({sum(f.stat().st_size for f in dst.glob('*.safetensors')) / 2**30:.2f} GiB)"
-
-
-def _logprobs_from_logits(path: Path, ids: list[int]) -> list[float]:
-    import torch
-    from safetensors.torch import load_file
-
-    logits = load_file(str(path))["logits"].double()
-    lp = torch.log_softmax(logits, dim=-1)
-    return [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
 
 
 def make_reference(tag: str = "") -> Callable[[Context, float], str]:
@@ -450,16 +422,11 @@ def make_requests(pp: int) -> Callable[[Context, float], str]:
 
 
 def compare_logprobs(server: list[float], ref: list[float], floor: float) -> tuple[float, float, float]:
-    """(mean |d|, max |d|, threshold); raises StepFailed past the threshold (module docstring)."""
-    if len(server) != len(ref):
-        raise StepFailed(f"the server returned {len(server)} prompt logprobs, expected {len(ref)}")
-    diffs = [abs(a - b) for a, b in zip(server, ref)]
-    mean, worst = sum(diffs) / len(diffs), max(diffs)
-    bound = max(LOGPROB_FACTOR * floor, LOGPROB_FLOOR)
-    if not mean <= bound:        # NaN fails too
-        raise StepFailed(f"prompt logprobs diverge from the reference: mean |d| {mean:.4f} nats > {bound:.4f} "
-                         f"(4 x the bf16 reference's {floor:.4f}); worst position {worst:.3f}")
-    return mean, worst, bound
+    """(mean |d|, max |d|, threshold); raises StepFailed past the threshold (server_probe's rule)."""
+    try:
+        return server_probe.judge_logprobs(server, ref, floor)
+    except server_probe.LogprobMismatch as e:
+        raise StepFailed(f"prompt {e}") from None
 
 
 def make_logprobs(key: int | str) -> Callable[[Context, float], str]:

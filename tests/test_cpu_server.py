@@ -1,0 +1,150 @@
+"""SGLang's real server on CPU, started through ``sglang-ampere launch --gpu cpu``, on the synthetic
+dsv4_int checkpoint: the whole product path (launcher -> SGLang -> plugin -> patches -> stand-ins ->
+DeepseekV4ForCausalLM.forward -> our sparse-MLA and indexer hooks -> OpenAI response).
+
+One server per module (it takes about a minute to start on CI's 2 cores); it is always stopped.
+Logprobs are judged with gpu-check's rule (:func:`sglang_ampere.server_probe.judge_logprobs`) against
+the reference forward of the same checkpoint, each with a negative control that must fail it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from sglang_ampere import server_probe as sp
+from sglang_ampere.synth import BYTE_IDS
+
+pytestmark = [pytest.mark.slow, pytest.mark.cpu_server]
+
+CONTEXT = 8192           # env/cpu.toml --context-length
+CHUNK = 1024             # env/cpu.toml --chunked-prefill-size
+LONG = 2300              # > 2048 compressed-token threshold: 575 c4 entries against index_topk 512
+
+
+def ids(n: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(BYTE_IDS.start, BYTE_IDS.stop) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cpu-serve")
+    native, dst = root / "native", root / "dsv4_int"
+    subprocess.run(sp.cli("synth", str(native), "--quiet", "--seed", "7"), check=True, timeout=300)
+    subprocess.run(sp.cli("convert", str(native), str(dst), "--workers", "1"), check=True, timeout=600,
+                   capture_output=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "server.log"
+    with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], log, timeout=900) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def refdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ref")
+
+
+def judge_against_reference(ckpt, refdir, name, full_ids, server_lps):
+    ref, floor = sp.reference_logprobs(ckpt, full_ids, refdir / name)
+    mean, worst, bound = sp.judge_logprobs(server_lps, ref, floor)
+    # negative control: the same logprobs one position off must fail the same rule
+    with pytest.raises(sp.LogprobMismatch):
+        sp.judge_logprobs(server_lps[1:] + server_lps[:1], ref, floor)
+    return mean, floor
+
+
+def test_openai_endpoints(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="EMPTY", timeout=300, max_retries=0)
+    model = client.models.list().data[0].id
+    chat = client.chat.completions.create(model=model, messages=[{"role": "system", "content": "Be brief."},
+                                                                 {"role": "user", "content": "Hello"}],
+                                          max_tokens=6, temperature=0)
+    assert chat.usage.completion_tokens >= 1 and chat.choices[0].finish_reason in ("length", "stop")
+    comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0)
+    assert comp.usage.completion_tokens >= 1
+    chunks = [c for c in client.completions.create(model=model, prompt="Once upon a time", max_tokens=5,
+                                                   temperature=0, stream=True)]
+    assert sum(1 for c in chunks if c.choices) >= 2
+    chat_chunks = [c for c in client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}],
+                                                             max_tokens=5, temperature=0, stream=True)]
+    assert sum(1 for c in chat_chunks if c.choices) >= 2
+
+
+def test_prompt_and_decode_logprobs_match_the_reference(server, ckpt, refdir):
+    prompt = ids(64, seed=1)
+    answer = sp.generate(server, prompt, max_new_tokens=6)
+    out = sp.output_tokens(answer)
+    assert len(out) == 6
+    full = prompt + [t for t, _ in out]
+    server_lps = sp.prompt_logprobs(answer) + [lp for _, lp in out]
+    judge_against_reference(ckpt, refdir, "short", full, server_lps)
+
+
+def test_concurrent_mixed_lengths_with_a_chunked_long_prompt(server, ckpt, refdir):
+    prompts = [ids(LONG, seed=2), ids(300, seed=3), ids(40, seed=4)]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda p: sp.generate(server, p, max_new_tokens=3, timeout=900), prompts))
+    for p, a in zip(prompts, answers):
+        assert a["meta_info"]["prompt_tokens"] == len(p)
+        assert len(sp.output_tokens(a)) == 3
+    # the long prompt ran as several chunks and its C4 indexer really selected top-512 of 575 entries
+    judge_against_reference(ckpt, refdir, "long", prompts[0], sp.prompt_logprobs(answers[0]))
+
+
+def test_prefix_cache_gives_the_cold_logprobs(server, ckpt, refdir):
+    prefix = ids(600, seed=5)
+    first = sp.generate(server, prefix + ids(20, seed=6))
+    again = sp.generate(server, prefix + ids(20, seed=6))
+    assert again["meta_info"]["cached_tokens"] >= 512, again["meta_info"]
+    a, b = sp.prompt_logprobs(first), sp.prompt_logprobs(again)
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+    shared = prefix + ids(30, seed=8)
+    other = sp.generate(server, shared)
+    assert other["meta_info"]["cached_tokens"] >= 512, other["meta_info"]
+    judge_against_reference(ckpt, refdir, "shared-prefix", shared, sp.prompt_logprobs(other))
+
+
+def _status(url: str, body: bytes, path: str = "/v1/completions") -> tuple[int, str]:
+    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server):
+    model = json.loads(urllib.request.urlopen(server + "/v1/models", timeout=30).read())["data"][0]["id"]
+
+    def completion(**kw):
+        return json.dumps({"model": model, "prompt": "Hi", "temperature": 0, **kw}).encode()
+
+    too_long = json.dumps({"model": model, "prompt": ids(CONTEXT + 50, seed=9), "max_tokens": 4}).encode()
+    for name, body in [("prompt over the context", too_long), ("max_tokens -1", completion(max_tokens=-1)),
+                       ("malformed JSON", b'{"model": "x", "prompt": '), ("no prompt", json.dumps({"model": model}).encode())]:
+        code, text = _status(server, body)
+        assert 400 <= code < 500, (name, code, text[:300])
+    code, text = _status(server, completion(max_tokens=0))
+    assert code == 200 or 400 <= code < 500, (code, text[:300])   # SGLang's own choice; never a 5xx
+
+    # a client that disconnects mid-stream
+    req = urllib.request.Request(server + "/v1/completions", data=completion(max_tokens=64, stream=True),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert r.readline()
+    # still serving, and correctly: a normal request completes
+    code, text = _status(server, completion(max_tokens=3))
+    assert code == 200 and json.loads(text)["usage"]["completion_tokens"] >= 1
