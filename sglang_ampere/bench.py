@@ -6,15 +6,23 @@ streamed. The row reports what the community tables report:
 
 * TTFT mean (ms), and prefill tok/s per stream = C / TTFT (mean over the row's requests);
 * TPOT mean (ms) = (latency - TTFT) / (output tokens - 1), and decode tok/s per stream = 1000 / TPOT;
-* result: ``pass``; ``stalled`` (requests running but no streamed byte for ``--stall-timeout``
-  seconds: the row's requests are cancelled and the next row starts); ``failed`` (an error from
-  the server or the connection, shown in the table's last column).
+* result: ``pass``; ``stalled`` (a request got no token for ``--stall-timeout`` seconds, counted
+  from when it was sent or from its last token: the row's requests are cancelled and the next row
+  starts); ``failed`` (an error from the server or the connection, shown in the table's last column).
 
 The requests are SGLang's own benchmark client (``sglang.benchmark.serving``: its
 ``RequestFuncInput``/``RequestFuncOutput`` and ``async_request_openai_completions``, the streaming
-parser ``bench_serving`` uses); this module adds the prompts, the rows, the stall detector (a
-read timeout on that client's aiohttp session: aiohttp raises ``SocketTimeoutError`` when no data
-arrives for that long) and the table. The model id comes from the server's ``/v1/models`` (the
+parser ``bench_serving`` uses); this module adds the prompts, the rows, the stall detector and the table.
+
+The stall detector watches tokens, not bytes: each request's session (one per request in that
+client) notes when a streamed line carried a token, and the row is stalled as soon as a running
+request has had none for the timeout. A server that accepts a request and then sends nothing
+(SGLang's scheduler idling on a request its admission never schedules: the SWA-pool stall that
+``launch`` now refuses, ``plan.swa_pool_rule``), or only keep-alive bytes, is flagged within the
+timeout plus :data:`WATCH_TICK_S`. The session's read timeout (aiohttp's ``SocketTimeoutError``
+when no byte arrives for the timeout) stays as a second net for a server that never sends headers.
+
+The model id comes from the server's ``/v1/models`` (the
 ``openai`` client); the tokenizer from ``--tokenizer`` or that id (a local path, as SGLang's
 server reports it, or a name in the Hugging Face cache).
 
@@ -41,6 +49,8 @@ DEFAULT_OUTPUT_LEN = 512
 #: token, so it must exceed the longest prefill (64K tokens on 12 x RTX 3090 is tens of seconds).
 DEFAULT_STALL_S = 120.0
 STALL_MARKERS = ("SocketTimeoutError", "Timeout on reading data from socket")
+#: How often (s) a row checks its requests for the stall timeout (at most a quarter of it).
+WATCH_TICK_S = 1.0
 PASS, STALLED, FAILED = "pass", "stalled", "failed"
 
 
@@ -159,10 +169,41 @@ def exact_prompt(tokenizer, tokens: int, rng: random.Random, tries: int = 16) ->
 # ----------------------------------------------------------------------------- requests
 
 
+class Progress:
+    """One request's progress as its streamed lines show it (monotonic seconds)."""
+
+    def __init__(self):
+        self.sent = self.last_token = time.monotonic()
+        self.tokens = 0
+        self.other_bytes = 0          # bytes that carried no token (keep-alives, empty chunks)
+        self.finished = False         # the stream ended (not cut by a timeout or an error)
+        self._after_data = False
+
+    def saw(self, line: bytes) -> None:
+        text = line.strip()
+        payload = text[5:].strip() if text.startswith(b"data:") else None
+        token = payload == b"[DONE]"
+        if payload and not token:
+            try:
+                token = bool(json.loads(payload)["choices"][0]["text"])
+            except (ValueError, KeyError, IndexError, TypeError):
+                token = False
+        if token:
+            self.tokens += 1
+            self.last_token = time.monotonic()
+        elif text or not self._after_data:        # the blank line that ends an SSE event is not noise
+            self.other_bytes += len(line)
+        self._after_data = payload is not None
+
+    def idle(self, now: float) -> float:
+        return 0.0 if self.finished else now - self.last_token
+
+
 @contextlib.contextmanager
-def sglang_client(stall_timeout: float, ignore_eos: bool):
+def sglang_client(stall_timeout: float, ignore_eos: bool, watch: list[Progress] | None = None):
     """SGLang's benchmark client, configured: its module-level ``args`` (streaming on, ``ignore_eos``)
-    and its aiohttp session with a read timeout of ``stall_timeout`` (the stall detector)."""
+    and its aiohttp session, with a read timeout of ``stall_timeout`` and, for each request, a
+    :class:`Progress` appended to ``watch`` (the stall detector reads them)."""
     import aiohttp
     from sglang.benchmark import serving
 
@@ -170,7 +211,10 @@ def sglang_client(stall_timeout: float, ignore_eos: bool):
         inner = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=stall_timeout),
             read_bufsize=10 * 1024 ** 2)
-        return inner if ignore_eos else _DropFields(inner, ("ignore_eos",))
+        progress = Progress()
+        if watch is not None:
+            watch.append(progress)
+        return _Session(inner, () if ignore_eos else ("ignore_eos",), progress)
 
     old_session, old_args = serving._create_bench_client_session, getattr(serving, "args", None)
     serving.set_global_args(argparse.Namespace(
@@ -184,13 +228,14 @@ def sglang_client(stall_timeout: float, ignore_eos: bool):
         serving.args = old_args
 
 
-class _DropFields:
-    """The aiohttp session SGLang's client uses, minus request fields a server rejects: SGLang's
-    ``async_request_openai_completions`` always sends ``ignore_eos`` (false when disabled), which
-    strict servers (e.g. ``transformers serve``) refuse with 422."""
+class _Session:
+    """The aiohttp session SGLang's client uses (one per request), minus request fields a server
+    rejects (SGLang's ``async_request_openai_completions`` always sends ``ignore_eos``, false when
+    disabled, which strict servers such as ``transformers serve`` refuse with 422), with each
+    streamed line shown to the request's :class:`Progress`."""
 
-    def __init__(self, inner, fields: tuple[str, ...]):
-        self._inner, self._fields = inner, fields
+    def __init__(self, inner, fields: tuple[str, ...], progress: Progress):
+        self._inner, self._fields, self._progress = inner, fields, progress
 
     async def __aenter__(self):
         await self._inner.__aenter__()
@@ -202,7 +247,36 @@ class _DropFields:
     def post(self, *args, json=None, **kwargs):
         if isinstance(json, dict):
             json = {k: v for k, v in json.items() if k not in self._fields}
-        return self._inner.post(*args, json=json, **kwargs)
+        return _Post(self._inner.post(*args, json=json, **kwargs), self._progress)
+
+
+class _Post:
+    def __init__(self, ctx, progress: Progress):
+        self._ctx, self._progress = ctx, progress
+
+    async def __aenter__(self):
+        return _Response(await self._ctx.__aenter__(), self._progress)
+
+    async def __aexit__(self, *exc):
+        return await self._ctx.__aexit__(*exc)
+
+
+class _Response:
+    def __init__(self, inner, progress: Progress):
+        self._inner, self._progress = inner, progress
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    @property
+    def content(self):
+        return self._lines()
+
+    async def _lines(self):
+        async for line in self._inner.content:
+            self._progress.saw(line)
+            yield line
+        self._progress.finished = True
 
 
 def is_stall(error: str) -> bool:
@@ -214,24 +288,49 @@ def _last_line(error: str) -> str:
     return lines[-1][:300] if lines else "unknown error"
 
 
+def stall_message(watch: Sequence[Progress], stall_timeout: float, now: float, read_timeout: bool = False) -> str:
+    """Why a row is stalled: how many requests got no token for the timeout, and what they did get.
+    ``read_timeout``: the session's read timeout cut them (every unfinished request counts)."""
+    stuck = [p for p in watch if not p.finished and (read_timeout or p.idle(now) >= stall_timeout)]
+    never = sum(1 for p in stuck if p.tokens == 0)
+    noise = sum(p.other_bytes for p in stuck)
+    what = (f"{never} of them never got a first token (accepted, then nothing: e.g. a scheduler that never "
+            "admits it)" if never else "all had started streaming")
+    extra = f"; {noise} bytes without a token arrived meanwhile" if noise else ""
+    return (f"stalled: no token for {stall_timeout:g} s from {len(stuck)} of {len(watch) or len(stuck)} requests, "
+            f"{what}{extra}; row cancelled")
+
+
 async def _run_row(serving, api_url: str, model: str, prompts: list[str], context: int, output_len: int,
-                   pbar) -> tuple[list, str, str]:
-    """(outputs of the finished requests, result, error) for one row."""
+                   pbar, watch: list[Progress] | None = None, stall_timeout: float = DEFAULT_STALL_S
+                   ) -> tuple[list, str, str]:
+    """(outputs of the finished requests, result, error) for one row. ``watch``: the requests'
+    :class:`Progress` (filled by :func:`sglang_client`'s sessions); a request without a token for
+    ``stall_timeout`` seconds stalls the row."""
+    watch = [] if watch is None else watch
     inputs = [serving.RequestFuncInput(prompt=p, api_url=api_url, prompt_len=context, output_len=output_len,
                                        model=model, lora_name="", image_data=None, extra_request_body={})
               for p in prompts]
     tasks = [asyncio.ensure_future(serving.async_request_openai_completions(i, pbar=pbar)) for i in inputs]
     outputs, result, error = [], PASS, ""
+    tick = min(WATCH_TICK_S, stall_timeout / 4)
+    pending = set(tasks)
     try:
-        for fut in asyncio.as_completed(tasks):
-            out = await fut
-            if out.success and out.output_len > 0:
-                outputs.append(out)
-                continue
-            if is_stall(out.error):
-                result, error = STALLED, "no streamed token for the stall timeout; row cancelled"
+        while pending and result == PASS:
+            done, pending = await asyncio.wait(pending, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                out = fut.result()
+                if out.success and out.output_len > 0:
+                    outputs.append(out)
+                    continue
+                if is_stall(out.error):
+                    result, error = STALLED, stall_message(watch, stall_timeout, time.monotonic(), True)
+                else:
+                    result, error = FAILED, _last_line(out.error) if out.error else "no token generated"
                 break
-            result, error = FAILED, _last_line(out.error) if out.error else "no token generated"
+            now = time.monotonic()
+            if result == PASS and pending and any(p.idle(now) >= stall_timeout for p in watch):
+                result, error = STALLED, stall_message(watch, stall_timeout, now)
     finally:
         for t in tasks:
             t.cancel()
@@ -277,7 +376,8 @@ def run_bench(url: str, contexts: Sequence[int], concurrency: Sequence[int], out
     rows: list[Row] = []
     pbar = tqdm(total=sum(k for _, k in plan), desc="bench", unit="req", file=sys.stderr, disable=not progress)
     try:
-        with sglang_client(stall_timeout, ignore_eos) as serving:
+        watch: list[Progress] = []
+        with sglang_client(stall_timeout, ignore_eos, watch) as serving:
             for context, k in plan:
                 pbar.set_description(f"bench {context} tok x {k}")
                 prompts = [exact_prompt(tok, context, rng) for _ in range(k)]
@@ -285,8 +385,9 @@ def run_bench(url: str, contexts: Sequence[int], concurrency: Sequence[int], out
                 if on_row_start is not None:
                     on_row_start(context, k)
                 start = time.monotonic()
+                watch.clear()
                 outputs, row.result, row.error = asyncio.run(
-                    _run_row(serving, api_url, model, prompts, context, output_len, pbar))
+                    _run_row(serving, api_url, model, prompts, context, output_len, pbar, watch, stall_timeout))
                 row.seconds = time.monotonic() - start
                 row_metrics(row, outputs)
                 rows.append(row)

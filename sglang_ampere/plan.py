@@ -366,6 +366,97 @@ def pool_tokens(available: float, kv: KvModel) -> int:
     return t // PAGE_SIZE * PAGE_SIZE
 
 
+# ----------------------------------------------------------------------------- SWA pool admission
+
+#: ``--chunked-prefill-size`` SGLang 0.5.23 picks when none is given, by the device memory in GiB
+#: (``arg_groups/memory_hook.py:89-170``, ``_handle_gpu_memory_settings``: the first bound the
+#: memory is under); with no memory known it takes 4096 (``:171-178``).
+SGLANG_CHUNKED_PREFILL_BY_GIB = ((20, 2048), (35, 4096), (60, 4096), (90, 8192), (160, 8192), (math.inf, 16384))
+SGLANG_CHUNKED_PREFILL_NO_MEMORY = 4096
+
+
+def sglang_chunked_prefill(mem_gib: float | None) -> int:
+    """The ``--chunked-prefill-size`` SGLang sets itself on a device of ``mem_gib`` GiB."""
+    if mem_gib is None:
+        return SGLANG_CHUNKED_PREFILL_NO_MEMORY
+    return next(c for bound, c in SGLANG_CHUNKED_PREFILL_BY_GIB if mem_gib < bound)
+
+
+def swa_pool_tokens(max_total_tokens: int, swa_ratio: float) -> int:
+    """SGLang's DSV4 SWA pool in ratio mode: ``floor_P(int(floor_P(N) * ratio))``
+    (``DSV4PoolConfigurator._compute_dsv4_sizes`` / ``_get_swa_tokens``, pool_configurator.py:1457-1465).
+    Ratio mode is the only one for DeepSeek-V4: the model override sets 0.1 when no ratio is
+    given, which counts as given (module docstring, :data:`SGLANG_DSV4_SWA_RATIO`)."""
+    full = max_total_tokens // PAGE_SIZE * PAGE_SIZE
+    return int(full * swa_ratio) // PAGE_SIZE * PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class SwaPool:
+    """The SWA pool against what SGLang 0.5.23's prefill admission needs (:func:`swa_pool_rule`)."""
+
+    full_tokens: int       # N: the full-attention pool SGLang sizes (max_total_tokens, page-aligned)
+    ratio: float           # --swa-full-tokens-ratio
+    chunk: int             # C: --chunked-prefill-size (the context length with chunked prefill off)
+    pool: int              # S = floor_P(ratio x N)
+    need: int              # max(4P, C + 2P)
+
+    @property
+    def ok(self) -> bool:
+        return self.pool >= self.need
+
+    @property
+    def min_ratio(self) -> float | None:
+        """The smallest ratio (4 decimals) whose pool meets :attr:`need` at this N; None above 1."""
+        if self.full_tokens < self.need:
+            return None
+        r = math.ceil(self.need / self.full_tokens * 1e4) / 1e4
+        while swa_pool_tokens(self.full_tokens, r) < self.need:
+            r = round(r + 1e-4, 4)
+        return r if r <= 1.0 else None
+
+    @property
+    def min_full_tokens(self) -> int:
+        """The smallest --max-total-tokens whose pool meets :attr:`need` at this ratio."""
+        n = _round_up(math.ceil(self.need / self.ratio), PAGE_SIZE)
+        while swa_pool_tokens(n, self.ratio) < self.need:
+            n += PAGE_SIZE
+        return n
+
+    @property
+    def max_chunk(self) -> int | None:
+        """The largest --chunked-prefill-size (a page multiple, as SGLang requires) this pool
+        serves; None when the pool is under 4P, where no chunk size helps."""
+        return self.pool - 2 * PAGE_SIZE if self.pool >= 4 * PAGE_SIZE else None
+
+    def formula(self) -> str:
+        return (f"SWA pool = floor_{PAGE_SIZE}({self.ratio:g} x {self.full_tokens}) = {self.pool} tokens; SGLang "
+                f"0.5.23's prefill admission needs max(4 x {PAGE_SIZE}, chunk {self.chunk} + 2 x {PAGE_SIZE}) = "
+                f"{self.need}")
+
+
+def swa_pool_rule(max_total_tokens: int, swa_ratio: float, chunked_prefill_size: int,
+                  context_length: int) -> SwaPool:
+    """The SWA pool that does not starve SGLang 0.5.23's prefill admission: ``S >= max(4P, C + 2P)``.
+
+    P is the page (256), S the SWA pool (:func:`swa_pool_tokens`), C the chunked-prefill size.
+    Why (``reference/cpu-serving.md``, "A stall with a small SWA pool, root-caused"): a chunked
+    request's next chunk is admitted only while 2 SWA pages are free
+    (``SWAPrefillBudget.available_chunk_tokens``, mem_cache/prefill_budget.py:274-278), but the
+    pages that left the 128-token window are freed only after that chunk is admitted
+    (``ScheduleBatch.maybe_evict_swa`` from ``alloc_for_extend``). With ``S <= 3P`` a prompt longer
+    than its first two chunks waits forever, the server alive and idle; ``S >= 4P`` always makes
+    progress for a request that decodes. ``C + 2P`` also covers ``max_new_tokens 0`` and
+    ``ignore_eos`` with the radix cache off (``add_one_req_ignore_eos`` has no chunk cap: it needs
+    ``min(L, C) - W + min(L + n, W) + P`` free SWA tokens, at most ``C + P``). With chunked prefill
+    off (``C <= 0``) a prompt is admitted whole, so C is the context length (page-aligned).
+    ``tests/test_swa_admission.py`` runs SGLang's own admission code against this rule.
+    """
+    chunk = chunked_prefill_size if chunked_prefill_size > 0 else _round_up(context_length, PAGE_SIZE)
+    full = max_total_tokens // PAGE_SIZE * PAGE_SIZE
+    return SwaPool(full, swa_ratio, chunk, swa_pool_tokens(full, swa_ratio), max(4 * PAGE_SIZE, chunk + 2 * PAGE_SIZE))
+
+
 # ----------------------------------------------------------------------------- reserves
 
 

@@ -271,3 +271,97 @@ def _args(*argv):
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
     return p.parse_args(list(argv))
+
+
+# ----------------------------------------------------------------------------- a server that never answers
+
+
+class _FakeServer:
+    """An HTTP server on 127.0.0.1 (its own thread and event loop) that accepts every completion
+    request and then, by ``mode``: ``silent`` sends nothing; ``headers`` sends 200 and SSE headers,
+    then nothing (what SGLang's server does for a request its scheduler never admits: the SWA-pool
+    stall); ``keepalive`` headers, then a blank line every 0.2 s forever; ``slow`` one token every
+    0.5 s, 8 in all, then [DONE]; ``stops`` 2 tokens, then nothing."""
+
+    def __init__(self, mode: str):
+        import asyncio
+
+        self.mode, self.loop, self.port = mode, asyncio.new_event_loop(), None
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready):
+        import asyncio
+
+        async def start():
+            self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(start())
+        self.loop.run_forever()
+
+    async def _handle(self, reader, writer):
+        import asyncio
+
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if self.mode != "silent":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+            tokens = {"slow": 8, "stops": 2}.get(self.mode, 0)
+            for i in range(tokens):
+                await asyncio.sleep(0.5)
+                chunk = {"choices": [{"text": f"w{i} "}], "usage": {"completion_tokens": i + 1}}
+                writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                await writer.drain()
+            if self.mode == "slow":
+                writer.write(b"data: [DONE]\n\n")
+                await writer.drain()
+                writer.close()
+                return
+            while True:
+                await asyncio.sleep(0.2)
+                if self.mode == "keepalive":
+                    writer.write(b"\n")
+                    await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            writer.close()
+
+    def close(self):
+        import asyncio
+
+        async def stop():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("mode", ["silent", "headers", "keepalive", "stops", "slow"])
+def test_a_request_without_progress_is_stalled_within_the_timeout(tiny, mode):
+    """Accepted and never answered (or only keep-alive bytes, or tokens that stop): STALLED with the
+    reason, at the 2 s timeout plus a tick, not when the server gives up. Negative control (``slow``):
+    tokens 0.5 s apart over 4 s, twice the timeout, pass: the timeout counts from the last token."""
+    server, stall = _FakeServer(mode), 2.0
+    try:
+        report = bench.run_bench(f"http://127.0.0.1:{server.port}", [16], [1], output_len=8, stall_timeout=stall,
+                                 model="m", tokenizer=str(tiny), ignore_eos=False, progress=False)
+    finally:
+        server.close()
+    (row,) = report.rows
+    if mode == "slow":
+        assert row.result == bench.PASS and row.output_tokens == [8] and row.seconds > 2 * stall, row
+        return
+    assert row.result == bench.STALLED and not report.ok, row
+    assert stall <= row.seconds < stall + 2.0, f"{mode}: stalled row took {row.seconds:.1f} s"
+    assert row.error.startswith("stalled: no token for 2 s from 1 of 1 requests"), row.error
+    assert ("never got a first token" in row.error) == (mode != "stops"), row.error
+    assert ("bytes without a token" in row.error) == (mode == "keepalive"), row.error
