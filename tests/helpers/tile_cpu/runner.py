@@ -5,7 +5,10 @@ Run it in a process of its own with its own ``TILELANG_CACHE_DIR`` (``tests/test
 does): the shim patches TileLang for the whole process while a kernel is built, and TileLang's
 disk cache key does not include the shim. Usage::
 
-    TILELANG_CACHE_DIR=/tmp/tl python tests/helpers/tile_cpu/runner.py --seed 123 [--only NAME,...]
+    TILELANG_CACHE_DIR=/tmp/tl python tests/helpers/tile_cpu/runner.py --seed 123 [--only NAME,...] [--jobs 2]
+
+The cases are spread over ``--jobs`` child processes (default 2: CI has two cores and each
+build is single-threaded); every child inherits the cache directory.
 
 Each case builds its arguments with the kernel module's own argument builder
 (``tilelang_mla.dense_launch``/``paged_launch``/``run``, ``tilelang_indexer.indexer_launch``, the
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import traceback
@@ -208,23 +212,70 @@ def shim_restored() -> dict:
     }
 
 
+def _weight(case: Case) -> int:
+    """Relative build cost (TileLang lowering + g++): the dual-cache kernels take the longest."""
+    return 1 if case.family != "paged" else (2 if case.ratio == 0 else 4)
+
+
+def _partition(cases: list[Case], jobs: int) -> list[list[Case]]:
+    bins: list[list[Case]] = [[] for _ in range(jobs)]
+    for case in sorted(cases, key=_weight, reverse=True):
+        min(bins, key=lambda b: sum(map(_weight, b))).append(case)
+    return [b for b in bins if b]
+
+
+def _in_children(groups: list[list[Case]], seed: int) -> dict:
+    """Run each group in a child process of this script (one core each) and merge the results."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tile-cpu-") as tmp:
+        procs = []
+        for i, group in enumerate(groups):
+            out, err = Path(tmp, f"{i}.out"), Path(tmp, f"{i}.err")
+            cmd = [sys.executable, __file__, "--seed", str(seed), "--jobs", "1",
+                   "--only", ",".join(c.name for c in group)]
+            with open(out, "w") as fo, open(err, "w") as fe:
+                procs.append((subprocess.Popen(cmd, stdout=fo, stderr=fe), out, err))
+        merged: dict = {"cases": {}, "restored": {}}
+        for proc, out, err in procs:
+            rc = proc.wait()
+            sys.stderr.write(err.read_text()[-20000:])
+            line = next((ln for ln in out.read_text().splitlines() if ln.startswith("RESULT")), None)
+            if line is None:
+                raise RuntimeError(f"a runner child exited with {rc} and printed no RESULT")
+            part = json.loads(line[len("RESULT"):])
+            merged["cases"].update(part["cases"])
+            for k, v in part["restored"].items():
+                merged["restored"][k] = merged["restored"].get(k, True) and v
+    return merged
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--only", default="", help="comma-separated case names (default: all cases and mutations)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="child processes to spread the cases over (default: 2, or 1 on one core)")
     a = p.parse_args(argv)
     reason = shim.unsupported_reason()
     if reason:
         print("RESULT" + json.dumps({"skip": reason}))
         return 0
-    torch.set_num_threads(1)
     wanted = set(filter(None, a.only.split(",")))
+    unknown = wanted - {c.name for c in CASES + MUTATIONS}
+    if unknown:
+        p.error(f"unknown case(s) {sorted(unknown)}")
+    todo = [c for c in CASES + MUTATIONS if not wanted or c.name in wanted]
+    if a.jobs > 1 and len(todo) > 1:
+        print("RESULT" + json.dumps(_in_children(_partition(todo, a.jobs), a.seed)))
+        return 0
+    torch.set_num_threads(1)
     results = {}
-    for i, case in enumerate(CASES + MUTATIONS):
-        if wanted and case.name not in wanted:
-            continue
-        results[case.name] = dict(run_case(case, a.seed + i), mutant=case.mutate is not None)
-        print(f"{case.name}: {results[case.name]}", file=sys.stderr, flush=True)
+    for i, case in enumerate(CASES + MUTATIONS):          # a case's seed does not depend on --only
+        if case in todo:
+            results[case.name] = dict(run_case(case, a.seed + i), mutant=case.mutate is not None)
+            print(f"{case.name}: {results[case.name]}", file=sys.stderr, flush=True)
     print("RESULT" + json.dumps({"cases": results, "restored": shim_restored()}))
     return 0
 
