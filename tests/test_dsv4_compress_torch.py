@@ -617,6 +617,46 @@ def _rows_ok(got, want, index) -> bool:
     return True
 
 
+def _reference_entries(world, name, rid) -> torch.Tensor:
+    """The reference forward's compressor (``reference/model.py`` ``compress``, float32 mode) on
+    the request's whole history: separate wkv / wgate, the checkpoint-layout ape."""
+    import dataclasses
+
+    from sglang_ampere.reference import model as M
+
+    _, _, ratio, hd, _ = next(c for c in COMPRESSORS if c[0] == name)
+    W, ape, norm = world.w[name]
+    coff = 2 if ratio == 4 else 1
+    raw = {"wkv.weight": W[: coff * hd].float(), "wgate.weight": W[coff * hd:].float(),
+           "ape": ape, "norm.weight": norm}
+
+    class _Weights:
+        def cached(self, key):
+            return raw[key]
+
+    cfg = M.ModelConfig(**{f.name: 0 for f in dataclasses.fields(M.ModelConfig)})
+    cfg = dataclasses.replace(cfg, eps=EPS, rope_dim=64, compress_rope_theta=ROPE["base"],
+                              yarn_factor=ROPE["factor"], yarn_orig=ROPE["original_seq_len"],
+                              beta_fast=float(ROPE["beta_fast"]), beta_slow=float(ROPE["beta_slow"]))
+    x = world.hist[rid][: world.seq[rid]].float()
+    return M.compress(x, _Weights(), "", ratio, hd, 0, M.CompressorState(), cfg, False, torch.float32)
+
+
+def _near_reference(got, ref) -> bool:
+    """Stored rows vs the reference's fake-quantized entries: the e4m3 codes may differ by one
+    step (the store rounds the normed values to bf16 first), RoPE dims by bf16 rounding."""
+    if got.shape != ref.shape:
+        return False
+    r = ref.double()
+    amax = r[:, :448].reshape(-1, 7, 64).abs().amax(-1, keepdim=True).clamp(min=1e-4)
+    scale = torch.exp2(torch.ceil(torch.log2(amax / 448)))
+    tol = torch.maximum(r[:, :448].reshape(-1, 7, 64).abs() / 8, scale * 2.0 ** -8) + 1e-6
+    nope_ok = ((got[:, :448].double().reshape(-1, 7, 64) - r[:, :448].reshape(-1, 7, 64)).abs()
+               <= tol).all()
+    return bool(nope_ok) and torch.allclose(got[:, 448:].double(), r[:, 448:], rtol=2 ** -7,
+                                            atol=1e-5)
+
+
 def _world_ok(world, rids) -> bool:
     return all(_rows_ok(world.stored(name, r), world.expected(name, r), name == "c4_index")
                for name, *_ in COMPRESSORS for r in rids)
@@ -647,6 +687,12 @@ def test_sglang_compressor_prefill(sgl, gen, monkeypatch):
             got, want = world.stored(name, r), world.expected(name, r)
             assert got.shape[0] == world.seq[r] // (4 if name != "c128" else 128)
             assert _rows_ok(got, want, name == "c4_index"), (name, r)
+            if name != "c4_index":                     # the reference indexer is FP4, not FP8
+                ref = _reference_entries(world, name, r)
+                assert _near_reference(got, ref), (name, r)
+                # negative control: the reference entries one window later
+                if got.shape[0] > 1:
+                    assert not _near_reference(got[:-1], ref[1:]), (name, r)
     # the same prompts as two chunks (SGLang's chunked prefill: the second chunk's first
     # windows come from the state ring) store the same rows
     chunked = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
