@@ -770,3 +770,29 @@ def test_sglang_compressor_prefix_reuse(sgl, gen, monkeypatch):
     for perturb in ("req_ring", "ring"):
         bad = _prefix_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, perturb)
         assert not _rows_ok(bad.stored("c4", 1), bad.expected("c4", 1), False), perturb
+
+
+@pytest.mark.parametrize("ratio", [4, 128])
+def test_compress_forward_padded_plans(gen, ratio):
+    """use_cuda_graph pads plan_c / plan_w with invalid rows: the same entries and state writes,
+    the padded output rows untouched."""
+    hd, sps, ring = 128, (16 if ratio == 4 else 256), (8 if ratio == 4 else 128)
+    last = hd * (4 if ratio == 4 else 2)
+    r2t, f2s, n_pages = _tables(gen, 3, 400, sps)
+    rows = (n_pages * ring if ratio == 4 else 3 * ring) + ring
+    rows = -(-rows // ratio) * ratio
+    seqs, exts = [263, 140], [263, 140]
+    x = torch.randn(sum(exts), last, generator=gen)
+    ape = torch.randn(2 * ratio if ratio == 4 else ratio, hd, generator=gen)
+    outs, states = [], []
+    for graph in (False, True):
+        state = torch.zeros(rows, last)
+        plan = C.plan_prefill(ratio, torch.tensor([1, 2]), torch.tensor(seqs), torch.tensor(exts),
+                              r2t, f2s, sps, ring, sum(exts), use_cuda_graph=graph)
+        outs.append(C.compress_forward(state.view(-1, ratio, last), x, ape, *plan, head_dim=hd,
+                                       compress_ratio=ratio, is_decode=False))
+        states.append(state)
+    n = outs[0].shape[0]
+    assert n == 263 // ratio + 140 // ratio and outs[1].shape[0] == sum(exts)
+    assert torch.equal(outs[1][:n], outs[0]) and not outs[1][n:].any()
+    assert torch.equal(states[1], states[0]) and states[0].any()

@@ -28,8 +28,20 @@ is_decode=, compress_ratio=, ...)``    ``FusedNormRopeKernel::forward`` (``fused
 
 SGLang's wrappers take a plan NamedTuple; here the plan tensors are passed as they are
 (``plan_d`` for decode, ``plan_c, plan_w`` for prefill) and ``is_decode`` / ``compress_ratio``
-are explicit, so the caller wraps them (``CompressorPrefillPlan(ratio, plan_c, plan_w)``,
-``compress_forward(..., *plan[1:], is_decode=plan.is_decode, ...)``).
+are explicit. Two adapters keep SGLang's own signatures (duck-typed on the NamedTuple, no
+import): :func:`compress_forward_for_plan` and :func:`compress_norm_rope_store_for_plan`.
+Wiring them in (what ``tests/test_dsv4_compress_torch.py`` does with monkeypatch)::
+
+    compressor_v2.compress_forward = compress_forward_for_plan
+    compressor_v2.compress_norm_rope_store = compress_norm_rope_store_for_plan
+    CompressorPrefillPlan.generate = staticmethod(lambda compress_ratio, *a, **k:
+        CompressorPrefillPlan(compress_ratio, *plan_prefill(compress_ratio, *a, **k)))
+    CompressorDecodePlan.generate = staticmethod(lambda compress_ratio, *a, **k:
+        CompressorDecodePlan(compress_ratio, plan_decode(compress_ratio, *a, **k)))
+
+(``plan_prefill`` / ``plan_decode`` take ``generate``'s arguments in its order and names.)
+Not ported: the online c128 compressor (``SGLANG_OPT_USE_ONLINE_COMPRESS``), the legacy
+planners, FP4 indexer keys, the bf16 / fp8 two-pool / V4.1 stores.
 
 Plan byte layouts (``kernels/jit/include/sgl_kernel/deepseek_v4/compress_v2.cuh:18-60``,
 little-endian, one row per entry)::
