@@ -773,9 +773,9 @@ def test_sglang_compressor_prefix_reuse(sgl, gen, monkeypatch):
 
 
 @pytest.mark.parametrize("ratio", [4, 128])
-def test_compress_forward_padded_plans(gen, ratio):
+def test_compress_forward_padded_plans(gen, ratio, monkeypatch):
     """use_cuda_graph pads plan_c / plan_w with invalid rows: the same entries and state writes,
-    the padded output rows untouched."""
+    the padded output rows untouched (and pooled 3 plans at a time: the same values)."""
     hd, sps, ring = 128, (16 if ratio == 4 else 256), (8 if ratio == 4 else 128)
     last = hd * (4 if ratio == 4 else 2)
     r2t, f2s, n_pages = _tables(gen, 3, 400, sps)
@@ -786,6 +786,8 @@ def test_compress_forward_padded_plans(gen, ratio):
     ape = torch.randn(2 * ratio if ratio == 4 else ratio, hd, generator=gen)
     outs, states = [], []
     for graph in (False, True):
+        if graph:
+            monkeypatch.setattr(C, "_CHUNK_VALUES", 3 * last * (2 * ratio if ratio == 4 else ratio))
         state = torch.zeros(rows, last)
         plan = C.plan_prefill(ratio, torch.tensor([1, 2]), torch.tensor(seqs), torch.tensor(exts),
                               r2t, f2s, sps, ring, sum(exts), use_cuda_graph=graph)

@@ -72,7 +72,7 @@ _INVALID_U32 = 0xFFFFFFFF
 _MAX_TOKENS = 65536  # ragged_id is a u16 (c_plan.cuh:495, kMaxTokens)
 _FLT_MAX = torch.finfo(torch.float32).max
 _ROPE_DIM = 64
-_PLAN_CHUNK = 64  # compress plans pooled per torch step (bounds temporary memory)
+_CHUNK_VALUES = 1 << 21  # window rows x channels gathered per torch step (bounds memory)
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,14 +380,14 @@ def compress_forward(
     * prefill (``plan_c, plan_w``): window slot ``k < buffer_len`` is element ``k`` (r = 128) or
       ``k % 4`` of state page ``read_page_1`` (``read_page_0`` for r = 4, k < 4); the others are
       ragged rows ``ragged_id - (window - 1) + k`` of ``kv_score_input``. ``out`` row ``i`` is
-      plan_c row ``i`` (invalid rows untouched). Then every ``plan_w`` row copies input row
+      plan_c row ``i`` (invalid rows not written). Then every ``plan_w`` row copies input row
       ``ragged_id`` into state element ``write_loc`` (after all compressions, as the kernels
       run: compress kernel first, ``c4_v2.cuh:480-487``).
     * decode (``plan_d``, one row per request): input row ``b`` is first stored at state element
       ``write_loc``; then, if ``seq_len % 4 == 0`` (r = 4) or ``write_loc % 128 == 127``
       (r = 128), all window rows come from the state pages (``read_page_0`` for the overlap
       half, ``read_page_1`` otherwise). ``out`` row ``b`` of a non-compressing request is
-      untouched.
+      not written.
 
     ``kv_score_buffer`` is the pool's state viewed ``[-1, r, last_dim]`` (``last_dim = 4 *
     head_dim`` for r = 4, ``2 * head_dim`` for r = 128; contiguous); buffer values are cast to
@@ -458,8 +458,9 @@ def compress_forward(
         rp0, rp1 = p["read_page_0"][sel], p["read_page_1"][sel]
         out_rows = sel
 
-    for s in range(0, seq.numel(), _PLAN_CHUNK):
-        e = slice(s, s + _PLAN_CHUNK)
+    step = max(1, _CHUNK_VALUES // (window * last))
+    for s in range(0, seq.numel(), step):
+        e = slice(s, s + step)
         c_seq, c_rag, c_blen = seq[e], ragged[e], buffer_len[e]
         from_buf = k[None, :] < c_blen[:, None]                       # [C, window]
         if overlap:
