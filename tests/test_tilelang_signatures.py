@@ -1,4 +1,5 @@
-"""Every TileLang kernel we ship has distinct parameter names once lowered for sm_86.
+"""Every TileLang kernel we ship has distinct parameter names once lowered for sm_86, and
+TileLang's generated CUDA launcher passes it exactly its parameters.
 
 TileLang names a dynamic size after the ``T.macro`` parameter it is passed through, and its NVRTC
 and cython launch generators collect dynamic sizes *by name*: two sizes that share a name get one
@@ -57,11 +58,12 @@ def test_dynamic_sizes_have_distinct_names_in_every_served_kernel():
 
 @pytest.mark.parametrize("spec", _one_per_family(), ids=lambda s: s.name)
 def test_generated_kernel_signature_has_no_duplicate_names(spec):
+    """Lowered for sm_86: distinct parameter names, and TileLang's generated CUDA host launcher
+    (what its cython and NVRTC backends compile) passes the kernel exactly its parameters."""
     mod = FAMILIES[spec.name]
-    kernels = B.kernel_params(mod.build(spec), 86, mod.PASS_CONFIGS)
+    kernels = B.check_launch(mod.build(spec), 86, mod.PASS_CONFIGS)
     assert kernels, spec.name
     for name, params in kernels.items():
-        B.check_unique_params(name, params)
         assert len(params) == len(set(params)), (name, params)
     if mod is M and spec.paged:
         (params,) = kernels.values()
@@ -99,5 +101,30 @@ def test_the_check_catches_a_duplicate():
     with pytest.raises(ValueError, match="width"):
         B.check_unique_params("two_sizes", names)
     (params,) = B.kernel_params(two_sizes, 86, M.PASS_CONFIGS).values()
+    assert params == ["A", "Bf", "width", "width"]
     with pytest.raises(ValueError, match="width"):
         B.check_unique_params("two_sizes_kernel", params)
+    # and TileLang's own CUDA launcher generator cannot launch it (one argument short)
+    with pytest.raises(ValueError, match="4 parameters, but 3 arguments"):
+        B.launch_args(two_sizes, 86, M.PASS_CONFIGS)
+    with pytest.raises(ValueError, match="width"):
+        B.check_launch(two_sizes, 86, M.PASS_CONFIGS)
+
+
+def test_a_launch_that_differs_from_the_parameters_is_caught(monkeypatch):
+    """Negative control of check_launch's comparison: a launcher passing the arguments out of order."""
+    import tilelang.language as T
+
+    n = T.dynamic("n")
+
+    @T.prim_func
+    def one_size(A: T.Tensor((n,), "float32"), Bf: T.Tensor((n,), "float32")):
+        with T.Kernel(1, threads=32):
+            for i in T.Parallel(32):
+                Bf[T.min(i, n - 1)] = A[T.min(i, n - 1)]
+
+    params = B.check_launch(one_size, 86, M.PASS_CONFIGS)
+    assert params == {"one_size_kernel": ["A", "Bf", "n"]}
+    monkeypatch.setattr(B, "launch_args", lambda *a, **k: {"one_size_kernel": ["Bf", "A", "n"]})
+    with pytest.raises(ValueError, match="launcher passes"):
+        B.check_launch(one_size, 86, M.PASS_CONFIGS)

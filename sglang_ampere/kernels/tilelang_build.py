@@ -9,9 +9,11 @@
   Ampere path (:func:`sglang_ampere.gpus.takes_ampere_path`) runs the sm_86 plan, whose shared
   memory fits every newer arch's per-block limit.
 * :func:`device_arch` - ``(sm number, SM count)`` of a CUDA device, cached.
-* :func:`kernel_params` / :func:`check_unique_params` - the parameter names of a kernel as
-  TileLang generates it, and the check that no two are the same (TileLang's NVRTC and cython
-  launchers match dynamic sizes by name, so two sizes sharing one name get one argument).
+* :func:`kernel_params` / :func:`launch_args` / :func:`check_launch` - the parameter names of a
+  kernel as TileLang generates it, the arguments TileLang's CUDA host launcher (cython and NVRTC
+  backends) passes it, and the check that the names are distinct and the two lists agree
+  (TileLang's launchers collect dynamic sizes by name, so two sizes sharing one name would get one
+  argument).
 
 Importing this module imports neither TileLang nor SGLang.
 """
@@ -19,6 +21,7 @@ Importing this module imports neither TileLang nor SGLang.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Mapping, TypeVar
 
 import torch
@@ -45,16 +48,67 @@ def compile_prim(prim_func, arch: int, pass_configs: Mapping[str, bool]):
                             pass_configs=dict(pass_configs))
 
 
-def kernel_params(prim_func, arch: int, pass_configs: Mapping[str, bool]) -> dict[str, list[str]]:
-    """Each generated device kernel's parameter names, in order, with ``prim_func`` lowered for
-    ``sm_{arch}`` (no GPU needed; the lowering kernel-report does)."""
+def lower_cuda(prim_func, arch: int, pass_configs: Mapping[str, bool]):
+    """``tilelang.lower`` for ``sm_{arch}`` as kernel-report does (no GPU needed): the artifact with
+    the host and device modules and the CUDA source."""
     import tilelang
     from tilelang import tvm
 
     tgt = tvm.target.Target(target_for(arch))
     with tvm.transform.PassContext(opt_level=3, config=dict(pass_configs)), tgt:
-        art = tilelang.lower(prim_func, target=tgt)
+        return tilelang.lower(prim_func, target=tgt)
+
+
+def kernel_params(prim_func, arch: int, pass_configs: Mapping[str, bool], artifact=None) -> dict[str, list[str]]:
+    """Each generated device kernel's parameter names, in order, with ``prim_func`` lowered for
+    ``sm_{arch}`` (or taken from ``artifact``, a :func:`lower_cuda` result)."""
+    art = artifact if artifact is not None else lower_cuda(prim_func, arch, pass_configs)
     return {gv.name_hint: [str(p.name) for p in fn.params] for gv, fn in art.device_mod.functions.items()}
+
+
+_LAUNCH = (re.compile(r"cudaLaunchKernelEx\(&config,\s*(\w+),\s*([^;]*)\);"),
+           re.compile(r"\b(\w+)<<<[^;]*?>>>\(([^;]*)\);"))
+
+
+def launch_args(prim_func, arch: int, pass_configs: Mapping[str, bool], artifact=None) -> dict[str, list[str]]:
+    """The arguments each kernel is launched with by TileLang's generated CUDA host launcher (the
+    C++ its cython and NVRTC backends compile; generated here without a GPU or compiler).
+
+    Raises ``ValueError`` when TileLang's generator refuses the kernel (it asserts one argument
+    per kernel parameter) or when no launch is found in what it generates.
+    """
+    from tilelang import tvm
+    from tilelang.jit.adapter.wrapper import TLWrapper
+
+    art = artifact if artifact is not None else lower_cuda(prim_func, arch, pass_configs)
+    wrapper = TLWrapper(tvm.target.Target(target_for(arch)))
+    wrapper.assign_optimized_module(tvm.IRModule({prim_func.attrs["global_symbol"]: prim_func}))
+    wrapper.assign_pass_configs(dict(pass_configs))
+    wrapper.assign_host_module(art.host_mod)
+    wrapper.assign_device_module(art.device_mod)
+    try:
+        code = wrapper.wrap(art.kernel_source)
+    except AssertionError as e:          # TileLang checks the launch with assert
+        raise ValueError(f"TileLang's CUDA launcher generator refused {prim_func.attrs['global_symbol']}: {e}") from e
+    found = {name: [a.strip() for a in args.split(",")] for pattern in _LAUNCH for name, args in pattern.findall(code)}
+    if not found:
+        raise ValueError(f"no kernel launch found in TileLang's host launcher for {prim_func.attrs['global_symbol']}")
+    return found
+
+
+def check_launch(prim_func, arch: int, pass_configs: Mapping[str, bool]) -> dict[str, list[str]]:
+    """Lower ``prim_func`` for ``sm_{arch}`` once and check that every device kernel has distinct
+    parameter names and that TileLang's generated launcher passes it exactly its parameters, by
+    name and in order; returns the parameter names. Raises ``ValueError`` otherwise."""
+    art = lower_cuda(prim_func, arch, pass_configs)
+    params = kernel_params(prim_func, arch, pass_configs, artifact=art)
+    for name, names in params.items():
+        check_unique_params(name, names)
+    launches = launch_args(prim_func, arch, pass_configs, artifact=art)
+    for name, names in params.items():
+        if launches.get(name) != names:
+            raise ValueError(f"{name}: TileLang's launcher passes {launches.get(name)}, the kernel takes {names}")
+    return params
 
 
 def dynamic_size_names(prim_func) -> list[str]:
