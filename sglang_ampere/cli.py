@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time"),
     "kernel-report": ("sglang_ampere.kernel_report",
                       "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
+    "device-kit": ("sglang_ampere.device_kit",
+                   "build a folder that checks every GPU kernel on a bare GPU machine (torch only) in one command"),
 }
 
 
