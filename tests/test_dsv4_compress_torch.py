@@ -589,6 +589,24 @@ class _World:
         buf = self.pool.get_extra_key_buffer(layer).view(torch.uint8)
         return L.read_rows_reference(buf, slots, self.pool.get_extra_key_page_size(layer))
 
+    def state_holds(self, name, rid, positions) -> bool:
+        """Whether the compress-state rows that SGLang's own pool code addresses for these
+        positions (``translate_from_swa_loc_to_state_loc`` of the SWA slot for ratio 4,
+        ``translate_from_req_position_to_state_loc`` for 128) hold the positions' kv/score."""
+        _, layer, ratio, hd, index = next(c for c in COMPRESSORS if c[0] == name)
+        states = (self.pool.get_indexer_compress_states(layer) if index
+                  else self.pool.get_attention_compress_states(layer))
+        pos = torch.tensor(positions)
+        if ratio == 4:
+            full = self.r2t.req_to_token[rid, pos].long()
+            loc = states.translate_from_swa_loc_to_state_loc(
+                self.pool.full_to_swa_index_mapping[full].clone())
+        else:
+            loc = states.translate_from_req_position_to_state_loc(torch.full_like(pos, rid), pos)
+        got = states.kv_score_buffer.kv_score[loc].double()
+        want = self.hist[rid][pos].double() @ self.w[name][0].double().t()
+        return torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+
     def expected(self, name, rid):
         """float64: kv/score projections of the whole history, pooling, norm, RoPE (Hadamard)."""
         _, layer, ratio, hd, index = next(c for c in COMPRESSORS if c[0] == name)
@@ -693,6 +711,13 @@ def test_sglang_compressor_prefill(sgl, gen, monkeypatch):
                 # negative control: the reference entries one window later
                 if got.shape[0] > 1:
                     assert not _near_reference(got[:-1], ref[1:]), (name, r)
+    # the state the next chunk / decode / a prefix match reads sits where SGLang's pool code
+    # looks for it: C4 the last window and the SWA page tails, C128 the open window
+    tails = {"c4": ([*range(252, 256), *range(296, 300)], [*range(136, 141)]),
+             "c128": ([*range(256, 300)], [*range(128, 141)])}
+    for name, (two, zero) in tails.items():
+        for n in (name, "c4_index") if name == "c4" else (name,):
+            assert world.state_holds(n, 2, two) and world.state_holds(n, 0, zero), n
     # the same prompts as two chunks (SGLang's chunked prefill: the second chunk's first
     # windows come from the state ring) store the same rows
     chunked = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
@@ -707,8 +732,10 @@ def test_sglang_compressor_prefill(sgl, gen, monkeypatch):
                                         "out_loc"), [2, 0])
     bad = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, "no_ape_reorder")
     assert not _rows_ok(bad.stored("c4", 2), bad.expected("c4", 2), False)
-    assert _world_ok(_prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, "ring"),
-                     [2, 0])
+    ring = _prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch, "ring")
+    assert _world_ok(ring, [2, 0])
+    assert not ring.state_holds("c4", 2, [*range(296, 300)])
+    assert not ring.state_holds("c128", 2, [*range(256, 300)])
     assert not _world_ok(_prefill_world(sgl, torch.Generator().manual_seed(seed), monkeypatch,
                                         "ring", chunks=([150, 62], [150, 79])), [2, 0])
 
