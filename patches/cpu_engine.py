@@ -3,8 +3,9 @@
 Target:   ``KVCacheConfigurator.configure`` (``sglang.srt.mem_cache.kv_cache_configurator``),
           ``sglang.srt.models.deepseek_v4.get_rope_wrapper``, and
           ``Fp8LinearMethod.process_weights_after_loading`` / ``.apply``
-          (``sglang.srt.layers.quantization.fp8``)
-Hook:     AROUND, all four; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
+          (``sglang.srt.layers.quantization.fp8``), and ``PyNcclCommunicator.__init__``
+          (``sglang.srt.distributed.device_communicators.pynccl``)
+Hook:     AROUND, all five; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
           ``SGLANG_USE_CPU_ENGINE=1`` and without CUDA (:func:`sglang_ampere.cpu_target.active`;
           ``sglang-ampere launch --gpu cpu`` sets both). Anywhere else :func:`hooks` returns no hook,
           so a GPU process is never touched.
@@ -19,10 +20,18 @@ Why:      * ``configure``: SGLang's CPU platform allows an FP8 KV cache only for
             but the sliding-window layers use plain RoPE (``deepseek_v4.py`` ~1402). DeepSeek-V4's
             forward never calls that rope object (it ropes with its own ``freqs_cis`` tables), so
             it is built with the generic factory, as on a GPU.
-          * ``Fp8LinearMethod``: the native FP8 checkpoint only. On the CPU engine ``fp8.py``
-            asserts AMX and repacks for its AMX kernels (826-833, 1290-1296); with ``fp8._is_cpu``
-            false for the call the layer goes the way it goes on Ampere, whose CUDA-only ops the CPU
-            target's stand-ins replace (``patches/cpu_ops.py``).
+          * ``Fp8LinearMethod`` / ``Fp8MoEMethod``: the native FP8 checkpoint only. On the CPU
+            engine ``fp8.py`` asserts Intel AMX and repacks for its AMX kernels (826-833,
+            1290-1296, 2184-2187). A block-scaled dense layer instead keeps its FP8 bytes and
+            128x128 scales as loaded, and ``apply`` runs
+            :func:`sglang_ampere.quant.native_linear.reference_fp8_linear` (the weight dequantized
+            exactly, one matmul: the contract FP8 Marlin W8A16 implements on Ampere, and what
+            ``selftest`` checks it against). The routed experts' FP8 base method runs with
+            ``fp8._is_cpu`` false (for MXFP4 it only views the packed bytes), then the MXFP4 MoE
+            takes its torch reference (``quant/native_marlin_moe.py``).
+          * ``PyNcclCommunicator.__init__``: with ``--pp-size``/``--tp-size`` above 1 SGLang builds
+            an NCCL communicator beside each gloo group; there is no NCCL (nor CUDA) here, so the
+            communicator is left disabled and the groups talk over gloo.
 SGLang:   written for 0.5.23 (file:line above).
 """
 
@@ -40,6 +49,7 @@ SGLANG_VERSION = "0.5.23"
 KVC = "sglang.srt.mem_cache.kv_cache_configurator"
 DSV4 = "sglang.srt.models.deepseek_v4"
 FP8 = "sglang.srt.layers.quantization.fp8"
+PYNCCL = "sglang.srt.distributed.device_communicators.pynccl"
 
 
 def active() -> bool:
@@ -89,20 +99,47 @@ def fp8_not_cpu_hook(original, *args, **kwargs):
         return original(*args, **kwargs)
 
 
+def pynccl_off_hook(original, self, group, *args, **kwargs):
+    """The communicator's own world-size-1 exit, for every group: ``available``/``disabled`` as
+    SGLang sets them when it has nothing to talk to (``pynccl.py`` ~69-72), so every collective
+    falls back to the group's gloo backend."""
+    self.group = group
+    self.rank, self.world_size = 0, 1
+    self.available, self.disabled = False, True
+
+
+def fp8_linear_weights_hook(original, self, layer, *args, **kwargs):
+    if getattr(self, "block_quant", False):
+        return None           # FP8 bytes + block scales stay as loaded; apply reads them
+    return fp8_not_cpu_hook(original, self, layer, *args, **kwargs)
+
+
+def fp8_linear_apply_hook(original, self, layer, x, bias=None, *args, **kwargs):
+    if getattr(self, "block_quant", False):
+        from sglang_ampere.quant.native_linear import reference_fp8_linear
+
+        return reference_fp8_linear(x, layer.weight, layer.weight_scale_inv, bias)
+    return fp8_not_cpu_hook(original, self, layer, x, bias, *args, **kwargs)
+
+
 def hooks() -> list[Hook]:
     if not active():
         return []
     import importlib
 
-    for name in (KVC, DSV4, FP8):
+    for name in (KVC, DSV4, FP8, PYNCCL):
         importlib.import_module(name)
     return [
         Hook(f"{KVC}.KVCacheConfigurator.configure", configure_hook, "AROUND",
              "CPU target: DeepSeek-V4 keeps its own FP8 KV layout; skip the CPU engine's AMX-only FP8 KV check"),
         Hook(f"{DSV4}.get_rope_wrapper", rope_wrapper_hook, "AROUND",
              "CPU target: build the (unused) rope object with the generic factory, not the YaRN-only CPU one"),
-        Hook(f"{FP8}.Fp8LinearMethod.process_weights_after_loading", fp8_not_cpu_hook, "AROUND",
-             "CPU target: prepare native FP8 layers as on Ampere, not for AMX"),
-        Hook(f"{FP8}.Fp8LinearMethod.apply", fp8_not_cpu_hook, "AROUND",
-             "CPU target: run native FP8 layers as on Ampere, not on AMX"),
+        Hook(f"{FP8}.Fp8LinearMethod.process_weights_after_loading", fp8_linear_weights_hook, "AROUND",
+             "CPU target: native block-FP8 dense layers keep their FP8 bytes and scales (not an AMX repack)"),
+        Hook(f"{FP8}.Fp8LinearMethod.apply", fp8_linear_apply_hook, "AROUND",
+             "CPU target: native block-FP8 dense layers run the W8A16 torch reference (FP8 Marlin's contract)"),
+        Hook(f"{FP8}.Fp8MoEMethod.process_weights_after_loading", fp8_not_cpu_hook, "AROUND",
+             "CPU target: the MXFP4 experts' FP8 base method without the CPU engine's AMX repack"),
+        Hook(f"{PYNCCL}.PyNcclCommunicator.__init__", pynccl_off_hook, "AROUND",
+             "CPU target: no NCCL communicator without CUDA; PP/TP groups talk over gloo"),
     ]
