@@ -119,7 +119,9 @@ README = """# sglang-ampere device kit
 
 Built {built} from {commit}. Run from the repository root on the GPU machine (see docs/device-kit.md):
 
-    P=${{PYTHON:-python3}}; S=/tmp/kit-site; $P -m pip install --no-index --no-deps -q --target $S {kit}/wheels/*.whl \\
+    P=${{PYTHON:-python3}}; S=/tmp/kit-site
+    W={kit}/wheels/*.whl
+    ($P -m pip install --no-index --no-deps -q --target $S $W || $P -m zipfile -e $W $S) \\
       && PYTHONPATH=$S:. timeout 540 $P -m sglang_ampere.device_kit.runner --kit {kit} --out $OUT --budget-s 450
 
 Results: $OUT/kit_result.json (every check with its detail or traceback, timings) and $OUT/kit_summary.md.
