@@ -21,6 +21,7 @@ PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_attention",
     "sglang_ampere.patches.dsv4_indexer",
     "sglang_ampere.patches.dsv4_native",
+    "sglang_ampere.patches.dsv4_rope",
     "sglang_ampere.patches.cpu_engine",
     "sglang_ampere.patches.cpu_ops",
 ]

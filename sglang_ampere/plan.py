@@ -38,11 +38,13 @@ Weights, as SGLang holds them after loading (``srt/models/deepseek_v4.py``)
 * SGLang stores ``ffn.gate.tid2eid`` as int32 (the checkpoint holds int64) and the compressors'
   ``norm.weight`` as float32 (the checkpoint holds BF16); everything else keeps its dtype.
 * RoPE tables: every attention layer registers the ``freqs_cis`` of its kind (complex64,
-  ``max_position_embeddings x rope_dim/2``) and a rotary embedding with a ``cos_sin_cache``
-  (BF16, ``max_position_embeddings x rope_dim``). Both are shared by every layer of one kind
-  (window-only layers use ``rope_theta``, compressed layers ``compress_rope_theta`` with YaRN),
-  so a stage holds one pair per kind it has: 384 MiB each at the release's 1M positions,
-  whatever ``--context-length`` is.
+  ``rows x rope_dim/2``) and a rotary embedding with a ``cos_sin_cache`` (BF16,
+  ``rows x rope_dim``). Both are shared by every layer of one kind (window-only layers use
+  ``rope_theta``, compressed layers ``compress_rope_theta`` with YaRN), so a stage holds one pair
+  per kind it has. SGLang builds ``max_position_embeddings`` rows (384 MiB per kind at the
+  release's 1M positions, whatever ``--context-length`` is); ``patches/dsv4_rope.py`` builds
+  :func:`served_rope_rows` (the served context + the speculative positions past it), which is
+  what is counted here: 24 MiB per kind at 65,536 tokens.
 * Speculative decoding (MTP): the draft (``DeepseekV4ForCausalLMNextN``: the checkpoint's
   ``mtp.0`` block, ``e_proj``/``h_proj``, its norms and ``hc_head``) lives on the last stage
   only (``tp_worker.py``). It shares the target's ``lm_head``; with ``pp_size == 1`` it shares
@@ -165,10 +167,21 @@ class Model:
     def has_mtp(self) -> bool:
         return "mtp" in self.units
 
-    def rope_kind_bytes(self) -> int:
-        """One RoPE kind's tables: complex64 freqs_cis + BF16 cos_sin_cache."""
-        pos, dim = int(self.config["max_position_embeddings"]), int(self.config["qk_rope_head_dim"])
+    def rope_kind_bytes(self, rows: int | None = None) -> int:
+        """One RoPE kind's tables: complex64 freqs_cis + BF16 cos_sin_cache, of ``rows`` positions
+        (SGLang's own ``max_position_embeddings`` when None)."""
+        pos = int(self.config["max_position_embeddings"]) if rows is None else rows
+        dim = int(self.config["qk_rope_head_dim"])
         return pos * (dim // 2) * 8 + pos * dim * 2
+
+
+def served_rope_rows(max_position_embeddings: int, context_length: int, draft_tokens: int = 0,
+                     draft_steps: int = 0) -> int:
+    """RoPE rows a DeepSeek-V4 server with ``patches/dsv4_rope.py`` builds: the served context plus
+    the positions speculative decoding reads past the last accepted token (the largest draft-token
+    count for the verify pass, plus the draft steps), at most SGLang's ``max_position_embeddings``.
+    The patch's module docstring lists the readers and SGLang's length checks behind it."""
+    return min(int(max_position_embeddings), int(context_length) + int(draft_tokens) + int(draft_steps))
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
@@ -538,8 +551,14 @@ def _share(split_and_rep: tuple[int, int], tp: int) -> int:
     return -(-split // tp) + rep
 
 
+def rope_rows(model: Model, s: Settings) -> int:
+    """:func:`served_rope_rows` for these settings (MTP's draft tokens and steps when speculative)."""
+    spec = (MTP_DRAFT_TOKENS, MTP_STEPS) if s.speculative != "none" else (0, 0)
+    return served_rope_rows(model.config["max_position_embeddings"], s.context_length, *spec)
+
+
 def stage_weights(model: Model, layers: range, first: bool, last: bool, speculative: str, pp: int,
-                  tp: int) -> dict[str, int]:
+                  tp: int, rope_rows: int | None = None) -> dict[str, int]:
     w: dict[str, int] = {"layers": sum(_share(model.units[f"layer.{i}"], tp) for i in layers)}
     kinds = {model.ratio(i) != 0 for i in layers}
     if first:
@@ -552,13 +571,13 @@ def stage_weights(model: Model, layers: range, first: bool, last: bool, speculat
             if pp > 1:
                 w["draft_embed"] = _share(model.units["embed"], tp)
             kinds.add(False)                # the MTP layer is window-only (ratio 0)
-    w["rope_tables"] = len(kinds) * model.rope_kind_bytes()
+    w["rope_tables"] = len(kinds) * model.rope_kind_bytes(rope_rows)
     return w
 
 
 def build_stage(model: Model, rank: int, layers: range, pp: int, tp: int, world: int, mem: int, s: Settings) -> Stage:
     first, last = rank == 0, rank == pp - 1
-    weights = stage_weights(model, layers, first, last, s.speculative, pp, tp)
+    weights = stage_weights(model, layers, first, last, s.speculative, pp, tp, rope_rows(model, s))
     kv = kv_model(model.config, layers, swa_ratio=s.swa_ratio, max_running_requests=s.max_running_requests,
                   speculative=s.speculative != "none")
     res = reserves(model, layers, first, last, s, tp, world)

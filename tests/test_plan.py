@@ -76,7 +76,9 @@ def sglang_held(name, dtype, shape, headers):
     return ELEM[dtype] * n
 
 
-def expected_stage_weights(config, headers, start, stop, first, last):
+def expected_stage_weights(config, headers, start, stop, first, last, context):
+    """The headers' bytes of a stage, plus its RoPE tables at the served ``context`` rows
+    (patches/dsv4_rope.py; no speculative decoding here)."""
     total = 0
     for name, (dtype, shape) in headers.items():
         parts = name.split(".")
@@ -86,7 +88,7 @@ def expected_stage_weights(config, headers, start, stop, first, last):
         if mine:
             total += sglang_held(name, dtype, shape, headers)
     kinds = {config["compress_ratios"][i] != 0 for i in range(start, stop)}
-    pos, dim = config["max_position_embeddings"], config["qk_rope_head_dim"]
+    pos, dim = min(config["max_position_embeddings"], context), config["qk_rope_head_dim"]
     return total + len(kinds) * (pos * dim // 2 * 8 + pos * dim * 2)
 
 
@@ -97,7 +99,8 @@ def test_stage_weights_match_an_independent_sum_over_the_headers(real, real_mode
     require(sum(plan.partition) == 43 and len(plan.partition) == gpus, f"partition {plan.partition}")
     start = 0
     for r in plan.ranks:
-        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1)
+        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1,
+                                      plan.settings.context_length)
         require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
         require(r.first_layer == start, f"stage {r.rank} starts at {r.first_layer}, expected {start}")
         require(r.free_bytes == int(mem * 2**30) - r.weight_bytes - r.reserve_bytes - r.kv_fixed_bytes,
@@ -365,7 +368,8 @@ def test_native_stage_weights_match_an_independent_sum_over_the_headers(native_r
     require(plan.kind == "native" and "native checkpoint" in P.format_table(plan), "the table names the format")
     start = 0
     for r in plan.ranks:
-        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1)
+        want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1,
+                                      plan.settings.context_length)
         require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
         start += r.layers
 
