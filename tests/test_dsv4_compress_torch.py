@@ -441,13 +441,25 @@ def sgl():
     from sglang.kernels.ops.attention.dsv4.rope import precompute_freqs_cis
     from sglang.srt.layers.attention.dsv4.compressor import Compressor
     from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
     from sglang.srt.mem_cache.deepseek_v4_memory_pool import DeepSeekV4TokenToKVPool
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+    from sglang.srt.mem_cache.unified_cache.components.base import ComponentType
+    from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    def radix_cache(r2t, alloc):
+        """SGLang's radix cache with full-attention and sliding-window components (as DSV4)."""
+        return UnifiedRadixCache(CacheInitParams(
+            req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc, page_size=256, disable=False,
+            sliding_window_size=128, tree_components=(ComponentType.FULL, ComponentType.SWA)))
 
     return SimpleNamespace(ck=ck, cv2=cv2, Compressor=Compressor, Alloc=SWATokenToKVPoolAllocator,
                            Pool=DeepSeekV4TokenToKVPool, R2T=ReqToTokenPool, Mode=ForwardMode,
-                           freqs=precompute_freqs_cis(**ROPE))
+                           freqs=precompute_freqs_cis(**ROPE), radix_cache=radix_cache,
+                           Insert=InsertParams, Match=MatchPrefixParams, Key=RadixKey)
 
 
 class _World:
@@ -764,22 +776,30 @@ def test_sglang_compressor_decode(sgl, gen, monkeypatch):
 
 
 def _prefix_world(sgl, gen, mp, perturb=None):
-    """Request A (rid 0): 300-token prefill and 3 decode steps, then it leaves and the radix
-    cache keeps its first page (256 tokens: full KV, SWA KV and so the SWA page's state rows).
-    Request B (rid 1) shares that prefix, extends 140 tokens and decodes 2."""
+    """Request A (rid 0): 300-token prefill and 3 decode steps; when it finishes, SGLang's radix
+    cache takes its first page (256 tokens, full and SWA KV) and A's other pages are freed.
+    Request B (rid 1) shares those 256 tokens: the cache's match gives their KV locations, B
+    extends 140 tokens and decodes 2."""
+    from array import array
+
     world = _World(sgl, gen, mp, perturb)
+    tree = sgl.radix_cache(world.r2t, world.alloc)
     a = _hist(gen, 303)
+    ids_a = torch.randint(0, 1000, (303,), generator=gen).tolist()
     world.forward([0], [300], {0: a})
     for _ in range(3):
         world.forward([0])
     r2t = world.r2t.req_to_token
-    prefix = r2t[0, :256].clone()
-    world.alloc.free(r2t[0, 256:303].long())               # A's own pages; the prefix stays
+    tree.insert(sgl.Insert(key=sgl.Key(array("q", ids_a[:256])), value=r2t[0, :256].long().clone()))
+    world.alloc.free(r2t[0, 256:303].long())               # A's pages past the cached prefix
     r2t[0] = -1                                            # A's request slot is reused
     del world.seq[0]
-    b = torch.cat([a[:256], _hist(gen, 142)])
-    r2t[1, :256] = prefix
+    ids_b = ids_a[:256] + torch.randint(1000, 2000, (142,), generator=gen).tolist()
+    match = tree.match_prefix(sgl.Match(key=sgl.Key(array("q", ids_b))))
+    assert match.device_prefix_len == 256
+    r2t[1, :256] = tree.path_device_indices(match.last_device_node)[:256].to(torch.int32)
     world.seq[1] = 256
+    b = torch.cat([a[:256], _hist(gen, 142)])
     world.forward([1], [140], {1: b})
     for _ in range(2):
         world.forward([1])
