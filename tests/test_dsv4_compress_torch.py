@@ -8,9 +8,13 @@
 * ``compress_norm_rope_store`` against float64 RMSNorm/RoPE/Hadamard, decoded with
   ``kv_layout``'s torch-FP8 readers, within FP8 rounding;
 * the index-key codec's rounding rule (SGLang's writers multiply by the reciprocal scale);
-* SGLang's real ``compressor_v2`` + ``DeepSeekV4TokenToKVPool`` + SWA allocator on CPU with the
-  stand-ins patched in (prefill, chunked prefill, decode, prefix reuse), against float64 math and
-  the reference forward's ``compress``.
+* SGLang's real ``compressor_v2`` (``create_paged_compressor_data`` + ``forward_unified``, real
+  ``Compressor`` modules) on its real ``DeepSeekV4TokenToKVPool``, SWA allocator and (for prefix
+  reuse) ``UnifiedRadixCache`` on CPU, the stand-ins patched in: batched prefill, the same prompts
+  as two chunks, decode, a second request reusing the first one's cached prefix. Stored rows vs
+  float64 math and the reference forward's ``compress``; state rows where SGLang's own pool code
+  addresses them. Each property has a negative control (rows one slot off, ape without SGLang's
+  reorder, the state ring offset by one, request-scoped C4 state).
 """
 
 from __future__ import annotations
