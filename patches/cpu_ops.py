@@ -19,9 +19,8 @@ Why:      These ops exist in SGLang 0.5.23 only as CUDA JIT, Triton or TileLang 
           metadata, KV pools and compress-state pool, radix cache -- runs unchanged on CPU. On a
           card, ``selftest`` compares each stand-in with the kernel it replaces
           (:mod:`sglang_ampere.kernels.dsv4_ops_checks`).
-          The compressor wrappers here only unwrap SGLang's plan NamedTuples (the pure functions
-          take the plan tensors); the online c128 compressor (``SGLANG_OPT_USE_ONLINE_COMPRESS``)
-          is refused with a clear error.
+          The planner wrappers here only wrap the plan tensors in SGLang's NamedTuples; the online
+          c128 compressor (``SGLANG_OPT_USE_ONLINE_COMPRESS``) is refused with a clear error.
 SGLang:   written for 0.5.23 (``kernels/ops/attention/dsv4/norm_rope.py`` 142-320, ``attn.py`` ~75,
           ``metadata_kernel.py`` ~245, ``compress.py`` 157-470, ``layernorm/mhc.py`` 427 and 2743,
           ``layernorm/mhc_head.py`` 90, ``activation/silu_and_mul_clamp.py`` 57).
@@ -36,10 +35,6 @@ from . import Hook
 SGLANG_VERSION = "0.5.23"
 K = "sglang.kernels.ops"
 COMPRESS = f"{K}.attention.dsv4.compress"
-
-
-class CpuTargetUnsupported(RuntimeError):
-    """A SGLang path the CPU target has no stand-in for."""
 
 
 # --- the compressor: SGLang's plan NamedTuples around the pure functions -------------------------
@@ -67,32 +62,10 @@ def plan_decode(compress_ratio, req_pool_indices, req_to_token, full_to_state, s
     return plan_cls(int(compress_ratio), plan_d)
 
 
-def compress_forward(kv_score_buffer, kv_score_input, ape, plan, *, head_dim, compress_ratio, out=None,
-                     is_online=False):
-    """``compress_forward`` (``compress.py`` ~404), the non-online kernels."""
-    from sglang_ampere.kernels import dsv4_compress_torch as C
-
-    if is_online:
-        raise CpuTargetUnsupported("the online c128 compressor (SGLANG_OPT_USE_ONLINE_COMPRESS=1) has no CPU "
-                                   "stand-in; unset it on the CPU target")
-    return C.compress_forward(kv_score_buffer, kv_score_input, ape, *plan[1:3], head_dim=head_dim,
-                              compress_ratio=compress_ratio, is_decode=plan.is_decode, out=out)
-
-
-def compress_norm_rope_store(kv, plan, **kwargs):
-    """``compress_norm_rope_store`` (``compress.py`` ~445), V4 layout."""
-    from sglang_ampere.kernels import dsv4_compress_torch as C
-
-    return C.compress_norm_rope_store(kv, plan[1], is_decode=plan.is_decode, compress_ratio=plan.compress_ratio,
-                                      **kwargs)
-
-
-def _ops(name: str):
-    """The stand-in ``name`` of :mod:`sglang_ampere.kernels.dsv4_ops_torch`, looked up at call time."""
+def _ops(name: str, module: str = "dsv4_ops_torch"):
+    """The stand-in ``name`` of ``sglang_ampere.kernels.<module>``, looked up at call time."""
     def standin(*args, **kwargs):
-        from sglang_ampere.kernels import dsv4_ops_torch
-
-        return getattr(dsv4_ops_torch, name)(*args, **kwargs)
+        return getattr(importlib.import_module(f"sglang_ampere.kernels.{module}"), name)(*args, **kwargs)
 
     standin.__name__ = standin.__qualname__ = f"{name}_cpu_standin"
     return standin
@@ -116,8 +89,9 @@ STANDINS: tuple = (
      "shared-expert SwiGLU with clamp (CUDA JIT)"),
     (f"{COMPRESS}.CompressorPrefillPlan.generate", plan_prefill, "compressor prefill planner (CUDA JIT)"),
     (f"{COMPRESS}.CompressorDecodePlan.generate", plan_decode, "compressor decode planner (CUDA JIT)"),
-    (f"{COMPRESS}.compress_forward", compress_forward, "compressor pooling over the state pool (CUDA JIT)"),
-    (f"{COMPRESS}.compress_norm_rope_store", compress_norm_rope_store,
+    (f"{COMPRESS}.compress_forward", _ops("compress_forward_for_plan", "dsv4_compress_torch"),
+     "compressor pooling over the state pool (CUDA JIT)"),
+    (f"{COMPRESS}.compress_norm_rope_store", _ops("compress_norm_rope_store_for_plan", "dsv4_compress_torch"),
      "compressed rows: RMSNorm + RoPE + FP8 store (CUDA JIT)"),
 )
 

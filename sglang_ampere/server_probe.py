@@ -123,17 +123,24 @@ def post_json(url: str, body: dict, timeout: float) -> dict:
         return json.loads(r.read())
 
 
-def generate(url: str, input_ids: Sequence[int], max_new_tokens: int = 1, timeout: float = 300.0) -> dict:
-    """Greedy ``/generate`` with every prompt and output logprob; SGLang's JSON answer."""
+def generate(url: str, input_ids: Sequence[int], max_new_tokens: int = 1, timeout: float = 300.0,
+             logprob_start_len: int = 0) -> dict:
+    """Greedy ``/generate`` with the logprobs of prompt tokens from ``logprob_start_len`` on and of
+    every output token; SGLang's JSON answer.
+
+    SGLang reuses a cached prefix only up to ``logprob_start_len`` (``schedule_batch.py``
+    1774-1775: tokens whose logprobs are asked for are recomputed), so a request that should hit
+    the radix cache asks for logprobs from the end of the prefix on.
+    """
     return post_json(url + "/generate", {
         "input_ids": list(input_ids),
         "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0},
-        "return_logprob": True, "logprob_start_len": 0}, timeout)
+        "return_logprob": True, "logprob_start_len": logprob_start_len}, timeout)
 
 
 def prompt_logprobs(answer: dict) -> list[float]:
-    """Logprobs of prompt tokens 1..n-1 (token 0 has none)."""
-    return [float(e[0]) for e in answer["meta_info"]["input_token_logprobs"][1:]]
+    """Logprobs of the prompt tokens the request asked for (token 0 has none and is skipped)."""
+    return [float(e[0]) for e in answer["meta_info"]["input_token_logprobs"] if e[0] is not None]
 
 
 def output_tokens(answer: dict) -> list[tuple[int, float]]:

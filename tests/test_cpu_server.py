@@ -10,6 +10,7 @@ the reference forward of the same checkpoint, each with a negative control that 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import urllib.error
@@ -105,16 +106,27 @@ def test_concurrent_mixed_lengths_with_a_chunked_long_prompt(server, ckpt, refdi
 
 
 def test_prefix_cache_gives_the_cold_logprobs(server, ckpt, refdir):
+    """SGLang's radix cache is on (the default): a repeated prompt and a shared prefix reuse the
+    cached pages -- KV, compressed caches and the compressor state in SGLang's state pool -- and
+    give the logprobs of a cold run."""
     prefix = ids(600, seed=5)
-    first = sp.generate(server, prefix + ids(20, seed=6))
-    again = sp.generate(server, prefix + ids(20, seed=6))
-    assert again["meta_info"]["cached_tokens"] >= 512, again["meta_info"]
-    a, b = sp.prompt_logprobs(first), sp.prompt_logprobs(again)
-    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
+    prompt = prefix + ids(20, seed=6)
+    cold = sp.prompt_logprobs(sp.generate(server, prompt))           # positions 1..619
+    start = 512                                                        # two 256-token pages of the prefix
+    again = sp.generate(server, prompt, logprob_start_len=start)
+    assert again["meta_info"]["cached_tokens"] >= start, again["meta_info"]
+    warm = sp.prompt_logprobs(again)      # the positions after the cached prefix (aligned at the end)
+    assert len(prompt) - start - 1 <= len(warm) <= len(prompt) - start
+    assert max(abs(x - y) for x, y in zip(warm, cold[-len(warm):])) < 1e-3
+
     shared = prefix + ids(30, seed=8)
-    other = sp.generate(server, shared)
-    assert other["meta_info"]["cached_tokens"] >= 512, other["meta_info"]
-    judge_against_reference(ckpt, refdir, "shared-prefix", shared, sp.prompt_logprobs(other))
+    other = sp.generate(server, shared, logprob_start_len=start)
+    assert other["meta_info"]["cached_tokens"] >= start, other["meta_info"]
+    got = sp.prompt_logprobs(other)
+    ref, floor = sp.reference_logprobs(ckpt, shared, refdir / "shared-prefix")
+    sp.judge_logprobs(got, ref[-len(got):], floor)
+    with pytest.raises(sp.LogprobMismatch):                            # the neighbouring positions' reference
+        sp.judge_logprobs(got, ref[-len(got) - 1:-1], floor)
 
 
 def _status(url: str, body: bytes, path: str = "/v1/completions") -> tuple[int, str]:
@@ -133,8 +145,9 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server):
         return json.dumps({"model": model, "prompt": "Hi", "temperature": 0, **kw}).encode()
 
     too_long = json.dumps({"model": model, "prompt": ids(CONTEXT + 50, seed=9), "max_tokens": 4}).encode()
-    for name, body in [("prompt over the context", too_long), ("max_tokens -1", completion(max_tokens=-1)),
-                       ("malformed JSON", b'{"model": "x", "prompt": '), ("no prompt", json.dumps({"model": model}).encode())]:
+    bad = [("prompt over the context", too_long), ("max_tokens -1", completion(max_tokens=-1)),
+           ("malformed JSON", b'{"model": "x", "prompt": '), ("no prompt", json.dumps({"model": model}).encode())]
+    for name, body in bad:
         code, text = _status(server, body)
         assert 400 <= code < 500, (name, code, text[:300])
     code, text = _status(server, completion(max_tokens=0))
@@ -148,3 +161,33 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server):
     # still serving, and correctly: a normal request completes
     code, text = _status(server, completion(max_tokens=3))
     assert code == 200 and json.loads(text)["usage"]["completion_tokens"] >= 1
+
+
+FAULT_SITE = '''
+import os
+if os.environ.get("SGLANG_AMPERE_TARGET") == "cpu":
+    from sglang_ampere.kernels import dsv4_ops_torch as ops
+
+    _right = ops.fused_q_norm_rope
+
+    def _shifted(q_input, q_output, eps, freqs_cis, positions):   # the query roped one position late
+        return _right(q_input, q_output, eps, freqs_cis, positions + 1)
+
+    ops.fused_q_norm_rope = _shifted
+'''
+
+
+def test_a_wrong_stand_in_fails_the_logprob_check(ckpt, refdir, tmp_path):
+    """Negative control for the whole-server check: the same server with the query RoPE one position
+    off (a second sitecustomize on PYTHONPATH, which the CPU target's boot file runs after its own)."""
+    fault = tmp_path / "fault"
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(FAULT_SITE)
+    env = dict(os.environ, PYTHONPATH=str(fault))
+    prompt = ids(64, seed=1)
+    with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], tmp_path / "server.log", env=env,
+                           timeout=900) as url:
+        got = sp.prompt_logprobs(sp.generate(url, prompt))
+    ref, floor = sp.reference_logprobs(ckpt, prompt, refdir / "fault")
+    with pytest.raises(sp.LogprobMismatch):
+        sp.judge_logprobs(got, ref, floor)
