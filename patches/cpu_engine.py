@@ -122,6 +122,23 @@ def fp8_linear_apply_hook(original, self, layer, x, bias=None, *args, **kwargs):
     return fp8_not_cpu_hook(original, self, layer, x, bias, *args, **kwargs)
 
 
+#: (target, hook, why) of every hook, by module constant (hooks() imports the modules first).
+HOOKS: tuple = (
+    (f"{KVC}.KVCacheConfigurator.configure", configure_hook,
+     "CPU target: DeepSeek-V4 keeps its own FP8 KV layout; skip the CPU engine's AMX-only FP8 KV check"),
+    (f"{DSV4}.get_rope_wrapper", rope_wrapper_hook,
+     "CPU target: build the (unused) rope object with the generic factory, not the YaRN-only CPU one"),
+    (f"{FP8}.Fp8LinearMethod.process_weights_after_loading", fp8_linear_weights_hook,
+     "CPU target: native block-FP8 dense layers keep their FP8 bytes and scales (not an AMX repack)"),
+    (f"{FP8}.Fp8LinearMethod.apply", fp8_linear_apply_hook,
+     "CPU target: native block-FP8 dense layers run the W8A16 torch reference (FP8 Marlin's contract)"),
+    (f"{FP8}.Fp8MoEMethod.process_weights_after_loading", fp8_not_cpu_hook,
+     "CPU target: the MXFP4 experts' FP8 base method without the CPU engine's AMX repack"),
+    (f"{PYNCCL}.PyNcclCommunicator.__init__", pynccl_off_hook,
+     "CPU target: no NCCL communicator without CUDA; PP/TP groups talk over gloo"),
+)
+
+
 def hooks() -> list[Hook]:
     if not active():
         return []
@@ -129,17 +146,4 @@ def hooks() -> list[Hook]:
 
     for name in (KVC, DSV4, FP8, PYNCCL):
         importlib.import_module(name)
-    return [
-        Hook(f"{KVC}.KVCacheConfigurator.configure", configure_hook, "AROUND",
-             "CPU target: DeepSeek-V4 keeps its own FP8 KV layout; skip the CPU engine's AMX-only FP8 KV check"),
-        Hook(f"{DSV4}.get_rope_wrapper", rope_wrapper_hook, "AROUND",
-             "CPU target: build the (unused) rope object with the generic factory, not the YaRN-only CPU one"),
-        Hook(f"{FP8}.Fp8LinearMethod.process_weights_after_loading", fp8_linear_weights_hook, "AROUND",
-             "CPU target: native block-FP8 dense layers keep their FP8 bytes and scales (not an AMX repack)"),
-        Hook(f"{FP8}.Fp8LinearMethod.apply", fp8_linear_apply_hook, "AROUND",
-             "CPU target: native block-FP8 dense layers run the W8A16 torch reference (FP8 Marlin's contract)"),
-        Hook(f"{FP8}.Fp8MoEMethod.process_weights_after_loading", fp8_not_cpu_hook, "AROUND",
-             "CPU target: the MXFP4 experts' FP8 base method without the CPU engine's AMX repack"),
-        Hook(f"{PYNCCL}.PyNcclCommunicator.__init__", pynccl_off_hook, "AROUND",
-             "CPU target: no NCCL communicator without CUDA; PP/TP groups talk over gloo"),
-    ]
+    return [Hook(target, fn, "AROUND", why) for target, fn, why in HOOKS]
