@@ -33,7 +33,7 @@ from .errors import LaunchError
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
-from .resolve import EnvChange, add_cpu_site, fill_server_args, resolve_arch, resolve_env, target_arch
+from .resolve import EnvChange, add_cpu_site, add_cpu_threads, fill_server_args, resolve_arch, resolve_env, target_arch
 from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
 from .stage_plan import VAR as PARTITION_VAR
 from .stage_plan import plan_stages
@@ -114,6 +114,8 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     notes += env_notes
     if arch == gpus_mod.CPU_ARCH:
         add_cpu_site(env, changes)
+        if topo is not None:
+            add_cpu_threads(env, changes, topo.total)
 
     preset_args, used, kept = ([], [], []) if server is None else fill_server_args(preset, server, native=native)
     spec_args, spec_used = ([], []) if server is None else speculative_args(opts.speculative, server)
@@ -122,9 +124,10 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     swa_used: list = []
     if server is not None and topo is not None:
         final = parse_server_args(cli + preset_args)
-        final, preset_args, used, swa_used = _swa_pool(final, server, cli, preset_args, used, topo, found,
+        memory = _stage_memory_gib(arch, found, topo)
+        final, preset_args, used, swa_used = _swa_pool(final, server, cli, preset_args, used, topo, memory,
                                                        preset, environ, overrides, model, notes)
-        stage_table = _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes)
+        stage_table = _plan_final(final, topo, memory, preset, environ, overrides, env, changes, notes)
     base = [python or sys.executable, "-m", "sglang.launch_server"]
     node_argvs: list[list[str]] = []
     if topo is not None and topo.nnodes > 1:
@@ -152,10 +155,23 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     return plan
 
 
-def _swa_pool(final, server, cli, preset_args, used, topo, found, preset, environ, overrides, model, notes):
+def _stage_memory_gib(arch: str, found: list, topo) -> float | None:
+    """The memory one pipeline stage has, for the memory plan: the smallest GPU here; on the CPU
+    target the host's RAM shared by every rank (pp x tp x dp processes on one host). None: unknown
+    (no GPU here: the plan then uses the preset's card size)."""
+    if arch == gpus_mod.CPU_ARCH:
+        try:
+            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError, AttributeError):
+            return None
+        return host / max(1, topo.total)
+    return min((g.memory_gib for g in found), default=None)
+
+
+def _swa_pool(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, model, notes):
     """``--swa-full-tokens-ratio`` against SGLang's prefill admission (:mod:`.swa_pool`): the final
-    arguments, the preset's arguments and entries used, and the (flag, value, reason) it added."""
-    memory = min((g.memory_gib for g in found), default=None)
+    arguments, the preset's arguments and entries used, and the (flag, value, reason) it added.
+    ``memory``: :func:`_stage_memory_gib`."""
     decision = swa_pool.decide(
         final, server.is_given(swa_pool.DEST), model.config if model is not None else None,
         swa_pool.device_memory_gib(final, memory or preset.min_memory_gib),
@@ -170,7 +186,7 @@ def _swa_pool(final, server, cli, preset_args, used, topo, found, preset, enviro
             [(swa_pool.FLAG, decision.ratio, decision.reason)])
 
 
-def _plan_final(final, topo, found, preset, environ, overrides, env, changes, notes) -> str:
+def _plan_final(final, topo, memory, preset, environ, overrides, env, changes, notes) -> str:
     """The environment the final arguments need: SGLANG_ENABLE_PP_SPEC for EAGLE over pp > 1, and
     the layer split (``SGLANG_PP_LAYER_PARTITION``) from the memory plan. Returns the plan's table."""
     pp_spec = pp_spec_env(final, topo.pp, environ, overrides)
@@ -178,7 +194,6 @@ def _plan_final(final, topo, found, preset, environ, overrides, env, changes, no
         env[pp_spec[0]] = pp_spec[1]
         changes.append(EnvChange(pp_spec[0], None, pp_spec[1], "EAGLE with --pp-size > 1",
                                  "SGLang 0.5.23 allows EAGLE (MTP) over pipeline parallelism only with it"))
-    memory = min((g.memory_gib for g in found), default=None)
     staged = plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib)
     notes += staged.notes
     if staged.value is not None:

@@ -178,6 +178,56 @@ def add_cpu_site(env: dict[str, str], changes: list[EnvChange]) -> None:
                                  "sglang-ampere's CPU boot file: a stand-in sgl_kernel in every server process"))
 
 
+#: SGLang's CPU engine binds each rank's OpenMP threads to one NUMA node unless this is set, and
+#: refuses more ranks than nodes (``srt/utils/numa_utils.py`` ``init_threads_binding``).
+THREADS_BIND_VAR = "SGLANG_CPU_OMP_THREADS_BIND"
+
+
+def numa_nodes() -> int:
+    """NUMA nodes of this host as SGLang counts them (1 where sysfs says nothing)."""
+    import glob
+
+    return len(glob.glob("/sys/devices/system/node/node[0-9]*")) or 1
+
+
+def cpu_threads_bind(ranks: int, cpus: list[int]) -> str:
+    """``SGLANG_CPU_OMP_THREADS_BIND`` for ``ranks`` server ranks on ``cpus``: contiguous groups
+    ("0,1|2,3"), or one CPU per rank, shared round-robin, when there are fewer CPUs than ranks."""
+    if ranks < 1 or not cpus:
+        raise ValueError(f"cpu_threads_bind needs ranks >= 1 and a CPU, got {ranks} ranks, cpus {cpus}")
+    cpus = sorted(cpus)
+    if len(cpus) < ranks:
+        return "|".join(str(cpus[r % len(cpus)]) for r in range(ranks))
+    base, extra = divmod(len(cpus), ranks)
+    groups, start = [], 0
+    for r in range(ranks):
+        n = base + (1 if r < extra else 0)
+        groups.append(",".join(str(c) for c in cpus[start:start + n]))
+        start += n
+    return "|".join(groups)
+
+
+def add_cpu_threads(env: dict[str, str], changes: list[EnvChange], ranks: int,
+                    nodes: int | None = None, cpus: list[int] | None = None) -> None:
+    """The CPU target with more server ranks (pp x tp x dp) than NUMA nodes: SGLang's CPU engine
+    then asserts in every rank (``numa_utils.init_threads_binding``: "the total number of ranks ...
+    should be smaller than or equal to number of numa node") unless ``SGLANG_CPU_OMP_THREADS_BIND``
+    gives each rank its CPUs; set it from this host's CPUs unless the user did. Where SGLang's
+    CPU kernels are not installed (the CPU target's case) the binding is only recorded; the
+    ranks share the host's cores as any processes do."""
+    nodes = numa_nodes() if nodes is None else nodes
+    if ranks <= nodes or env.get(THREADS_BIND_VAR):
+        return
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else cpus
+    value = cpu_threads_bind(ranks, cpus)
+    env[THREADS_BIND_VAR] = value
+    changes.append(EnvChange(THREADS_BIND_VAR, None, value, "--gpu cpu",
+                             f"{ranks} server ranks on {nodes} NUMA node(s): SGLang's CPU engine refuses more "
+                             "ranks than nodes unless each rank's CPUs are given"))
+
+
 def _what_requires(label: str) -> str:
     """What a ``required`` preset entry exists for, from its source label ("preset sm86 [native]")."""
     if label.endswith("[native]"):

@@ -5,7 +5,8 @@ head (and, with MTP, the draft): the tightest stage is the last one. When pp > 1
 set no ``SGLANG_PP_LAYER_PARTITION`` (environment or ``--env``), the launcher sets the split
 that maximises the smallest free memory per stage (:mod:`sglang_ampere.plan`), computed from
 the checkpoint's headers for the memory of the GPUs here (or the preset's card size on a dry
-run without GPUs), with the server arguments as they will be (the user's, then the preset's).
+run without GPUs; on the CPU target the host's RAM divided among the ranks), with the server
+arguments as they will be (the user's, then the preset's).
 The dry run prints the per-stage table; a context x concurrency that does not fit is a warning.
 """
 
@@ -35,6 +36,8 @@ class StagePlan:
     table: str = ""                          # the plan's table, for --dry-run
     notes: list[str] = field(default_factory=list)
     pool_tokens: int | None = None           # SGLang's KV pool at --mem-fraction-static (tightest stage)
+    plan: object = None                      # the sglang_ampere.plan.Plan (None: none made)
+    error: Exception | None = None           # the PlanError that stopped it
 
 
 def speculative_of(server: ServerArgv) -> str:
@@ -88,15 +91,16 @@ def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], 
                                   partition=partition)
     except plan_mod.PlanError as exc:
         out.notes.append(f"warning: memory plan: {exc}")
+        out.error = exc
         return out
-    out.pool_tokens = plan.sglang_pool_tokens
+    out.pool_tokens, out.plan = plan.sglang_pool_tokens, plan
     # The plan's own notes become the launcher's warnings below; the table keeps the figures.
     out.table = "".join(ln for ln in plan_mod.format_table(plan).splitlines(True) if not ln.startswith("# note:"))
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
     dflt = plan.default_min_free_bytes / plan_mod.GIB
     if user is None:
         out.value = plan.partition_env
-        out.reason = (f"layer split from the checkpoint headers for {mem:g} GiB cards: smallest free memory per "
+        out.reason = (f"layer split from the checkpoint headers for {mem:.3g} GiB per stage: smallest free memory per "
                       f"stage {ours:.2f} GiB (SGLang's even split: {dflt:.2f} GiB); computed, not measured")
     else:
         best = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings)
