@@ -41,11 +41,13 @@ def test_one_decision(cap, off, on):
 
 
 def test_bad_value_refused_and_declared():
-    with pytest.raises(ValueError, match="SGLANG_AMPERE_TARGET='hopper' is not one of auto, ampere"):
+    with pytest.raises(ValueError, match="SGLANG_AMPERE_TARGET='hopper' is not one of auto, ampere, cpu"):
         gpus.takes_ampere_path((9, 0), {VAR: "hopper"})
     var = envvars.VARS[VAR]
-    if (var.default, var.choices) != ("auto", ("auto", "ampere")):
+    if (var.default, var.choices) != ("auto", ("auto", "ampere", "cpu")):
         raise AssertionError(var)
+    # the CPU target is not the Ampere path on a card: an sm_90 card stays on SGLang's own kernels
+    assert not gpus.takes_ampere_path((9, 0), {VAR: "cpu"}) and gpus.preset_arch("sm90", {VAR: "cpu"}) == "sm90"
 
 
 @pytest.mark.parametrize("card, env, preset", [
