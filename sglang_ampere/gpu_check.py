@@ -339,19 +339,10 @@ step_reference = make_reference()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, deadline: float, log: Path) -> None:
-    while True:
-        if proc.poll() is not None:
-            raise StepFailed(f"the server exited ({proc.returncode}) before it was ready; log {log}",
-                             _tail(log.read_text(errors="replace")))
-        try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise StepTimeout(f"not ready within its budget; log {log}", _tail(log.read_text(errors="replace")))
-        time.sleep(2)
+    try:
+        server_probe.wait_ready(url, proc, deadline, log)
+    except server_probe.ServerNotReady as e:
+        raise (StepTimeout if e.timed_out else StepFailed)(e.what, e.tail) from None
 
 
 def launch_args(model: Path | str, pp: int, port: int) -> list[str]:

@@ -35,6 +35,10 @@ LOG_TAIL_LINES = 40
 class ServerNotReady(RuntimeError):
     """The server exited or did not answer in time; the message ends with its log's tail."""
 
+    def __init__(self, what: str, tail: str, timed_out: bool):
+        super().__init__(f"{what}:\n{tail}")
+        self.what, self.tail, self.timed_out = what, tail, timed_out
+
 
 class LogprobMismatch(AssertionError):
     """The server's logprobs are further from the reference forward than the rule allows."""
@@ -77,8 +81,8 @@ def cli(*args: str) -> list[str]:
 def wait_ready(url: str, proc: subprocess.Popen, deadline: float, log: Path) -> None:
     while True:
         if proc.poll() is not None:
-            raise ServerNotReady(f"the server exited ({proc.returncode}) before it was ready; log {log}:\n"
-                                 + log_tail(log))
+            raise ServerNotReady(f"the server exited ({proc.returncode}) before it was ready; log {log}",
+                                 log_tail(log), timed_out=False)
         try:
             with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
                 if r.status == 200:
@@ -86,7 +90,8 @@ def wait_ready(url: str, proc: subprocess.Popen, deadline: float, log: Path) -> 
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise ServerNotReady(f"the server did not answer /v1/models in time; log {log}:\n" + log_tail(log))
+            raise ServerNotReady(f"the server did not answer /v1/models in time; log {log}", log_tail(log),
+                                 timed_out=True)
         time.sleep(1)
 
 
