@@ -3,9 +3,10 @@
 Target:   ``KVCacheConfigurator.configure`` (``sglang.srt.mem_cache.kv_cache_configurator``),
           ``sglang.srt.models.deepseek_v4.get_rope_wrapper``, and
           ``Fp8LinearMethod.process_weights_after_loading`` / ``.apply``
-          (``sglang.srt.layers.quantization.fp8``), and ``PyNcclCommunicator.__init__``
-          (``sglang.srt.distributed.device_communicators.pynccl``)
-Hook:     AROUND, all five; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
+          (``sglang.srt.layers.quantization.fp8``), ``PyNcclCommunicator.__init__``
+          (``sglang.srt.distributed.device_communicators.pynccl``) and
+          ``DeepseekV4ForCausalLM.set_embed_and_head`` (``sglang.srt.models.deepseek_v4``)
+Hook:     AROUND, all six; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
           ``SGLANG_USE_CPU_ENGINE=1`` and without CUDA (:func:`sglang_ampere.cpu_target.active`;
           ``sglang-ampere launch --gpu cpu`` sets both). Anywhere else :func:`hooks` returns no hook,
           so a GPU process is never touched.
@@ -32,6 +33,12 @@ Why:      * ``configure``: SGLang's CPU platform allows an FP8 KV cache only for
           * ``PyNcclCommunicator.__init__``: with ``--pp-size``/``--tp-size`` above 1 SGLang builds
             an NCCL communicator beside each gloo group; there is no NCCL (nor CUDA) here, so the
             communicator is left disabled and the groups talk over gloo.
+          * ``set_embed_and_head``: with ``--speculative-algorithm EAGLE`` the MTP draft takes the
+            target's embedding and head, then calls ``torch.get_device_module().empty_cache()`` and
+            ``.synchronize()`` (``deepseek_v4.py`` ~5656-5657). Without an argument torch answers
+            its build's accelerator, ``torch.cuda``, and ``synchronize`` raises "Found no NVIDIA
+            driver". For the call the hook answers the CPU's module (``torch.cpu.synchronize``,
+            and an ``empty_cache`` that has nothing to free).
 SGLang:   written for 0.5.23 (file:line above).
 """
 
@@ -122,6 +129,34 @@ def fp8_linear_apply_hook(original, self, layer, x, bias=None, *args, **kwargs):
     return fp8_not_cpu_hook(original, self, layer, x, bias, *args, **kwargs)
 
 
+class _CpuDeviceModule:
+    """``torch.cpu`` plus the ``empty_cache`` it lacks (nothing is cached on the CPU)."""
+
+    def __getattr__(self, name):
+        import torch
+
+        return getattr(torch.cpu, name)
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+
+def cpu_device_module_hook(original, *args, **kwargs):
+    import torch
+
+    real = torch.get_device_module
+
+    def get_device_module(device=None):
+        return _CpuDeviceModule() if device is None else real(device)
+
+    torch.get_device_module = get_device_module
+    try:
+        return original(*args, **kwargs)
+    finally:
+        torch.get_device_module = real
+
+
 #: (target, hook, why) of every hook, by module constant (hooks() imports the modules first).
 HOOKS: tuple = (
     (f"{KVC}.KVCacheConfigurator.configure", configure_hook,
@@ -136,6 +171,8 @@ HOOKS: tuple = (
      "CPU target: the MXFP4 experts' FP8 base method without the CPU engine's AMX repack"),
     (f"{PYNCCL}.PyNcclCommunicator.__init__", pynccl_off_hook,
      "CPU target: no NCCL communicator without CUDA; PP/TP groups talk over gloo"),
+    (f"{DSV4}.DeepseekV4ForCausalLM.set_embed_and_head", cpu_device_module_hook,
+     "CPU target: the MTP draft's embed/head hand-over synchronizes the CPU, not CUDA"),
 )
 
 
