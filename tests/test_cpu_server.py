@@ -168,18 +168,19 @@ import os
 if os.environ.get("SGLANG_AMPERE_TARGET") == "cpu":
     from sglang_ampere.kernels import dsv4_ops_torch as ops
 
-    _right = ops.fused_q_norm_rope
+    _right = ops.fused_k_norm_rope_flashmla
 
-    def _shifted(q_input, q_output, eps, freqs_cis, positions):   # the query roped one position late
-        return _right(q_input, q_output, eps, freqs_cis, positions + 1)
+    def _shifted(kv, kv_weight, eps, freqs_cis, positions, *args, **kwargs):   # keys roped one position late
+        return _right(kv, kv_weight, eps, freqs_cis, positions + 1, *args, **kwargs)
 
-    ops.fused_q_norm_rope = _shifted
+    ops.fused_k_norm_rope_flashmla = _shifted
 '''
 
 
 def test_a_wrong_stand_in_fails_the_logprob_check(ckpt, refdir, tmp_path):
-    """Negative control for the whole-server check: the same server with the query RoPE one position
-    off (a second sitecustomize on PYTHONPATH, which the CPU target's boot file runs after its own)."""
+    """Negative control for the whole-server check: the same server with the sliding-window keys roped
+    one position late (a second sitecustomize on PYTHONPATH, which the CPU target's boot file runs
+    after its own)."""
     fault = tmp_path / "fault"
     fault.mkdir()
     (fault / "sitecustomize.py").write_text(FAULT_SITE)
