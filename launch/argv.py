@@ -248,3 +248,17 @@ def values_of(args: Sequence[str]) -> dict[str, object]:
 def dests_of(args: Sequence[str]) -> frozenset[str]:
     """The SGLang dests a fragment of server arguments sets (e.g. ``["--context-length", "8"]``)."""
     return frozenset(values_of(args))
+
+
+def with_arg(args: Sequence[str], flag: str, value: str) -> list[str]:
+    """``args`` (a fragment of server arguments, e.g. the preset's) without ``flag`` (both the
+    ``--flag VALUE`` and ``--flag=VALUE`` forms), then ``flag value``."""
+    out, i = [], 0
+    while i < len(args):
+        if args[i] == flag:
+            i += 2
+            continue
+        if not args[i].startswith(flag + "="):
+            out.append(args[i])
+        i += 1
+    return out + [flag, value]

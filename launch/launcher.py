@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 
 from sglang_ampere import gpus as gpus_mod
 
-from . import swa_pool
+from . import mem_fraction, swa_pool
 from .argv import parse_env_overrides, parse_server_args, split_argv, wants_help
 from .errors import LaunchError
 from .model_dir import check_model
@@ -59,6 +59,7 @@ class Plan:
     preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
     spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
     swa_args_used: list = field(default_factory=list)        # (flag, value, reason) from the SWA pool rule
+    mem_args_used: list = field(default_factory=list)        # (flag, value, reason) from the memory plan
     stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
     card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
     native_path: bool = False          # the native FP8/FP4 checkpoint below sm_90: the preset's [native] added
@@ -122,11 +123,13 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     preset_args = spec_args + preset_args
     stage_table = ""
     swa_used: list = []
+    mem_used: list = []
     if server is not None and topo is not None:
         final = parse_server_args(cli + preset_args)
         memory = _stage_memory_gib(arch, found, topo)
-        final, preset_args, used, swa_used = _swa_pool(final, server, cli, preset_args, used, topo, memory,
-                                                       preset, environ, overrides, model, notes)
+        final, preset_args, used, mem_used, swa_used = _fit_pool(final, server, cli, preset_args, used, topo,
+                                                                 memory, preset, environ, overrides,
+                                                                 model, notes)
         stage_table = _plan_final(final, topo, memory, preset, environ, overrides, env, changes, notes)
     base = [python or sys.executable, "-m", "sglang.launch_server"]
     node_argvs: list[list[str]] = []
@@ -140,6 +143,7 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
                 preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, swa_args_used=swa_used,
+                mem_args_used=mem_used,
                 stage_table=stage_table,
                 card_arch=card_arch, native_path=native)
     if server is not None and (native or opts.speculative not in (None, "none")
@@ -168,14 +172,46 @@ def _stage_memory_gib(arch: str, found: list, topo) -> float | None:
     return min((g.memory_gib for g in found), default=None)
 
 
-def _swa_pool(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, model, notes):
+def _fit_pool(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, model, notes):
+    """``--mem-fraction-static`` (:mod:`.mem_fraction`), then ``--swa-full-tokens-ratio``
+    (:mod:`.swa_pool`), until neither changes: a higher ratio costs KV bytes per token, so the
+    plan's pool shrinks, and that pool sizes the SWA pool. Both only ever go up, so it settles.
+    Returns the final arguments, the preset's arguments and entries used, and the (flag, value,
+    reason) each added."""
+    was = {d: final.value(d) for d in (mem_fraction.DEST, swa_pool.DEST)}
+    added: dict[str, tuple] = {}
+    for _ in range(6):
+        step_notes: list[str] = []
+        final, preset_args, used, mem = _mem_fraction(final, server, cli, preset_args, used, topo, memory, preset,
+                                                      environ, overrides, was[mem_fraction.DEST])
+        final, preset_args, used, swa = _swa_pool(final, server, cli, preset_args, used, topo, memory, preset,
+                                                  environ, overrides, model, step_notes, was[swa_pool.DEST])
+        added.update({entry[0]: entry for entry in mem + swa})
+        if not mem and not swa:
+            break
+    else:
+        raise LaunchError("--mem-fraction-static and --swa-full-tokens-ratio did not settle; set both")
+    notes += step_notes
+    pick = [added.get(f) for f in (mem_fraction.FLAG, swa_pool.FLAG)]
+    return final, preset_args, used, [e for e in pick[:1] if e], [e for e in pick[1:] if e]
+
+
+def _mem_fraction(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, was=None):
+    """``--mem-fraction-static`` from the memory plan (:mod:`.mem_fraction`): the final arguments, the
+    preset's arguments and entries used, and the (flag, value, reason) it added."""
+    staged = plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib)
+    return mem_fraction.apply(final, server, staged, cli, preset_args, used, parse_server_args, was)
+
+
+def _swa_pool(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, model, notes,
+              was=None):
     """``--swa-full-tokens-ratio`` against SGLang's prefill admission (:mod:`.swa_pool`): the final
     arguments, the preset's arguments and entries used, and the (flag, value, reason) it added.
     ``memory``: :func:`_stage_memory_gib`."""
     decision = swa_pool.decide(
         final, server.is_given(swa_pool.DEST), model.config if model is not None else None,
         swa_pool.device_memory_gib(final, memory or preset.min_memory_gib),
-        lambda: plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib).pool_tokens)
+        lambda: plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib).pool_tokens, was)
     if decision.note:
         notes.append(decision.note)
     if decision.ratio is None:

@@ -65,6 +65,8 @@ def format_plan(plan: Plan) -> str:
         out.append(f"# speculative: {flag} {value}  {reason}")
     for flag, value, reason in plan.swa_args_used:
         out.append(f"# SWA pool: {flag} {value}  {reason}")
+    for flag, value, reason in plan.mem_args_used:
+        out.append(f"# memory plan: {flag} {value}  {reason}")
     if plan.stage_table:
         out += [ln if ln.startswith("#") else "# " + ln for ln in plan.stage_table.rstrip("\n").splitlines()]
     for n in plan.notes:

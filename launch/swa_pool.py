@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .argv import ServerArgv
+from .argv import ServerArgv, with_arg
 from .errors import LaunchError
 
 FLAG, DEST = "--swa-full-tokens-ratio", "swa_full_tokens_ratio"
@@ -50,14 +50,15 @@ def _chunk(final: ServerArgv, mem_gib: float | None) -> tuple[int, str]:
 
 
 def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: float | None,
-           plan_pool_tokens: Callable[[], int | None]) -> SwaDecision:
+           plan_pool_tokens: Callable[[], int | None], was: object = None) -> SwaDecision:
     """What to do about ``--swa-full-tokens-ratio`` for the final arguments. Raises :class:`LaunchError`.
 
     ``user_ratio``: the user set ``--swa-full-tokens-ratio`` (command line or ``--config``; ``final``
     also holds the preset's arguments); ``mem_gib``: the device memory SGLang will see (for its own
     ``--chunked-prefill-size``);
     ``plan_pool_tokens``: SGLang's pool per the memory plan, None when there is no plan (called
-    only when ``--max-total-tokens`` is unset).
+    only when ``--max-total-tokens`` is unset); ``was``: the ratio before the launcher changed any
+    argument (the preset's; None: SGLang's), for the reason.
     """
     from sglang_ampere import plan as plan_mod
 
@@ -68,6 +69,10 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
     planned = None
     if limit is None:
         planned = plan_pool_tokens()
+        if planned == 0:
+            return SwaDecision(note=(
+                "note: SWA pool rule not checked: the memory plan leaves SGLang no KV pool at this "
+                "--mem-fraction-static (see the plan's warning)"))
         if not planned:
             return SwaDecision(note=(
                 "note: SWA pool rule not checked: --max-total-tokens is unset and no memory plan sizes the pool "
@@ -96,8 +101,10 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
                          "--swa-full-tokens-ratio 1")
         src = f"{FLAG} {final.value(DEST)}" if user_ratio else f"no {FLAG} reaches it at ratio <= 1.0"
         raise LaunchError(f"{src}: {rule.formula()} ({where}). {stall}. Use " + ", or ".join(fixes))
-    was = f"the preset's {final.value(DEST)}" if final.value(DEST) is not None else \
+    was = f"the preset's {was}" if was is not None else \
         f"SGLang's DeepSeek-V4 default {plan_mod.SGLANG_DSV4_SWA_RATIO}"
+    if final.value(DEST) is not None and float(final.value(DEST)) != ratio:
+        was += f" (raised to {final.value(DEST)} for the memory plan's pool)"
     after = plan_mod.swa_pool_tokens(rule.full_tokens, best)
     return SwaDecision(ratio=f"{best:g}", reason=(
         f"{was} gives {rule.formula()} ({where}); {stall}. {best:g} gives an SWA pool of {after} tokens "
@@ -106,17 +113,7 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
 
 def with_ratio(args: list[str], ratio: str) -> list[str]:
     """``args`` (the preset's and --speculative's arguments) without any ratio, plus ``FLAG ratio``."""
-    out, i = [], 0
-    while i < len(args):
-        if args[i] == FLAG:
-            i += 2
-            continue
-        if args[i].startswith(FLAG + "="):
-            i += 1
-            continue
-        out.append(args[i])
-        i += 1
-    return out + [FLAG, ratio]
+    return with_arg(args, FLAG, ratio)
 
 
 def device_memory_gib(final: ServerArgv, gpu_gib: float | None) -> float | None:

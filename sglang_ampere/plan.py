@@ -144,6 +144,10 @@ class PlanError(ValueError):
     """The topology cannot serve the model (the message says by how much and what to change)."""
 
 
+class CapacityError(PlanError):
+    """A stage cannot hold its weights and reserves at all (the message names it and what to change)."""
+
+
 # ----------------------------------------------------------------------------- model facts
 
 
@@ -539,6 +543,7 @@ class Stage:
     kv_bytes_per_token_by_type: dict = field(default_factory=dict)
     pool_tokens: int = 0          # KV tokens this stage alone could hold in free_bytes
     sglang_headroom_bytes: int = 0   # left outside SGLang's pool at --mem-fraction-static
+    sglang_avail_bytes: int = 0      # SGLang's profile after loading: pre-load free - weights - NCCL
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -750,7 +755,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     worst = min(ranks, key=lambda r: r.free_bytes)
     if worst.free_bytes <= 0:
         short = -worst.free_bytes
-        raise PlanError(
+        raise CapacityError(
             f"{gpus} x {mem_gib:g} GiB (tp {tp} x pp {pp}) cannot hold the model: stage {worst.rank} "
             f"({worst.layers} layers) needs "
             f"{(worst.weight_bytes + worst.reserve_bytes + worst.kv_fixed_bytes) / GIB:.2f} GiB "
@@ -769,6 +774,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     sglang_tokens = max(0, min(t for _, _, t in sg))
     for r, (avail, kv, _) in zip(ranks, sg):
         r.sglang_headroom_bytes = int(avail - sglang_tokens * kv.bytes_per_token - kv.fixed_bytes)
+        r.sglang_avail_bytes = int(avail)
     runtime = [r.reserve_bytes - r.reserves["cuda_context"] - r.reserves.get("nccl", 0) for r in ranks]
     fmax = 1 - max(runtime) / pre
     # The smallest fraction that leaves SGLang a pool of one page per request on every stage.
@@ -790,6 +796,59 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
             f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
     return Plan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
                 fmax, fmin, notes, model.kind)
+
+
+@dataclass(frozen=True)
+class MemFraction:
+    """``--mem-fraction-static`` for a plan (:func:`mem_fraction`)."""
+
+    value: float | None        # what to pass (3 decimals); None: no fraction fits
+    low: float                 # the smallest at which SGLang's pool holds min_tokens on every stage
+    high: float                # the largest that leaves every stage its reserves (max_mem_fraction_static)
+    min_tokens: int
+    #: (stage, KV tokens SGLang's pool holds there at ``high``, bytes short of min_tokens) per short stage
+    short: tuple[tuple[int, int, int], ...] = ()
+
+
+def min_pool_tokens(s: Settings) -> int:
+    """The least KV pool a plan must leave: one request at the full ``--context-length``, and at least
+    one page per running request (plus one), page-aligned."""
+    return max(_round_up(s.context_length, PAGE_SIZE), (s.max_running_requests + 1) * PAGE_SIZE)
+
+
+def mem_fraction(plan: Plan, min_tokens: int, preferred: float) -> MemFraction:
+    """The ``--mem-fraction-static`` closest to ``preferred`` (the preset's) at which SGLang's KV pool
+    (``pre-load free x F - (pre-load free - free after loading)``, the same on every stage, module
+    docstring) holds ``min_tokens`` on every stage while every stage keeps its reserves outside the pool
+    (``high``, :attr:`Plan.max_mem_fraction_static`)."""
+    pre = int(plan.mem_gib * GIB) - int(CUDA_CONTEXT_GIB * GIB)
+    need = [r.kv_fixed_bytes + min_tokens * r.kv_bytes_per_token for r in plan.ranks]
+    low = max(1 - (r.sglang_avail_bytes - n) / pre for r, n in zip(plan.ranks, need))
+    high = plan.max_mem_fraction_static
+    lo, hi = math.ceil(low * 1000) / 1000, math.floor(high * 1000) / 1000
+    if lo <= hi:
+        return MemFraction(min(max(preferred, lo), hi), low, high, min_tokens)
+    short = []
+    for r, n in zip(plan.ranks, need):
+        pool = r.sglang_avail_bytes - pre * (1 - high)
+        if pool < n:
+            short.append((r.rank, max(0, pool_tokens(pool, _KvOf(r))), int(n - pool)))
+    return MemFraction(None, low, high, min_tokens, tuple(short))
+
+
+@dataclass(frozen=True)
+class _KvOf:
+    """A stage's KV coefficient in the shape :func:`pool_tokens` reads."""
+
+    stage: Stage
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.stage.kv_bytes_per_token
+
+    @property
+    def fixed_bytes(self) -> int:
+        return self.stage.kv_fixed_bytes
 
 
 # ----------------------------------------------------------------------------- output
