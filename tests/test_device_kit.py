@@ -234,3 +234,29 @@ def test_every_tilelang_kernel_the_gpu_checks_request_is_in_the_kit(sms, monkeyp
     assert any(n.startswith("sparse_mla_paged_c128_decode_s") for n in names)
     # control: a kit without the split decode kernels would be missing some
     assert [r for r in req if r[2] not in {k for k in keys if "num_splits=1," in k}]
+
+
+# --- the runner's report: failures recorded with tracebacks, the time budget ------------------------
+
+def test_report_records_a_failure_with_its_traceback_goes_on_and_respects_the_budget(tmp_path):
+    import json
+
+    from sglang_ampere.device_kit.runner import Report, summary_markdown
+
+    def broken():
+        raise RuntimeError("planted failure")
+
+    rep = Report(tmp_path, budget_s=100.0)
+    assert rep.check("s", "bad", broken) is False
+    assert rep.check("s", "good", lambda: "fine") is True
+    rep.timing("t", "case", lambda: {"ms": 1.0})
+    saved = json.loads((tmp_path / "kit_result.json").read_text())       # written after every check
+    bad, good = saved["checks"]
+    assert not bad["ok"] and bad["error"] == "RuntimeError: planted failure" and "broken" in bad["traceback"]
+    assert good["ok"] and good["detail"] == "fine"
+    late = Report(tmp_path / "late", budget_s=10.0, min_left_s=20.0)      # less than min_left_s is left
+    assert late.check("s", "skipped one", lambda: "never runs") is False
+    assert late.data["checks"] == [] and late.data["skipped"] == [{"section": "s", "name": "skipped one",
+                                                                    "why": "time budget"}]
+    md = summary_markdown(saved)
+    assert "**1/2 checks passed**" in md and "**FAIL**: RuntimeError: planted failure" in md
