@@ -22,6 +22,10 @@ pytestmark = pytest.mark.slow
 
 KERNEL = "indexer_logits_decode_s8_h64"
 CHECK = "indexer decode (16 rows, ctx 4k)"
+#: The paged sparse-MLA kernel with both caches (whose two lists' sizes once shared names), and a check
+#: that requests it on a 132-SM card.
+PAGED = "sparse_mla_paged_c4_decode_s16_h64"
+PAGED_CHECK = "sparse-mla paged decode c4 (8 seqs, ctx 4k)"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,7 @@ def kit(tmp_path_factory):
     except FileNotFoundError as e:
         pytest.skip(str(e))
     out = tmp_path_factory.mktemp("kit") / "device-kit"
-    data = build_kit(out, only=KERNEL, marlin_modules=["repack"], wheel=False, log=lambda s: None)
+    data = build_kit(out, only=f"{KERNEL},{PAGED}", marlin_modules=["repack"], wheel=False, log=lambda s: None)
     return out, data
 
 
@@ -44,10 +48,20 @@ def test_the_kit_holds_the_kernel_its_manifest_and_the_module(kit):
     out, data = kit
     saved = json.loads((out / "kit.json").read_text())
     assert saved["arch"] == 90 and saved["source_arch"] == 86
-    (m,) = saved["tilelang"]
+    m, paged = sorted(saved["tilelang"], key=lambda k: k["name"])
     assert m["name"] == KERNEL and m["entry"] == "indexer_logits_kernel"
     assert m["grid"] == ["rows", 8, 1] and m["block"] == [256, 1, 1] and m["dynamic_shared"] > 48 * 1024
     assert [p["kind"] for p in m["params"]] == ["ptr"] * 7 + ["int32"] * 4
+    # the paged kernel: 9 pointers (no Sink: the split kernel leaves it to the combine) and 5 distinct sizes,
+    # each bound to the dimension that defines it
+    assert paged["name"] == PAGED and paged["grid"] == ["num_tokens", 2, 16]
+    ints = [p["expr"] for p in paged["params"] if p["kind"] == "int32"]
+    assert sorted(ints) == sorted(set(ints)) and len(ints) == 5
+    assert {paged["symbols"][e] for e in ints} == {"Q.shape[0]", "C1.shape[0]", "Idx1.shape[1]", "C2.shape[0]",
+                                                  "Idx2.shape[1]"}
+    names = [t["name"] for t in paged["tensors"]]
+    assert sorted(names[p["tensor"]] for p in paged["params"] if p["kind"] == "ptr") == sorted(
+        set(names) - {"Sink"})
     assert saved["marlin"]["modules"]["repack"]["module_name"] == "sgl_kernel_jit_gptq_marlin_repack"
     assert set(saved["marlin"]["scalar_type_ids"]) == {"uint8b128", "uint4b8", "float8_e4m3fn", "float4_e2m1f"}
     for f in ("gptq_marlin.py", "moe_wna16_marlin.py", "gptq_marlin_repack.py", "moe_align.py", "scalar_type.py",
@@ -61,7 +75,7 @@ def test_the_cubin_is_sm90_machine_code_and_matches_its_manifest(kit):
     from sglang_ampere.device_kit import manifest as MF
 
     out, _ = kit
-    (m,) = MF.load_kit(out)["tilelang"]
+    m = next(k for k in MF.load_kit(out)["tilelang"] if k.name == KERNEL)
     cuobjdump = find_tool("cuobjdump")
     elf = subprocess.run([cuobjdump, "--list-elf", str(out / m.cubin)], capture_output=True, text=True).stdout
     assert "sm_90" in elf
@@ -125,6 +139,10 @@ def test_dry_run_binds_the_tilelang_launch_and_runs_every_marlin_format_on_stand
     (c,) = res["checks"]
     assert c["ok"] and "bound to the manifest and marshalled (grid [16, 8, 1] block [256, 1, 1]" in c["detail"]
     assert res["kernels_requested"] == [{"variant": 86, "kernels": [KERNEL]}]
+    p, res = _dry_run(out, tmp_path / "paged", "--only", PAGED_CHECK, "--sections", "tilelang")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (c,) = res["checks"]
+    assert c["ok"] and "grid [8, 2, 16] block [256, 1, 1]" in c["detail"] and "14 parameters" in c["detail"]
     p, res = _dry_run(out, tmp_path / "marlin", "--sections", "marlin")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert [c["ok"] for c in res["checks"]] == [True] * 5, res["checks"]
@@ -141,7 +159,8 @@ def test_dry_run_reports_a_wrong_kernel_a_wrong_manifest_and_a_missing_kernel_as
     bad = tmp_path / "badkit"
     shutil.copytree(out, bad)
     data = json.loads((bad / "kit.json").read_text())
-    data["tilelang"][0]["tensors"][3]["dtype"] = "float16"          # Wt is float32
+    idx = next(k for k in data["tilelang"] if k["name"] == KERNEL)
+    idx["tensors"][3]["dtype"] = "float16"                             # Wt is float32
     (bad / "kit.json").write_text(json.dumps(data))
     p, res = _dry_run(bad, tmp_path / "badout", "--only", "indexer decode (", "--sections", "tilelang")
     assert p.returncode == 1

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", default="sm_90", help="the GPU machine's arch for the SASS (default: sm_90)")
     parser.add_argument("--source-arch", default="sm_86", help="tile plans and source (default: sm_86, a 3090)")
     parser.add_argument("--own-arch", action="store_true", help="also the kernels lowered for --arch itself")
-    parser.add_argument("--only", default=None, help="only TileLang kernels whose name contains this")
+    parser.add_argument("--only", default=None,
+                        help="only TileLang kernels whose name contains one of these (comma-separated)")
     parser.add_argument("--marlin-module", action="append", default=None,
                         help="only these Marlin modules (repeat: gptq_marlin, moe_gemm1, moe_gemm2, repack, moe_align)")
     parser.add_argument("--no-tilelang", action="store_true", help="skip the TileLang kernels")

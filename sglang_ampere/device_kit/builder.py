@@ -154,7 +154,8 @@ def build_kit(out: Path, arch: int = 90, source_arch: int = 86, own_arch: bool =
     if tilelang:
         t0 = time.time()
         variants = [source_arch] + ([arch] if own_arch and arch != source_arch else [])
-        specs = [s for s in export.kit_specs(source_arch) if not only or only in s.name]
+        wanted = [w for w in (only or "").split(",") if w]
+        specs = [s for s in export.kit_specs(source_arch) if not wanted or any(w in s.name for w in wanted)]
         for variant in variants:
             for spec in specs:
                 t = time.time()
