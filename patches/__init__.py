@@ -24,6 +24,7 @@ PATCH_MODULES: list[str] = [
     "sglang_ampere.patches.dsv4_rope",
     "sglang_ampere.patches.cpu_engine",
     "sglang_ampere.patches.cpu_ops",
+    "sglang_ampere.patches.cpu_spec",
 ]
 
 

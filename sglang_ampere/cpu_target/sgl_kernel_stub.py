@@ -8,9 +8,11 @@ fails to load (``ImportError: libcuda.so.1``), and the CPU build is not on PyPI.
 happen before any plugin runs (a scheduler process imports ``scheduler.py`` and its memory
 pools first), so :func:`install_finder` is called from the CPU target's ``sitecustomize``.
 
-The stand-in implements the one operator the DeepSeek-V4 CPU path calls
-(:func:`assign_req_to_token_pool_cpu`); every other name resolves to a function that raises,
-naming the operator, if it is ever called.
+The stand-in implements the operators the DeepSeek-V4 CPU path calls: :func:`assign_req_to_token_pool_cpu`
+and, for MTP speculative decoding, the ``*_cpu`` ops of :data:`SPEC_OPS` (torch, in
+:mod:`sglang_ampere.kernels.spec_ops_torch`, each following the Triton kernel SGLang launches on a
+GPU for the same call); every other name resolves to a function that raises, naming the operator,
+if it is ever called.
 """
 
 from __future__ import annotations
@@ -44,12 +46,18 @@ def assign_req_to_token_pool_cpu(req_pool_indices, req_to_token, start_offset, e
         offset += n
 
 
+#: The speculative-decoding CPU ops (``kernels/ops/speculative/eagle.py`` ~10, ``cache_locs.py`` ~28,
+#: ``spec_tree.py`` ~40-43).
+SPEC_OPS = ("fill_bonus_tokens_cpu", "fill_accept_out_cache_loc_cpu", "assign_draft_cache_locs_contiguous_cpu",
+            "assign_extend_cache_locs_cpu", "build_tree_kernel_efficient_cpu", "verify_tree_greedy_cpu")
+
+
 def _missing(name: str):
     def op(*args, **kwargs):
         raise RuntimeError(
             f"sgl_kernel.{name} was called, but on sglang-ampere's CPU target sgl_kernel is a stand-in "
-            "that implements only assign_req_to_token_pool_cpu (the CUDA build of sgl-kernel cannot load "
-            "without a GPU driver). This SGLang path is not supported on the CPU target.")
+            "that implements only assign_req_to_token_pool_cpu and the MTP ops (the CUDA build of sgl-kernel "
+            "cannot load without a GPU driver). This SGLang path is not supported on the CPU target.")
     op.__name__ = name
     op.sglang_ampere_missing = True
     return op
@@ -61,6 +69,10 @@ def make_module() -> types.ModuleType:
     mod.__path__ = []               # a package with no submodules: `import sgl_kernel.x` fails as before
     mod.sglang_ampere_stub = True
     mod.assign_req_to_token_pool_cpu = assign_req_to_token_pool_cpu
+    from sglang_ampere.kernels import spec_ops_torch
+
+    for name in SPEC_OPS:
+        setattr(mod, name, getattr(spec_ops_torch, name))
 
     def __getattr__(name: str):
         if name.startswith("__"):
