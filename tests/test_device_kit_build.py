@@ -145,16 +145,18 @@ def test_dry_run_binds_the_tilelang_launch_and_runs_every_marlin_format_on_stand
     assert c["ok"] and "grid [8, 2, 16] block [256, 1, 1]" in c["detail"] and "14 parameters" in c["detail"]
     p, res = _dry_run(out, tmp_path / "marlin", "--sections", "marlin")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert [c["ok"] for c in res["checks"]] == [True] * 5, res["checks"]
-    assert "5/5 checks passed" in (tmp_path / "marlin" / "kit_summary.md").read_text()
+    assert [c["ok"] for c in res["checks"]] == [True] * 6, res["checks"]
+    assert res["checks"][0]["name"].startswith("MoE align")
+    assert "6/6 checks passed" in (tmp_path / "marlin" / "kit_summary.md").read_text()
 
 
 def test_dry_run_reports_a_wrong_kernel_a_wrong_manifest_and_a_missing_kernel_as_fail(kit, tmp_path):
     out, _ = kit
     p, res = _dry_run(out, tmp_path / "bug", "--sections", "marlin", "--plant-bug", "scale")
     assert p.returncode == 1
-    assert [c["ok"] for c in res["checks"]] == [False] * 5
-    assert all("relative error" in c["error"] and c["traceback"] for c in res["checks"])
+    align, *gemms = res["checks"]
+    assert align["ok"] and [c["ok"] for c in gemms] == [False] * 5      # the planted scale error is in the GEMMs
+    assert all("relative error" in c["error"] and c["traceback"] for c in gemms)
     # a manifest whose tensor dtype disagrees with what the launch builder passes
     bad = tmp_path / "badkit"
     shutil.copytree(out, bad)

@@ -673,7 +673,31 @@ def marlin_section(report: Report, ops: MarlinOps, device, only: str | None, sma
         return f"E={native_moe_shape['experts']} H={native_moe_shape['hidden']} I={native_moe_shape['inter']} " \
                f"M{list(moe_tokens)}: worst rel err {worst:.1e}"
 
+    def align():
+        from .standins import AlignStandIn
+
+        gen = torch.Generator().manual_seed(2)
+        shape = dict(Q.MOE_SHAPE)
+        for m in (1, 8, 100, 1000):
+            _, _, ids = _moe_input(m, shape, gen, device)
+            for block in (8, 16, 64):
+                got = [t.cpu() for t in ops.moe_align(ids, block, shape["experts"])]
+                cpu = ids.cpu()
+                want = [torch.empty_like(got[0]), torch.empty_like(got[1]), torch.empty_like(got[2])]
+                AlignStandIn().moe_align_block_size(cpu, shape["experts"] + 1, block, want[0], want[1], want[2],
+                                                    None, True)
+                case = f"M={m} block {block}"
+                require(got[2].tolist() == want[2].tolist(), f"{case}: [padded, inactive] {got[2].tolist()}, "
+                        f"the contract gives {want[2].tolist()}")
+                nblk = int(want[2][0]) // block
+                require(got[1][:nblk].tolist() == want[1][:nblk].tolist(), f"{case}: expert ids per block differ")
+                for b in range(nblk):
+                    g, w = got[0][b * block:(b + 1) * block], want[0][b * block:(b + 1) * block]
+                    require(sorted(g.tolist()) == sorted(w.tolist()), f"{case}: block {b} holds other token ids")
+        return "sorted ids, expert ids and [padded, inactive] as the contract, M 1..1000, block 8/16/64"
+
     checks = [
+        ("MoE align (SGLang JIT moe_align_block_size, inactive-prefix count) vs its contract", align),
         ("dsv4_int W8A16 dense, block (Marlin uint8b128 g128)", lambda: dense("block")),
         ("dsv4_int W8A16 dense, channel (Marlin uint8b128 per-channel)", lambda: dense("channel")),
         ("dsv4_int W4A16 MoE (Marlin uint4b8 g32)", int4_moe),
