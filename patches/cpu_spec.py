@@ -3,7 +3,8 @@
 Target:   the Python launchers in ``sglang.kernels.ops.speculative`` that the EAGLE v2 worker
           calls with DeepSeek-V4's chain draft (``--speculative-eagle-topk 1``) and whose Triton
           kernels have no CPU branch (:data:`INTERPRETED`), and the two top-1 argmax launchers
-          (:data:`ARGMAX`); ``sglang.srt.mem_cache.allocation.get_last_loc``.
+          (:data:`ARGMAX`, which also holds the c128 compressor-state cleanup after a verify pass,
+          ``kernels/ops/kvcache/dsv4_c128_cleanup.py`` ~37); ``sglang.srt.mem_cache.allocation.get_last_loc``.
 Hook:     :data:`INTERPRETED`: AROUND. For the call, the launcher's Triton kernels (module globals
           it looks up when it launches them) are SGLang's own kernel source run by Triton's
           interpreter (``triton.runtime.interpreter.InterpretedFunction``) on the CPU tensors;
@@ -62,6 +63,8 @@ def get_last_loc_torch_hook(req_to_token, req_pool_indices_tensor, prefix_lens_t
 ARGMAX: dict[str, str] = {
     f"{SPEC}.topk1.draft_topk1_postprocess": "draft_topk1_postprocess",
     f"{SPEC}.row_argmax.row_argmax": "row_argmax",
+    "sglang.kernels.ops.kvcache.dsv4_c128_cleanup.clear_unaccepted_c128_draft_states":
+        "clear_unaccepted_c128_draft_states",
 }
 
 _INTERPRETERS: dict[tuple[str, str], object] = {}
@@ -133,7 +136,7 @@ def hooks() -> list[Hook]:
     for target, name in ARGMAX.items():
         importlib.import_module(target.rsplit(".", 1)[0])
         out.append(Hook(target, getattr(spec_ops_torch, name), "REPLACE",
-                        f"CPU target: torch stand-in for the Triton top-1 argmax ({name})"))
+                        f"CPU target: torch stand-in for SGLang's Triton {name}"))
     importlib.import_module(ALLOCATION)
     out.append(Hook(f"{ALLOCATION}.get_last_loc", get_last_loc_torch_hook, "REPLACE",
                     "CPU target: spec decode's last-slot lookup through SGLang's own get_last_loc_torch"))

@@ -178,3 +178,24 @@ def test_verify_tree_greedy_cpu_on_a_chain():
     # negative control: a target that agrees with every draft accepts all three
     _, _, all_num = run(torch.tensor([[1, 2, 3, 7], [4, 5, 6, 1]], dtype=torch.int64))
     assert all_num.tolist() == [3, 3]
+
+
+def test_clear_unaccepted_c128_draft_states(gen):
+    from sglang.kernels.ops.kvcache import dsv4_c128_cleanup as cc
+
+    ring, half, reqs = 8, 300, 3                      # half > 256: two column blocks in the kernel
+    state = torch.randn(reqs * ring, 2 * half, generator=gen)
+    rows = torch.tensor([2, 0], dtype=torch.int64)
+    seq = torch.tensor([6, 13], dtype=torch.int64)   # the first wraps around the ring
+    acc = torch.tensor([1, 4], dtype=torch.int32)    # the second accepted every draft: nothing to clear
+    want = state.clone()
+    with kernels_interpreted(cc.__name__, ("_clear_unaccepted_c128_draft_states_kernel",)):
+        cc.clear_unaccepted_c128_draft_states(want, rows, seq, acc, ring_size=ring, num_draft_tokens=4)
+    got = state.clone()
+    ops.clear_unaccepted_c128_draft_states(got, rows, seq, acc, ring_size=ring, num_draft_tokens=4)
+    assert torch.equal(got, want)
+    changed = (want != state).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [2 * ring + 0, 2 * ring + 1, 2 * ring + 7]         # slots (6+1..3) % 8 of request 2
+    other = state.clone()
+    ops.clear_unaccepted_c128_draft_states(other, rows, seq, acc - 1, ring_size=ring, num_draft_tokens=4)
+    assert not torch.equal(other, want)

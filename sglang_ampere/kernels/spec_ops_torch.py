@@ -179,3 +179,25 @@ def verify_tree_greedy_cpu(*, predicts, accept_index, accept_token_num, candidat
             predicts=predicts, accept_index=accept_index, accept_token_num=accept_token_num, candidates=candidates,
             retrieve_index=retrive_index, retrieve_next_token=retrive_next_token,
             retrieve_next_sibling=retrive_next_sibling, target_predict=target_predict)
+
+
+def clear_unaccepted_c128_draft_states(state: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+                                       accept_lens: torch.Tensor, *, ring_size: int, num_draft_tokens: int) -> None:
+    """Reset the c128 compressor-state ring rows the rejected drafts wrote, in place: for request
+    ``b`` and draft offset ``d >= accept_lens[b]`` (``d < num_draft_tokens``), the row
+    ``req_pool_indices[b] * ring_size + (seq_lens[b] + d) % ring_size`` of ``state`` (rows of
+    ``2 * half`` values) gets 0 in its first half (the pooled kv) and -inf in its second (the
+    scores).
+
+    Mirrors ``kernels/ops/kvcache/dsv4_c128_cleanup.py`` ``_clear_unaccepted_c128_draft_states_kernel``
+    (Triton, ~7-34), called from ``DeepSeekV4TokenToKVPool.clear_unaccepted_c128_draft_states``
+    (``mem_cache/deepseek_v4_memory_pool.py`` ~1936) after a verify pass.
+    """
+    width = state.shape[-1]
+    half = width // 2
+    rows = state.view(-1, width)
+    for req, seq, acc in zip(req_pool_indices.tolist(), seq_lens.tolist(), accept_lens.tolist()):
+        for d in range(max(0, int(acc)), num_draft_tokens):
+            row = int(req) * ring_size + (int(seq) + d) % ring_size
+            rows[row, :half] = 0.0
+            rows[row, half:2 * half] = float("-inf")
