@@ -139,6 +139,7 @@ def test_dry_run_binds_the_tilelang_launch_and_runs_every_marlin_format_on_stand
     (c,) = res["checks"]
     assert c["ok"] and "bound to the manifest and marshalled (grid [16, 8, 1] block [256, 1, 1]" in c["detail"]
     assert res["kernels_requested"] == [{"variant": 86, "kernels": [KERNEL]}]
+    assert res["kit"]["kernel_sources_match"] is True
     p, res = _dry_run(out, tmp_path / "paged", "--only", PAGED_CHECK, "--sections", "tilelang")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (c,) = res["checks"]
@@ -163,11 +164,14 @@ def test_dry_run_reports_a_wrong_kernel_a_wrong_manifest_and_a_missing_kernel_as
     data = json.loads((bad / "kit.json").read_text())
     idx = next(k for k in data["tilelang"] if k["name"] == KERNEL)
     idx["tensors"][3]["dtype"] = "float16"                             # Wt is float32
+    data["kernel_sources_sha256"] = "0" * 64                           # as if built from other kernel sources
     (bad / "kit.json").write_text(json.dumps(data))
     p, res = _dry_run(bad, tmp_path / "badout", "--only", "indexer decode (", "--sections", "tilelang")
     assert p.returncode == 1
     by_name = {c["name"]: c for c in res["checks"]}
     assert not by_name[CHECK]["ok"] and "LaunchError" in by_name[CHECK]["error"]
     assert "dtype float32, expected float16" in by_name[CHECK]["error"]
+    assert res["kit"]["kernel_sources_match"] is False
+    assert "kernel files differ from the kit's" in (tmp_path / "badout" / "kit_summary.md").read_text()
     missing = by_name["indexer decode (16 rows, ctx 64k)"]           # requests the 32-split kernel
     assert not missing["ok"] and "the kit has no kernel for indexer_logits_decode_s32_h64" in missing["error"]

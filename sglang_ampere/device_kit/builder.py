@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .manifest import KIT_FORMAT
+from .manifest import KIT_FORMAT, kernel_sources_digest
 
 MAX_MB = 40.0
 #: The platform the borrowed GPU machine has (Python 3.12, x86_64 Linux).
@@ -150,6 +150,7 @@ def build_kit(out: Path, arch: int = 90, source_arch: int = 86, own_arch: bool =
                   "sglang": _version("sglang"), "tilelang": _version("tilelang"),
                   "apache-tvm-ffi": _version("apache-tvm-ffi"), "torch": _version("torch")},
         "tilelang": [], "marlin": {}, "wheels": [], "timings_s": {},
+        "kernel_sources_sha256": kernel_sources_digest(Path(__file__).resolve().parents[2]),
     }
     if tilelang:
         t0 = time.time()

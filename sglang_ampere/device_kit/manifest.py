@@ -168,6 +168,22 @@ def check_against_cubin(m: KernelManifest, kparams: dict[str, list[int]]) -> Non
                             f"manifest passes {len(want)} of sizes {want}")
 
 
+#: The repository files the kit's TileLang cubins are compiled from (their hash goes into kit.json, and the
+#: runner compares it with the repository it runs from: stale cubins are reported, not silently used).
+KERNEL_SOURCES = ("sglang_ampere/kernels/tilelang_mla.py", "sglang_ampere/kernels/tilelang_indexer.py",
+                  "sglang_ampere/kernels/tilelang_build.py", "sglang_ampere/kernels/kv_layout.py")
+
+
+def kernel_sources_digest(repo: Path) -> str:
+    """sha256 over :data:`KERNEL_SOURCES` of the repository at ``repo``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        h.update(rel.encode() + b"\0" + (Path(repo) / rel).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def load_kit(kit: Path) -> dict:
     """kit.json of a kit folder, with ``tilelang`` entries as :class:`KernelManifest`."""
     path = Path(kit) / "kit.json"

@@ -787,6 +787,9 @@ def summary_markdown(data: dict) -> str:
              f"tvm-ffi {env.get('tvm_ffi')}{'; DRY RUN (CPU, no kernel ran)' if env.get('dry_run') else ''}.", "",
              f"**{ok}/{len(checks)} checks passed**, {len(data['skipped'])} skipped (time budget), "
              f"{len(data['errors'])} section errors, {data.get('elapsed_s')} s.", "",
+             *(["**The repository's TileLang kernel files differ from the kit's (a TileLang failure may be a stale "
+                 "kit: rebuild it).**", ""]
+               if (data.get("kit") or {}).get("kernel_sources_match") is False else []),
              "| section | check | result | s |", "|---|---|---|---|"]
     for c in checks:
         res = ("PASS: " + c.get("detail", "")) if c["ok"] else ("**FAIL**: " + c.get("error", ""))
@@ -847,6 +850,10 @@ def main(argv=None) -> int:
         report.error("setup", f"load {kit}/kit.json", e)
         return 2
     report.data["kit"] = {k: kit_data.get(k) for k in ("built", "arch", "source_arch", "size_bytes")}
+    report.data["kit"]["kernel_sources_match"] = _sources_match(kit_data)
+    if report.data["kit"]["kernel_sources_match"] is False:
+        print("WARNING: the repository's TileLang kernel files differ from those the kit was built from; "
+              "if a TileLang check fails, rebuild the kit (sglang-ampere device-kit) first", flush=True)
     device = torch.device("cpu" if dry else "cuda")
     sms = 132 if dry else torch.cuda.get_device_properties(0).multi_processor_count
     bandwidth = float("nan")
@@ -890,6 +897,19 @@ def main(argv=None) -> int:
     print(f"{len(report.data['checks']) - len(failed)}/{len(report.data['checks'])} checks passed; "
           f"results in {report.out}", flush=True)
     return 0 if not failed and not report.data["errors"] else 1
+
+
+def _sources_match(kit_data: dict) -> bool | None:
+    """Whether this repository's kernel sources are the ones the kit was built from (None: unknown)."""
+    from .manifest import kernel_sources_digest
+
+    want = kit_data.get("kernel_sources_sha256")
+    if not want:
+        return None
+    try:
+        return kernel_sources_digest(Path(__file__).resolve().parents[2]) == want
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
