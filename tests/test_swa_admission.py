@@ -152,3 +152,21 @@ def test_four_pages_suffice_for_a_decoding_request():
     for pool, chunk, prompt, new in itertools.product(range(4 * P, 12 * P + 1, P), CHUNKS[:-1], PROMPTS, (1, 128)):
         assert serve(pool, prompt, new, chunk)[1] == 0, (pool, chunk, prompt, new)
     assert serve(3 * P, 700, 1, 256)[1] > 0                  # and 3P does not
+
+
+def test_the_pool_size_is_sglangs_and_the_rule_is_above_its_own_floor():
+    """``plan.swa_pool_tokens`` is SGLang's ratio-mode sizing (``DSV4PoolConfigurator._get_swa_tokens``
+    after the page floor of ``_compute_dsv4_sizes``), and every pool the rule accepts passes SGLang's own
+    check (``validate_swa_pool_size``), which only refuses pools up to window + page (384 here)."""
+    from sglang.srt.model_executor.pool_configurator import DSV4PoolConfigurator
+
+    sglang = object.__new__(DSV4PoolConfigurator)            # SGLang's own tests build stubs this way
+    sglang.swa_cap_tokens = None
+    for n, ratio in itertools.product((8192, 8200, 65536, 147200, 13691392), (0.05, 0.1, 0.125, 0.3125, 0.5625, 1.0)):
+        sglang.swa_ratio = ratio
+        assert plan.swa_pool_tokens(n, ratio) == sglang._get_swa_tokens(n // P * P, P), (n, ratio)
+    for chunk in CHUNKS:
+        need = plan.swa_pool_rule(1 << 20, 1.0, chunk or -1, CONTEXT).need
+        DSV4PoolConfigurator.validate_swa_pool_size(need, W, P)
+    with pytest.raises(ValueError, match="cannot hold even one request"):
+        DSV4PoolConfigurator.validate_swa_pool_size(W + P, W, P)   # negative control: SGLang's floor
