@@ -662,6 +662,8 @@ class Plan:
     min_mem_fraction_static: float = 0.0
     notes: list[str] = field(default_factory=list)
     kind: str = checkpoint_format.DSV4_INT     # the checkpoint's format (checkpoint_format)
+    rope_rows: int = 0                         # RoPE rows per kind (served_rope_rows)
+    model_config: dict = field(default_factory=dict, repr=False)
 
     @property
     def fits(self) -> bool:
@@ -681,6 +683,7 @@ class Plan:
             "max_running_requests": s.max_running_requests, "chunked_prefill_size": s.chunked_prefill_size,
             "mem_fraction_static": s.mem_fraction_static, "swa_full_tokens_ratio": s.swa_ratio,
             "partition": self.partition, "SGLANG_PP_LAYER_PARTITION": self.partition_env,
+            "rope_rows_per_kind": self.rope_rows,
             "default_partition": self.default_partition,
             "min_free_bytes": min(r.free_bytes for r in self.ranks),
             "default_min_free_bytes": self.default_min_free_bytes,
@@ -795,7 +798,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
             f"{s.context_length * s.max_running_requests} tokens do not fit the {tokens} KV tokens left: at "
             f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
     return Plan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
-                fmax, fmin, notes, model.kind)
+                fmax, fmin, notes, model.kind, rope_rows(model, s), model.config)
 
 
 @dataclass(frozen=True)
@@ -854,6 +857,21 @@ class _KvOf:
 # ----------------------------------------------------------------------------- output
 
 
+def rope_line(plan: Plan) -> str:
+    """The RoPE tables at the served length and what that frees per stage (patches/dsv4_rope.py)."""
+    full = int(plan.model_config["max_position_embeddings"])
+    rows = plan.rope_rows
+    served, sglang = _kind_bytes(plan.model_config, rows), _kind_bytes(plan.model_config, full)
+    freed = [r.weights["rope_tables"] // served * (sglang - served) if served else 0 for r in plan.ranks]
+    return (f"# RoPE tables: {rows} rows per kind, {served / MIB:.0f} MiB (SGLang alone: {full} rows, "
+            f"{sglang / MIB:.0f} MiB; patches/dsv4_rope.py); freed per stage (MiB): "
+            + ",".join(f"{b / MIB:.0f}" for b in freed))
+
+
+def _kind_bytes(config: dict, rows: int) -> int:
+    return Model(config, {}).rope_kind_bytes(rows)
+
+
 def format_table(plan: Plan) -> str:
     s = plan.settings
     lines = [
@@ -870,6 +888,7 @@ def format_table(plan: Plan) -> str:
                      f"{r.reserve_bytes / GIB:>12.2f}  {r.kv_bytes_per_token:>10.1f}  {r.free_bytes / GIB:>8.2f}  "
                      f"{r.pool_tokens:>9}")
     dmin = plan.default_min_free_bytes
+    lines += [rope_line(plan)]
     lines += [
         f"SGLANG_PP_LAYER_PARTITION={plan.partition_env}",
         f"# smallest free: {min(r.free_bytes for r in plan.ranks) / GIB:.2f} GiB "

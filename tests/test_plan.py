@@ -429,3 +429,17 @@ def test_speculative_draft_must_match_what_mtp_holds(real_model):
         P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
     one = P.make_plan(v0731, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
     require(one.pp == 1, f"pp {one.pp}")
+
+
+def test_rope_tables_at_the_served_length_and_what_they_free(real_model):
+    """12 x 24 GB at 65,536 tokens: 24 MiB per RoPE kind instead of SGLang's 384; stage 0 holds both
+    kinds (720 MiB freed), every other stage one (360 MiB). Negative control: served at the full
+    1,048,576 positions nothing is freed."""
+    plan = P.make_plan(real_model, 12, 24)
+    line = next(ln for ln in P.format_table(plan).splitlines() if ln.startswith("# RoPE tables:"))
+    require(line.startswith("# RoPE tables: 65536 rows per kind, 24 MiB (SGLang alone: 1048576 rows, 384 MiB"), line)
+    require(line.endswith("freed per stage (MiB): 720," + ",".join(["360"] * 11)), line)
+    require(plan.to_json()["rope_rows_per_kind"] == 65536, "the JSON carries the rows")
+    full = P.make_plan(real_model, 16, 80, settings=P.Settings(context_length=1 << 20, max_running_requests=1))
+    line = next(ln for ln in P.format_table(full).splitlines() if ln.startswith("# RoPE tables:"))
+    require(line.endswith("(MiB): " + ",".join(["0"] * 16)), line)
