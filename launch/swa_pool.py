@@ -8,11 +8,13 @@ preset's), with SGLang's own values where an argument is unset:
 * ``--swa-full-tokens-ratio``: DeepSeek-V4's model override sets 0.1;
 * ``--chunked-prefill-size``: what SGLang picks for the device memory (the GPUs here, the
   preset's card size on a dry run; host memory for ``--device cpu``), 4096 when none is known;
-* ``--max-total-tokens`` (N): when given, SGLang's pool is at most N; when not, SGLang sizes the
-  pool from memory at start, so the rule uses the memory plan's pool at ``--mem-fraction-static``
-  (the tightest stage) where ``plan`` made one (pp > 1 with a card size known), and is skipped
-  with a note otherwise: N then depends on the card and is tens of thousands of tokens or more
-  on any card that holds the model, far above the rule (``cpu-serving.md``, "GPU and concurrency").
+* ``--max-total-tokens`` (N): when given, SGLang's pool is at most N (the memory plan's pool
+  when that is smaller: SGLang takes the smaller, ``KVCacheConfigurator._apply_token_constraints``);
+  when not, SGLang sizes the pool from memory at start, so the rule uses the memory plan's pool at
+  ``--mem-fraction-static`` (the tightest stage) where ``plan`` made one (pp > 1 with a card size
+  known), and is skipped with a note otherwise: N then depends on the card and is tens of
+  thousands of tokens or more on any card that holds the model, far above the rule
+  (``cpu-serving.md``, "GPU and concurrency").
 
 Ratio not given by the user (the preset's value, or SGLang's 0.1) and the rule fails: the
 launcher passes the smallest ratio that meets it and says why in the dry run. Ratio given by the
@@ -82,6 +84,10 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
         n, n_src = planned, f"SGLang's pool per the memory plan (--max-total-tokens unset): {planned} tokens"
     else:
         n, n_src = int(limit), f"--max-total-tokens {limit}"
+        smaller = plan_pool_tokens()
+        if smaller and smaller < n:     # SGLang takes the smaller of the two (_apply_token_constraints)
+            planned = smaller
+            n, n_src = smaller, f"SGLang's pool per the memory plan, under --max-total-tokens {limit}: {smaller} tokens"
     rule = plan_mod.swa_pool_rule(n, ratio, chunk, int(context))
     if rule.ok:
         return SwaDecision()

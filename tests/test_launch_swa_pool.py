@@ -116,3 +116,15 @@ def test_unset_max_total_tokens_uses_the_plan_or_says_why_not(real, caller):
     twelve = _plan(real, caller, "--pp-size", "12")
     assert not any("SWA pool rule" in n for n in twelve.notes) and not twelve.swa_args_used
     assert _value(twelve.argv, FLAG) == "0.05"            # the plan's pool is millions of tokens
+
+
+def test_the_smaller_of_max_total_tokens_and_the_planned_pool_counts(real, caller):
+    """SGLang's pool is min(--max-total-tokens, what memory gives): at TP4 x PP2 on 24 GB the plan's
+    pool (about 72 K tokens at 0.89) is what the SWA pool comes from, not an 8 M cap."""
+    plan = _plan(real, caller, "--tp-size", "4", "--pp-size", "2", "--mem-fraction-static", "0.89",
+                 "--max-total-tokens", "8000000")
+    assert plan.swa_args_used, plan.notes
+    assert "under --max-total-tokens 8000000" in plan.swa_args_used[0][2]
+    # negative control: a cap below the planned pool is the pool (131072 x 0.05 = 6400 >= 4608)
+    twelve = _plan(real, caller, "--pp-size", "12", "--max-total-tokens", "131072")
+    assert not twelve.swa_args_used and _value(twelve.argv, FLAG) == "0.05"
