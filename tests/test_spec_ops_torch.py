@@ -199,3 +199,37 @@ def test_clear_unaccepted_c128_draft_states(gen):
     other = state.clone()
     ops.clear_unaccepted_c128_draft_states(other, rows, seq, acc - 1, ring_size=ring, num_draft_tokens=4)
     assert not torch.equal(other, want)
+
+
+def test_build_tree_kernel_efficient_cpu_on_a_chain():
+    """Top-k 1, 3 steps, 4 verify tokens, the QLEN_ONLY mask the CPU engine asks for: the inputs as
+    SGLang's ``organize_draft_results`` makes them for a chain (parents [-1, 0, 1], the 3 draft
+    scores all selected), the buffers as ``build_tree_kernel_efficient`` allocates them; the
+    answer must be ``build_chain_tree``'s (SGLang's own chain construction, interpreted)."""
+    from sglang.kernels.ops.speculative import eagle
+    from sglang.kernels.ops.speculative.spec_tree import TreeMaskMode
+
+    bs, steps, nv = 2, 3, 4
+    seq = torch.tensor([10, 37], dtype=torch.int64)
+    parent_list = torch.tensor([[-1, 0, 1]] * bs, dtype=torch.int64)
+    top_scores_index = torch.tensor([[0, 1, 2]] * bs, dtype=torch.int64)
+
+    def build(parents):
+        mask = torch.full((nv * bs * nv,), True, dtype=torch.bool)
+        retrieve = torch.full((3, bs, nv), -1, dtype=torch.long)
+        positions = torch.empty((bs * nv,), dtype=torch.long)
+        ops.build_tree_kernel_efficient_cpu(parents, top_scores_index, seq, mask, positions, retrieve[0],
+                                            retrieve[1], retrieve[2], 1, steps, nv, TreeMaskMode.QLEN_ONLY)
+        return mask, positions, retrieve
+
+    mask, positions, retrieve = build(parent_list)
+    with kernels_interpreted(f"{SPEC}.eagle", ("_build_chain_tree_kernel",)):
+        chain = eagle.build_chain_tree(torch.zeros(bs, dtype=torch.int64), torch.zeros(bs, steps, dtype=torch.int64),
+                                       seq)
+    assert torch.equal(positions, chain[1])
+    assert torch.equal(retrieve[0], chain[2]) and torch.equal(retrieve[1], chain[3])
+    assert torch.equal(retrieve[2], chain[4])
+    assert torch.equal(mask.view(bs, nv, nv), chain[0][:bs * nv * nv].view(bs, nv, nv))
+    # negative control: a tree whose third draft hangs off the root is not the chain
+    _, _, other = build(torch.tensor([[-1, 0, -1]] * bs, dtype=torch.int64))
+    assert not torch.equal(other[1], chain[3])
