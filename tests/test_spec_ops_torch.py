@@ -12,7 +12,7 @@ pytest.importorskip("sglang")
 pytest.importorskip("triton")
 
 from sglang_ampere.kernels import spec_ops_torch as ops  # noqa: E402
-from sglang_ampere.patches.cpu_spec import kernels_interpreted  # noqa: E402
+from sglang_ampere.kernels.triton_interpret import kernels_interpreted  # noqa: E402
 
 SPEC = "sglang.kernels.ops.speculative"
 

@@ -147,11 +147,11 @@ def build_tree_kernel_efficient_cpu(parent_list, top_scores_index, seq_lens, tre
     SGLang 0.5.23 has this as Triton for XPU (``spec_tree.py`` ``sgl_build_tree_kernel_triton``
     ~318, kernel ``sgl_build_tree_kernel_efficient_triton`` ~53, called with exactly these
     arguments at ~396); here that same code runs under Triton's interpreter
-    (:func:`sglang_ampere.patches.cpu_spec.kernels_interpreted`), integers only.
+    (:func:`sglang_ampere.kernels.triton_interpret.kernels_interpreted`), integers only.
     """
     from sglang.kernels.ops.speculative import spec_tree
 
-    from sglang_ampere.patches.cpu_spec import kernels_interpreted
+    from .triton_interpret import kernels_interpreted
 
     with kernels_interpreted(spec_tree.__name__, ("sgl_build_tree_kernel_efficient_triton",)):
         spec_tree.sgl_build_tree_kernel_triton(parent_list, top_scores_index, seq_lens, tree_mask, positions,
@@ -172,7 +172,7 @@ def verify_tree_greedy_cpu(*, predicts, accept_index, accept_token_num, candidat
     """
     from sglang.kernels.ops.speculative import spec_tree
 
-    from sglang_ampere.patches.cpu_spec import kernels_interpreted
+    from .triton_interpret import kernels_interpreted
 
     with kernels_interpreted(spec_tree.__name__, ("verify_tree_greedy_kernel_triton",)):
         spec_tree.verify_tree_greedy_triton(
