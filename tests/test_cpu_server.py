@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers.cpu_server import assert_cpu_close, ids, synth_dsv4_int
 
 from sglang_ampere import server_probe as sp
-from sglang_ampere.synth import BYTE_IDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.cpu_server]
 
@@ -29,19 +27,9 @@ CHUNK = 1024             # env/cpu.toml --chunked-prefill-size
 LONG = 2300              # > 2048 compressed-token threshold: 575 c4 entries against index_topk 512
 
 
-def ids(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(BYTE_IDS.start, BYTE_IDS.stop) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cpu-serve")
-    native, dst = root / "native", root / "dsv4_int"
-    subprocess.run(sp.cli("synth", str(native), "--quiet", "--seed", "7"), check=True, timeout=300)
-    subprocess.run(sp.cli("convert", str(native), str(dst), "--workers", "1"), check=True, timeout=600,
-                   capture_output=True)
-    return dst
+    return synth_dsv4_int(tmp_path_factory.mktemp("cpu-serve"), seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +47,7 @@ def refdir(tmp_path_factory):
 def judge_against_reference(ckpt, refdir, name, full_ids, server_lps):
     ref, floor = sp.reference_logprobs(ckpt, full_ids, refdir / name)
     mean, worst, bound = sp.judge_logprobs(server_lps, ref, floor)
+    assert_cpu_close(mean, floor)
     # negative control: the same logprobs one position off must fail the same rule
     with pytest.raises(sp.LogprobMismatch):
         sp.judge_logprobs(server_lps[1:] + server_lps[:1], ref, floor)

@@ -23,21 +23,17 @@ accepted, and the accept path would never run); every server uses the same check
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from helpers.agreeable_draft import make_agreeable
+from helpers.cpu_server import ids, synth_dsv4_int
 
 from sglang_ampere import server_probe as sp
-from sglang_ampere.synth import BYTE_IDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.cpu_server]
 
-PORTS = range(32000, 33000)       # this module's ports (other server tests use others)
 START_TIMEOUT = 600.0
 REQUEST_TIMEOUT = 300.0
 PROMPT_LEN, GEN = 40, 8
@@ -46,43 +42,15 @@ TIE = 0.1                         # nats: a plain-run top-2 margin bf16 rounding
 AGREE_SHIFT = 6                   # layers' outputs x 2**-6: the bigram draft agrees ~40% of the time
 
 
-def ids(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(BYTE_IDS.start, BYTE_IDS.stop) for _ in range(n)]
-
-
 PROMPTS = [ids(PROMPT_LEN, s) for s in SEEDS]
-
-
-def free_port() -> int:
-    for port in random.Random(time.time_ns()).sample(list(PORTS), 50):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @contextlib.contextmanager
 def launched(launch_args: list[str], log: Path):
-    """``sglang-ampere launch LAUNCH_ARGS --host 127.0.0.1 --port P`` in its own process group;
-    yields (url, seconds to ready); the group is always killed on exit."""
-    port = free_port()
-    cmd = sp.cli("launch", *launch_args, "--host", "127.0.0.1", "--port", str(port))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
-        f.write(f"$ {' '.join(cmd)}\n".encode())
-        f.flush()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            sp.wait_ready(url, proc, t0 + START_TIMEOUT, log)
-            yield url, time.monotonic() - t0
-        finally:
-            sp.kill_group(proc)
+    """:func:`sglang_ampere.server_probe.running_server`; yields (url, seconds to ready)."""
+    t0 = time.monotonic()
+    with sp.running_server(launch_args, log, timeout=START_TIMEOUT) as url:
+        yield url, time.monotonic() - t0
 
 
 def serve_and_ask(ckpt: Path, logdir: Path, name: str, launcher: list[str], server: list[str],
@@ -108,13 +76,8 @@ def tokens(answer: dict) -> list[int]:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cpu-pp-spec")
-    native, dst = root / "native", root / "dsv4_int"
-    subprocess.run(sp.cli("synth", str(native), "--quiet", "--seed", "7"), check=True, timeout=300)
-    make_agreeable(native, shift=AGREE_SHIFT)
-    subprocess.run(sp.cli("convert", str(native), str(dst), "--workers", "1"), check=True, timeout=600,
-                   capture_output=True)
-    return dst
+    return synth_dsv4_int(tmp_path_factory.mktemp("cpu-pp-spec"), seed=7,
+                          native_hook=lambda native: make_agreeable(native, shift=AGREE_SHIFT))
 
 
 @pytest.fixture(scope="module")

@@ -81,8 +81,14 @@ class AmpereMxfp4MarlinMoEMethod(Mxfp4MarlinMoEMethod):
         topk = dispatch_output.topk_output
         if not hasattr(topk, "topk_ids"):
             raise ValueError(f"{self.prefix}: the torch reference MoE needs standard top-k output, got {topk.format}")
+        x = dispatch_output.hidden_states
+        cfg = self.runner.config
+        # routed_scaling_factor is already in topk_weights (fuse_routed_scaling_factor_in_topk, as for
+        # SGLang's Marlin MXFP4). Off CUDA SGLang's DeepSeek MoE multiplies the routed output by it once
+        # more (deepseek_v2.py ~1233-1239: `if not _is_cuda ...: final_hidden_states *= factor`), so on
+        # a CPU tensor the reference divides it out and the product carries the factor exactly once.
+        rescale = None if x.is_cuda or not cfg.routed_scaling_factor else 1.0 / cfg.routed_scaling_factor
         out = reference_mxfp4_moe(
-            dispatch_output.hidden_states, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight,
-            layer.w2_weight_scale_inv, topk.topk_weights, topk.topk_ids, self.runner.config.swiglu_limit,
-            routed_scaling_factor=None)      # already in topk_weights (fuse_routed_scaling_factor_in_topk)
+            x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight, layer.w2_weight_scale_inv,
+            topk.topk_weights, topk.topk_ids, cfg.swiglu_limit, routed_scaling_factor=rescale)
         return StandardCombineInput(hidden_states=out)

@@ -1,6 +1,7 @@
 """Test helpers shared by the test modules (not tests themselves).
 
 * :mod:`.convert`    synthetic native checkpoints, shard surgery, running the CLI;
+* :mod:`.cpu_server` prompts, checkpoints and the logprob bound of the CPU server tests;
 * :mod:`.dsv4int`    dsv4_int test checkpoints and where each tensor must land in SGLang's model;
 * :mod:`.launch`     recorded ``nvidia-smi`` outputs, model folders, a fake ``nvidia-smi``;
 * :mod:`.sglang_cpu` SGLang's real DeepSeek-V4 code on a CPU-only machine.
