@@ -2,11 +2,12 @@
 
 Target:   ``KVCacheConfigurator.configure`` (``sglang.srt.mem_cache.kv_cache_configurator``),
           ``sglang.srt.models.deepseek_v4.get_rope_wrapper``, and
-          ``Fp8LinearMethod.process_weights_after_loading`` / ``.apply``
+          ``Fp8LinearMethod.process_weights_after_loading`` / ``.apply`` and
+          ``Fp8MoEMethod.process_weights_after_loading``
           (``sglang.srt.layers.quantization.fp8``), ``PyNcclCommunicator.__init__``
           (``sglang.srt.distributed.device_communicators.pynccl``) and
           ``DeepseekV4ForCausalLM.set_embed_and_head`` (``sglang.srt.models.deepseek_v4``)
-Hook:     AROUND, all six; registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
+Hook:     AROUND, all seven (:data:`HOOKS`); registered only under ``SGLANG_AMPERE_TARGET=cpu`` with
           ``SGLANG_USE_CPU_ENGINE=1`` and without CUDA (:func:`sglang_ampere.cpu_target.active`;
           ``sglang-ampere launch --gpu cpu`` sets both). Anywhere else :func:`hooks` returns no hook,
           so a GPU process is never touched.
