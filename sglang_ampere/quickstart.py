@@ -114,7 +114,13 @@ def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print, serv
     out(eval_figures(converted, native, seed, progress))
     if no_server is None:
         out(f"[5/5] serve: SGLang's real server on this machine's CPU (the CPU target), on {converted}")
-        if serve_check(converted, root / "logs", out) != 0:
+        try:
+            served = serve_check(converted, root / "logs", out)
+        except Exception as e:      # the server's own log says why; point at it, keep the rest of the output
+            out(f"  serve: FAIL ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"the server's log: {root / 'logs' / 'server.log'}")
+            return 1
+        if served != 0:
             return 1
     else:
         out(f"(serve step skipped: {no_server})")

@@ -10,13 +10,12 @@ the reference forward of the same checkpoint, each with a negative control that 
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers.cpu_server import assert_cpu_close, ids, synth_dsv4_int
+from helpers.cpu_server import assert_cpu_close, ids, server_env, synth_dsv4_int
 
 from sglang_ampere import server_probe as sp
 
@@ -35,7 +34,8 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], log, timeout=900) as url:
+    with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], log, env=server_env(),
+                           timeout=900) as url:
         yield url
 
 
@@ -177,7 +177,7 @@ def test_a_wrong_stand_in_fails_the_logprob_check(ckpt, refdir, tmp_path):
     fault = tmp_path / "fault"
     fault.mkdir()
     (fault / "sitecustomize.py").write_text(FAULT_SITE)
-    env = dict(os.environ, PYTHONPATH=str(fault))
+    env = server_env(PYTHONPATH=str(fault))
     prompt = ids(64, seed=1)
     with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(ckpt)], tmp_path / "server.log", env=env,
                            timeout=900) as url:

@@ -6,7 +6,7 @@ the MXFP4 MoE (torch reference on CPU) and the dense FP8 layers the W8A16 refere
 from __future__ import annotations
 
 import pytest
-from helpers.cpu_server import assert_cpu_close, ids, synth
+from helpers.cpu_server import assert_cpu_close, ids, server_env, synth
 
 from sglang_ampere import server_probe as sp
 
@@ -23,7 +23,7 @@ def test_native_checkpoint_serves_with_reference_logprobs(native, tmp_path):
 
     prompt = ids(48, seed=3)
     with sp.running_server(["--gpu", "cpu", "--", "--model-path", str(native)], tmp_path / "server.log",
-                           timeout=900) as url:
+                           env=server_env(), timeout=900) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="EMPTY", timeout=300, max_retries=0)
         model = client.models.list().data[0].id
         chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}],

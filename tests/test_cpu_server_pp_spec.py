@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 from helpers.agreeable_draft import make_agreeable
-from helpers.cpu_server import ids, synth_dsv4_int
+from helpers.cpu_server import ids, server_env, synth_dsv4_int
 
 from sglang_ampere import server_probe as sp
 
@@ -49,7 +49,7 @@ PROMPTS = [ids(PROMPT_LEN, s) for s in SEEDS]
 def launched(launch_args: list[str], log: Path):
     """:func:`sglang_ampere.server_probe.running_server`; yields (url, seconds to ready)."""
     t0 = time.monotonic()
-    with sp.running_server(launch_args, log, timeout=START_TIMEOUT) as url:
+    with sp.running_server(launch_args, log, env=server_env(), timeout=START_TIMEOUT) as url:
         yield url, time.monotonic() - t0
 
 

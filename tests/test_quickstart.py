@@ -4,7 +4,9 @@ import json
 import subprocess
 
 import pytest
+from helpers import PY, REPO
 from helpers.convert import run_cli
+from helpers.cpu_server import server_env
 
 
 def test_quickstart_end_to_end_and_rerun(tmp_path):
@@ -38,7 +40,8 @@ def test_quickstart_ends_by_serving_on_the_cpu(tmp_path):
     """The README's first command: with the serve extra installed it ends by starting SGLang's real
     server on this CPU through launch, one chat request and one logprob check, and stops it."""
     root = tmp_path / "qs"
-    res = run_cli("quickstart", root, "--quiet", timeout=1800)
+    res = subprocess.run([PY, "-m", "sglang_ampere", "quickstart", str(root), "--quiet"], capture_output=True,
+                         text=True, timeout=1800, env=server_env(OMP_NUM_THREADS="1"), cwd=str(REPO))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
     assert "[5/5] serve" in out and "sglang-ampere launch --gpu cpu" in out

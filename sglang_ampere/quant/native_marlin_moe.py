@@ -84,10 +84,15 @@ class AmpereMxfp4MarlinMoEMethod(Mxfp4MarlinMoEMethod):
         x = dispatch_output.hidden_states
         cfg = self.runner.config
         # routed_scaling_factor is already in topk_weights (fuse_routed_scaling_factor_in_topk, as for
-        # SGLang's Marlin MXFP4). Off CUDA SGLang's DeepSeek MoE multiplies the routed output by it once
-        # more (deepseek_v2.py ~1233-1239: `if not _is_cuda ...: final_hidden_states *= factor`), so on
-        # a CPU tensor the reference divides it out and the product carries the factor exactly once.
-        rescale = None if x.is_cuda or not cfg.routed_scaling_factor else 1.0 / cfg.routed_scaling_factor
+        # SGLang's Marlin MXFP4). When SGLang's model itself runs without CUDA (the CPU target), its
+        # DeepSeek MoE multiplies the routed output by it once more (deepseek_v2.py ~1233-1239: `if not
+        # _is_cuda ...: final_hidden_states *= factor`), so there the reference divides it out and the
+        # product carries the factor exactly once. (Callers outside a model, e.g. the quant checks,
+        # get the method's own contract: the factor from topk_weights only.)
+        from sglang_ampere import cpu_target
+
+        rescale = (1.0 / cfg.routed_scaling_factor
+                   if cfg.routed_scaling_factor and not x.is_cuda and cpu_target.active() else None)
         out = reference_mxfp4_moe(
             x, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight, layer.w2_weight_scale_inv,
             topk.topk_weights, topk.topk_ids, cfg.swiglu_limit, routed_scaling_factor=rescale)

@@ -3,6 +3,7 @@ synth's byte tokens, the synthetic checkpoints, and the CPU server's own logprob
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 from pathlib import Path
@@ -41,3 +42,18 @@ def synth_dsv4_int(root: Path, seed: int, native_hook=None) -> Path:
 
 def assert_cpu_close(mean: float, floor: float) -> None:
     assert mean <= CPU_FACTOR * floor + CPU_SLACK, f"mean |d| {mean:.4f} nats vs bf16 floor {floor:.4f}"
+
+
+#: Variables the test process itself may carry from earlier tests (SGLang's ``envs.X.set`` writes
+#: ``os.environ``; ``init_sglang_cpu`` sets a torch.distributed world of one) and that must not
+#: reach a server: the launcher keeps a caller's value over its preset's.
+_TEST_PROCESS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give ``sglang-ampere launch``: this process's, less
+    every ``SGLANG_*`` variable and the distributed-world variables earlier tests left behind."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SGLANG_") and k not in _TEST_PROCESS_VARS}
+    env.update(extra)
+    return env
