@@ -14,7 +14,10 @@ What makes it go, and where each piece lives:
   SGLang's memory-pool modules import CPU ops from the CPU build of sgl-kernel at module level,
   before any plugin runs, and the installed CUDA build cannot load without a driver.
 * ``patches/cpu_engine.py``: the CPU engine's gates that assume Intel AMX (FP8 KV cache, FP8
-  linear), the RoPE factory, and the torch stand-ins bound in place of every CUDA-only op.
+  linear), the RoPE factory, NCCL beside gloo, the MTP hand-over's device module;
+* ``patches/cpu_ops.py``: the torch stand-ins (``kernels/dsv4_ops_torch.py``,
+  ``kernels/dsv4_compress_torch.py``) bound in place of every CUDA-only op on the forward path;
+  ``patches/cpu_spec.py``: the same for MTP speculative decoding's bookkeeping kernels.
 * ``patches/dsv4_attention.py`` / ``dsv4_indexer.py``: the same hooks as on Ampere, so the torch
   sparse MLA and indexer paths of this package serve attention here too.
 
