@@ -45,9 +45,9 @@ SGLang:   written for 0.5.23 (file:line above).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
+from unittest import mock
 
 from . import Hook
 
@@ -79,20 +79,9 @@ class _NotCpuPlatform:
         return getattr(self._platform, name)
 
 
-@contextlib.contextmanager
-def _module_attr(module_name: str, attr: str, value):
-    module = sys.modules[module_name]
-    saved = getattr(module, attr)
-    setattr(module, attr, value)
-    try:
-        yield
-    finally:
-        setattr(module, attr, saved)
-
-
 def configure_hook(original, self, *args, **kwargs):
     module = sys.modules[KVC]
-    with _module_attr(KVC, "current_platform", _NotCpuPlatform(module.current_platform)):
+    with mock.patch.object(module, "current_platform", _NotCpuPlatform(module.current_platform)):
         return original(self, *args, **kwargs)
 
 
@@ -103,7 +92,7 @@ def rope_wrapper_hook(original, *args, **kwargs):
 
 
 def fp8_not_cpu_hook(original, *args, **kwargs):
-    with _module_attr(FP8, "_is_cpu", False):
+    with mock.patch.object(sys.modules[FP8], "_is_cpu", False):
         return original(*args, **kwargs)
 
 

@@ -46,6 +46,7 @@ import traceback
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
+from unittest import mock
 
 DEFAULT_BUDGET_S = 450.0
 MIN_LEFT_S = 20.0
@@ -236,16 +237,6 @@ class KitKernels:
 
 
 @contextlib.contextmanager
-def patched(obj, name: str, value):
-    saved = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, saved)
-
-
-@contextlib.contextmanager
 def kit_kernels_in_place(kernels: KitKernels, dry_run: bool, sms: int):
     """Swap ``compiled`` of both TileLang modules for the kit's; on a dry run also let the launch
     builders run on CPU tensors (device checks off, the device answers ``(arch, sms)``)."""
@@ -257,14 +248,14 @@ def kit_kernels_in_place(kernels: KitKernels, dry_run: bool, sms: int):
     from ..kernels import tilelang_mla as M
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(patched(M, "compiled", kernels))
-        stack.enter_context(patched(TI, "compiled", kernels))
+        stack.enter_context(mock.patch.object(M, "compiled", kernels))
+        stack.enter_context(mock.patch.object(TI, "compiled", kernels))
         if dry_run:
             arch = kernels.arch
-            stack.enter_context(patched(G, "_require_cuda", lambda: torch.device("cpu")))
-            stack.enter_context(patched(M, "_require_cuda", lambda q: None))
-            stack.enter_context(patched(M, "device_arch", lambda device=None: (arch, sms)))
-            stack.enter_context(patched(TI, "device_arch", lambda device=None: (arch, sms)))
+            stack.enter_context(mock.patch.object(G, "_require_cuda", lambda: torch.device("cpu")))
+            stack.enter_context(mock.patch.object(M, "_require_cuda", lambda q: None))
+            stack.enter_context(mock.patch.object(M, "device_arch", lambda device=None: (arch, sms)))
+            stack.enter_context(mock.patch.object(TI, "device_arch", lambda device=None: (arch, sms)))
 
             def indexer_on_cpu(q, kv, weight, lens, table, meta, max_seq_len, clean_logits=False):
                 launch = TI.indexer_launch(q, kv, weight, lens, table, max_seq_len, plan=TI.plan_for(arch), sms=sms,
@@ -272,7 +263,7 @@ def kit_kernels_in_place(kernels: KitKernels, dry_run: bool, sms: int):
                 kernels(launch.spec, arch)(*launch.args)
                 return launch.out
 
-            stack.enter_context(patched(I, "paged_mqa_logits_tilelang", indexer_on_cpu))
+            stack.enter_context(mock.patch.object(I, "paged_mqa_logits_tilelang", indexer_on_cpu))
         yield
 
 
@@ -879,7 +870,7 @@ def main(argv=None) -> int:
         if dry:
             from .standins import fake_device_properties
 
-            stack.enter_context(patched(torch.cuda, "get_device_properties",
+            stack.enter_context(mock.patch.object(torch.cuda, "get_device_properties",
                                         lambda device=None: fake_device_properties(sms)))
         with stack:
             try:
