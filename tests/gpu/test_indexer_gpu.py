@@ -7,20 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.gpu import GPU_MARKS
 
 from sglang_ampere.kernels import gpu_checks as G
 from sglang_ampere.kernels import indexer as I
 from sglang_ampere.kernels import tilelang_indexer as TI
 
-
-def _has_ampere_or_newer() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _has_ampere_or_newer(), reason="needs a CUDA GPU of sm_80 or newer"),
-]
+pytestmark = GPU_MARKS
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers.gpu import GPU_MARKS
 
 from sglang_ampere.kernels.gpu_checks import gpu_checks
 
-
-def _has_ampere_or_newer() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _has_ampere_or_newer(), reason="needs a CUDA GPU of sm_80 or newer"),
-]
+pytestmark = GPU_MARKS
 
 CHECKS = gpu_checks()
 
