@@ -35,8 +35,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 from sglang_ampere.convert.engine import convert
+from sglang_ampere.convert.jobs import make_plan
 from sglang_ampere.convert.options import Options
-from sglang_ampere.convert.plan import make_plan
 from sglang_ampere.convert.safetensors_out import fsync_dir
 from sglang_ampere.synth import SynthSpec, write_checkpoint
 

@@ -30,13 +30,13 @@ from sglang_ampere import gpus as gpus_mod
 from . import mem_fraction, swa_pool
 from .argv import parse_env_overrides, parse_server_args, split_argv, wants_help
 from .errors import LaunchError
+from .layer_split import VAR as PARTITION_VAR
+from .layer_split import plan_stages
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_plan, shell_command
 from .resolve import EnvChange, add_cpu_site, add_cpu_threads, fill_server_args, resolve_arch, resolve_env, target_arch
 from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
-from .stage_plan import VAR as PARTITION_VAR
-from .stage_plan import plan_stages
 from .topology import check_topology, topology_of, with_node_rank
 
 __all__ = ["EnvChange", "LaunchError", "Plan", "build_plan", "dry_run_command", "format_plan", "main",

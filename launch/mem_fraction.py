@@ -5,8 +5,8 @@ Where the launcher makes a memory plan (pp > 1 with a card size known, :mod:`.st
 * the plan cannot hold a stage's weights and reserves at all (``plan.CapacityError``): refused,
   with the stage, its numbers and what to change;
 * the user did not set ``--mem-fraction-static`` (the preset's value, or the plan's assumed 0.85,
-  counts as not set): the launcher passes :func:`sglang_ampere.plan.mem_fraction`, the fraction
-  closest to the preset's at which SGLang's KV pool holds :func:`sglang_ampere.plan.min_pool_tokens`
+  counts as not set): the launcher passes :func:`sglang_ampere.memory_plan.mem_fraction`, the fraction
+  closest to the preset's at which SGLang's KV pool holds :func:`sglang_ampere.memory_plan.min_pool_tokens`
   (one request at the full ``--context-length``) on every stage while every stage keeps the plan's
   reserves (activations, CUDA graphs, budgets) outside the pool; the preset's value is kept when it
   already does. No fraction does both: refused, naming each stage's shortfall and what to change
@@ -33,7 +33,7 @@ def decide(staged, user_set: bool, was: object = None) -> tuple[str, str] | None
     """(value, reason) of ``--mem-fraction-static`` to pass, or None to leave the arguments alone.
     ``staged``: :func:`.stage_plan.plan_stages`'s result for the final arguments; ``was``: the value before
     the launcher changed any argument (the preset's), for the reason. Raises :class:`LaunchError`."""
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     if isinstance(staged.error, plan_mod.CapacityError):
         raise LaunchError(f"the memory plan cannot fit this topology: {staged.error}")

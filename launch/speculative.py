@@ -43,7 +43,7 @@ def mtp_args() -> tuple[tuple[str, str, str], ...]:
     """(flag, ServerArgs field, value) of ``--speculative mtp``; the values are the ones the memory
     plan sizes the draft for. Imported here, not at module level: the launcher must import
     without torch (the plan reads the checkpoint through ``sglang_ampere.inventory``)."""
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     return (
         ("--speculative-algorithm", "speculative_algorithm", "EAGLE"),

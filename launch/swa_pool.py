@@ -1,7 +1,7 @@
 """The SWA pool against SGLang 0.5.23's prefill admission: ``launch`` never starts a server whose
 chunked prompts can stall forever.
 
-The rule is :func:`sglang_ampere.plan.swa_pool_rule` (SWA pool ``S >= max(4P, C + 2P)``, P = 256,
+The rule is :func:`sglang_ampere.memory_plan.swa_pool_rule` (SWA pool ``S >= max(4P, C + 2P)``, P = 256,
 C = ``--chunked-prefill-size``), applied to the final server arguments (the user's, then the
 preset's), with SGLang's own values where an argument is unset:
 
@@ -41,7 +41,7 @@ class SwaDecision:
 
 
 def _chunk(final: ServerArgv, mem_gib: float | None) -> tuple[int, str]:
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     given = final.value("chunked_prefill_size")
     if given is not None:
@@ -62,7 +62,7 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
     only when ``--max-total-tokens`` is unset); ``was``: the ratio before the launcher changed any
     argument (the preset's; None: SGLang's), for the reason.
     """
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     ratio = float(final.value(DEST) or plan_mod.SGLANG_DSV4_SWA_RATIO)
     chunk, chunk_src = _chunk(final, mem_gib)

@@ -18,7 +18,7 @@ Why:      These ops exist in SGLang 0.5.23 only as CUDA JIT, Triton or TileLang 
           each naming its source file:line), so the rest of SGLang -- its attention backend,
           metadata, KV pools and compress-state pool, radix cache -- runs unchanged on CPU. On a
           card, ``selftest`` compares each stand-in with the kernel it replaces
-          (:mod:`sglang_ampere.kernels.dsv4_ops_checks`).
+          (:mod:`sglang_ampere.kernels.dsv4_ops_selfchecks`).
           The planner wrappers here only wrap the plan tensors in SGLang's NamedTuples; the online
           c128 compressor (``SGLANG_OPT_USE_ONLINE_COMPRESS``) is refused with a clear error.
 SGLang:   written for 0.5.23 (``kernels/ops/attention/dsv4/norm_rope.py`` 142-320, ``attn.py`` ~75,

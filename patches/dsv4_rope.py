@@ -71,9 +71,9 @@ def speculative_counts() -> tuple[int, int]:
 
 
 def served_rows(config) -> int | None:
-    """RoPE rows the server can address for this HF config (:func:`sglang_ampere.plan.served_rope_rows`),
+    """RoPE rows the server can address for this HF config (:func:`sglang_ampere.memory_plan.served_rope_rows`),
     or None to keep SGLang's size."""
-    from sglang_ampere.plan import served_rope_rows
+    from sglang_ampere.memory_plan import served_rope_rows
 
     full = int(config.max_position_embeddings)
     context = getattr(config, "context_len", None)

@@ -81,7 +81,7 @@ def read_config(path: str | Path) -> dict:
 
 def routed_expert_dtype(path: str | Path) -> str | None:
     """The safetensors dtype of the first routed-expert weight, from one shard header (None: none found)."""
-    from .convert.headers import CheckpointError, list_shards, read_header
+    from .safetensors_io import CheckpointError, list_shards, read_header
 
     path = Path(path)
     shards: list[Path] = []

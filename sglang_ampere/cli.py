@@ -14,27 +14,34 @@ import sys
 
 from . import __version__
 
-#: name -> (module, one-line help). Order is the order ``--help`` lists them in.
+#: name -> (module, one-line help); a module without a dot is ``sglang_ampere.commands.<module>``.
+#: Order is the order ``--help`` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("sglang_ampere.quickstart", "synth -> convert -> audit in one folder, then say what to run next"),
+    "quickstart": ("quickstart", "synth -> convert -> audit in one folder, then say what to run next"),
     "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
-    "convert": ("sglang_ampere.convert.cli", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
-    "audit": ("sglang_ampere.convert.audit", "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
+    "convert": ("convert", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
+    "audit": ("sglang_ampere.convert.audit",
+              "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
     "eval": ("sglang_ampere.reference.eval",
              "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR"),
-    "plan": ("sglang_ampere.plan",
+    "plan": ("sglang_ampere.memory_plan",
              "memory per pipeline stage from the headers, the balanced layer split, what context fits"),
     "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
-    "doctor": ("sglang_ampere.doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
-    "selftest": ("sglang_ampere.selftest", "run every GPU kernel check and print a pass/fail table"),
-    "bench": ("sglang_ampere.bench", "TTFT, TPOT and tok/s per stream over context x concurrency against a server"),
-    "gpu-check": ("sglang_ampere.gpu_check", "on a GPU: doctor, selftest, tests/gpu, a server vs the reference, bench"),
-    "warmup": ("sglang_ampere.warmup", "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time"),
-    "kernel-report": ("sglang_ampere.kernel_report",
+    "doctor": ("doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
+    "selftest": ("selftest", "run every GPU kernel check and print a pass/fail table"),
+    "bench": ("bench", "TTFT, TPOT and tok/s per stream over context x concurrency against a server"),
+    "gpu-check": ("gpu_check", "on a GPU: doctor, selftest, tests/gpu, a server vs the reference, bench"),
+    "warmup": ("sglang_ampere.warmup",
+               "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time"),
+    "kernel-report": ("kernel_report",
                       "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
     "device-kit": ("sglang_ampere.device_kit",
-                   "build a folder that checks every GPU kernel on a bare GPU machine (torch only) in one command"),
+                   "build a folder that checks every GPU kernel on a bare GPU machine (torch only)"),
 }
+
+
+def _module_name(module: str) -> str:
+    return module if "." in module else f"{__package__}.commands.{module}"
 
 
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:
@@ -48,7 +55,7 @@ def _build_parser(selected: str | None) -> argparse.ArgumentParser:
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == selected:
-            importlib.import_module(module).add_arguments(p)
+            importlib.import_module(_module_name(module)).add_arguments(p)
     return parser
 
 
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     if selected in COMMANDS:
-        module = importlib.import_module(COMMANDS[selected][0])
+        module = importlib.import_module(_module_name(COMMANDS[selected][0]))
         if getattr(module, "OWN_ARGV", False):
             # The command parses its own arguments (launch forwards the ones it does not
             # know to SGLang, which argparse's parse_args would reject).
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(_module_name(COMMANDS[args.command][0]))
     return int(module.run(args) or 0)
 
 

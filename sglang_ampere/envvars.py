@@ -19,26 +19,43 @@ class EnvVar:
     help: str
 
 
+#: The names, for code: ``envvars.PREFILL_BACKEND`` rather than the string, so that a rename is one
+#: edit and a typo an AttributeError.
+PREFILL_BACKEND = "SGLANG_AMPERE_PREFILL_BACKEND"
+DECODE_BACKEND = "SGLANG_AMPERE_DECODE_BACKEND"
+TORCH_MLA_BUDGET_MB = "SGLANG_AMPERE_TORCH_MLA_BUDGET_MB"
+INDEXER_BACKEND = "SGLANG_AMPERE_INDEXER_BACKEND"
+INDEXER_BUDGET_MB = "SGLANG_AMPERE_INDEXER_BUDGET_MB"
+MOE_BACKEND = "SGLANG_AMPERE_MOE_BACKEND"
+TARGET = "SGLANG_AMPERE_TARGET"
+ALLOW_ANY_SGLANG = "SGLANG_AMPERE_ALLOW_ANY_SGLANG"
+LIBCUDA = "SGLANG_AMPERE_LIBCUDA"
+WHEEL_CACHE = "SGLANG_AMPERE_WHEEL_CACHE"
+
 _VARS = (
-    EnvVar("SGLANG_AMPERE_PREFILL_BACKEND", "tilelang", ("torch", "tilelang"),
+    EnvVar(PREFILL_BACKEND, "tilelang", ("torch", "tilelang"),
            "sparse-MLA implementation for prefill on GPUs below sm_90 (launcher: --nsa-prefill-backend)"),
-    EnvVar("SGLANG_AMPERE_DECODE_BACKEND", "tilelang", ("torch", "tilelang"),
+    EnvVar(DECODE_BACKEND, "tilelang", ("torch", "tilelang"),
            "sparse-MLA implementation for decode on GPUs below sm_90 (launcher: --nsa-decode-backend)"),
-    EnvVar("SGLANG_AMPERE_TORCH_MLA_BUDGET_MB", "256", None,
+    EnvVar(TORCH_MLA_BUDGET_MB, "256", None,
            "largest intermediate (MB) the torch sparse-MLA fallback may allocate per chunk"),
-    EnvVar("SGLANG_AMPERE_INDEXER_BACKEND", "tilelang", ("torch", "tilelang"),
+    EnvVar(INDEXER_BACKEND, "tilelang", ("torch", "tilelang"),
            "C4 indexer logits (paged MQA) on GPUs below sm_90 (launcher: --nsa-indexer-backend)"),
-    EnvVar("SGLANG_AMPERE_INDEXER_BUDGET_MB", "256", None,
+    EnvVar(INDEXER_BUDGET_MB, "256", None,
            "largest intermediate (MB) the torch indexer-logits path may allocate per chunk"),
-    EnvVar("SGLANG_AMPERE_MOE_BACKEND", "marlin", ("marlin", "triton"),
+    EnvVar(MOE_BACKEND, "marlin", ("marlin", "triton"),
            "INT4 routed-expert kernel on CUDA: Marlin MoE (repacked at load) or SGLang's Triton WNA16 MoE"),
-    EnvVar("SGLANG_AMPERE_TARGET", "auto", ("auto", "ampere", "cpu"),
+    EnvVar(TARGET, "auto", ("auto", "ampere", "cpu"),
            "ampere = an sm_90+ GPU takes exactly the sm_80/sm_86 path (our sparse-MLA and indexer kernels "
            "built for its arch, Marlin methods, the Ampere preset), so a Hopper card validates the Ampere code; "
            "cpu = no GPU: SGLang's CPU engine with sglang-ampere's torch stand-ins for every CUDA-only op "
            "(`launch --gpu cpu` sets it; ignored where CUDA is available)"),
-    EnvVar("SGLANG_AMPERE_ALLOW_ANY_SGLANG", "0", ("0", "1"),
+    EnvVar(ALLOW_ANY_SGLANG, "0", ("0", "1"),
            "1 = start even if the installed SGLang is not the pinned release (unsupported)"),
+    EnvVar(LIBCUDA, "libcuda.so.1", None,
+           "the CUDA driver library the device kit's runner opens (a path, or a name the loader finds)"),
+    EnvVar(WHEEL_CACHE, "~/.cache/sglang-ampere/wheels", None,
+           "where `device-kit` keeps the wheels it packs, so a rebuild does not download them again"),
 )
 
 VARS: dict[str, EnvVar] = {v.name: v for v in _VARS}

@@ -64,14 +64,72 @@ def takes_ampere_path(capability: tuple[int, int], environ: Mapping[str, str] | 
     return cap < (9, 0) or ampere_target(environ)
 
 
+class Arch(str):
+    """A target architecture, spelled one way: ``sm86``, ``sm120`` or ``cpu`` (it *is* that string).
+
+    :meth:`parse` accepts every spelling a user or a tool writes: ``sm86``, ``sm_86``, ``86``,
+    ``8.6`` (nvidia-smi's compute capability), any case; and ``cpu``. Every command's ``--gpu``
+    flag takes it (:func:`arch_arg`); the compiler's spelling is :attr:`sass` (``sm_86``).
+    """
+
+    def __new__(cls, text: str):
+        return str.__new__(cls, cls._canonical(text))
+
+    @staticmethod
+    def _canonical(text: str) -> str:
+        raw = str(text).strip().lower()
+        if raw == CPU_ARCH:
+            return CPU_ARCH
+        if "." in raw:                                   # compute capability "8.6" / "12.0"
+            major, _, minor = raw.partition(".")
+            digits = f"{major}{minor}" if major.isdigit() and minor.isdigit() and len(minor) == 1 else ""
+        else:
+            digits = raw.removeprefix("sm").removeprefix("_")
+        if not digits.isdigit() or not 2 <= len(digits) <= 3 or digits[0] == "0":
+            raise ValueError(f"not an architecture: {text!r} (want e.g. sm86, sm_86, 86 or cpu)")
+        return f"sm{digits}"
+
+    @classmethod
+    def parse(cls, text: str) -> Arch:
+        return text if isinstance(text, cls) else cls(text)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self == CPU_ARCH
+
+    @property
+    def capability(self) -> tuple[int, int]:
+        """``(8, 6)`` for sm86, ``(12, 0)`` for sm120; ValueError for ``cpu``."""
+        if self.is_cpu:
+            raise ValueError("the cpu target has no compute capability")
+        digits = self[2:]
+        return int(digits[:-1]), int(digits[-1])
+
+    @property
+    def number(self) -> int:
+        """86 for sm86 (TileLang plans and the device kit key on it)."""
+        major, minor = self.capability
+        return major * 10 + minor
+
+    @property
+    def sass(self) -> str:
+        """``sm_86``: the spelling of nvcc, cuobjdump and TileLang targets."""
+        return f"sm_{self.number}"
+
+
+def arch_arg(text: str) -> Arch:
+    """``argparse`` type for a ``--gpu`` flag: an :class:`Arch`, or a usage error that lists the spellings."""
+    import argparse
+
+    try:
+        return Arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def arch_capability(arch: str) -> tuple[int, int]:
     """``"sm86"`` -> ``(8, 6)``, ``"sm120"`` -> ``(12, 0)`` (known or not; ``cpu`` has none)."""
-    if arch in ARCH_CAPS:
-        return ARCH_CAPS[arch]
-    digits = arch[2:] if arch.startswith("sm") else ""
-    if not digits.isdigit() or len(digits) < 2:
-        raise ValueError(f"not an architecture name: {arch!r} (want e.g. sm86)")
-    return int(digits[:-1]), int(digits[-1])
+    return ARCH_CAPS.get(arch) or Arch(arch).capability
 
 
 def preset_arch(card_arch: str, environ: Mapping[str, str] | None = None) -> str:
@@ -111,10 +169,12 @@ class Gpu:
 
 def arch_of(compute_cap: str) -> str:
     """``"8.6"`` -> ``"sm86"``, ``"12.0"`` -> ``"sm120"``."""
-    major, _, minor = compute_cap.strip().partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        raise GpuDetectionError(f"unreadable compute capability {compute_cap!r} from nvidia-smi")
-    return f"sm{int(major)}{int(minor)}"
+    try:
+        if "." in compute_cap:
+            return Arch(compute_cap)
+    except ValueError:
+        pass
+    raise GpuDetectionError(f"unreadable compute capability {compute_cap!r} from nvidia-smi")
 
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers.launch import make_model, smi
 
-from sglang_ampere import doctor, envvars, gpus
+from sglang_ampere import envvars, gpus
+from sglang_ampere.commands import doctor
 from sglang_ampere.kernels import tilelang_indexer as TI
 from sglang_ampere.kernels import tilelang_mla as M
 from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
@@ -234,7 +235,7 @@ def test_sm90_machine_code_is_the_ampere_path(mod, tmp_path, monkeypatch):
     STSM (stmatrix) for the fragment -> shared copy of P; see its PASS_CONFIGS comment."""
     import re
 
-    from sglang_ampere import kernel_report as KR
+    from sglang_ampere.commands import kernel_report as KR
     from sglang_ampere.cuda_tools import read_sass
 
     try:

@@ -9,8 +9,8 @@ import pytest
 from helpers.convert import cli, copy_ckpt, first_name, mutate_shard, shard_of
 
 from sglang_ampere.convert.audit import audit
-from sglang_ampere.convert.headers import DTYPE_SIZES
 from sglang_ampere.inventory import native_inventory
+from sglang_ampere.safetensors_io import DTYPE_SIZES
 from sglang_ampere.synth import REAL, make_config, plan_shards
 
 
@@ -166,8 +166,8 @@ def test_convert_audit_and_quickstart_never_import_sglang():
     import subprocess
     import sys
 
-    code = ("import sys, sglang_ampere.convert.engine, sglang_ampere.convert.audit, sglang_ampere.convert.cli, "
-            "sglang_ampere.convert.native_kernel, sglang_ampere.quickstart; "
+    code = ("import sys, sglang_ampere.convert.engine, sglang_ampere.convert.audit, sglang_ampere.commands.convert, "
+            "sglang_ampere.convert.native_kernel, sglang_ampere.commands.quickstart; "
             "bad = sorted(m for m in sys.modules if m == 'sglang' or m.startswith('sglang.')); print(bad); "
             "sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -189,9 +189,9 @@ def _native_with_unknown_tensors(root, count):
 def test_audit_json_lists_every_problem_of_a_native_checkpoint(tmp_path, capsys):
     import pickle
 
-    from sglang_ampere.convert.headers import CheckpointError
+    from sglang_ampere.convert.jobs import SHOWN_PROBLEMS, make_plan
     from sglang_ampere.convert.options import Options
-    from sglang_ampere.convert.plan import SHOWN_PROBLEMS, make_plan
+    from sglang_ampere.safetensors_io import CheckpointError
 
     root = _native_with_unknown_tensors(tmp_path / "many", 30)
     assert cli("audit", root, "--json") == 1

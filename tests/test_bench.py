@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_ampere import bench
+from sglang_ampere.commands import bench
 
 MODEL_ID = "local/tiny"
 REV = "0123456789abcdef0123456789abcdef01234567"

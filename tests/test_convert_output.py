@@ -162,7 +162,7 @@ def test_torch_expert_kernel_writes_the_same_bytes(native, block, tmp_path):
 
 
 def test_plan_sizes_equal_written_sizes(native, block):
-    from sglang_ampere.convert.plan import make_plan
+    from sglang_ampere.convert.jobs import make_plan
 
     plan = make_plan(native, Options())
     for sp in plan.shards:

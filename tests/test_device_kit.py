@@ -26,7 +26,8 @@ def test_references_and_runner_import_without_sglang_or_tilelang():
     p = run_blocked("""
         import sglang_ampere.quant.int8_reference as a, sglang_ampere.quant.int4_reference as b
         import sglang_ampere.device_kit.runner, sglang_ampere.device_kit.runtime, sglang_ampere.device_kit.shim
-        import sglang_ampere.device_kit.standins, sglang_ampere.kernels.gpu_checks, sglang_ampere.quant.native_checks
+        import sglang_ampere.device_kit.standins, sglang_ampere.kernels.selfchecks
+        import sglang_ampere.quant.native_selfchecks
         try:
             import sglang_ampere.quant.int8_linear
         except ImportError as e:
@@ -223,10 +224,10 @@ def test_every_tilelang_kernel_the_gpu_checks_request_is_in_the_kit(sms, monkeyp
     monkeypatch.setenv("SGLANG_AMPERE_TARGET", "ampere")
     from sglang_ampere.device_kit.export import kit_specs
     from sglang_ampere.device_kit.runner import requested_kernels
-    from sglang_ampere.kernels import gpu_checks
+    from sglang_ampere.kernels import selfchecks
 
     req = requested_kernels(90, sms)
-    assert len(req) == len(gpu_checks.gpu_checks()) == 19              # every check requests a kernel
+    assert len(req) == len(selfchecks.gpu_checks()) == 19              # every check requests a kernel
     keys = {repr(s) for s in kit_specs(86)}
     assert not [r for r in req if r[2] not in keys]
     names = {n for _, n, _ in req}

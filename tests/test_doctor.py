@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.launch import fake_nvidia_smi, smi
 
-from sglang_ampere import doctor
+from sglang_ampere.commands import doctor
 
 CLI = Path(sys.executable).parent / "sglang-ampere"
 HEALTHY_PROBE = {"targets": [["sglang_ampere.patches.x", "sglang.srt.models.deepseek_v4.f", None]],

@@ -19,7 +19,7 @@ pytest.importorskip("sglang")
 from helpers.dsv4int import SMALL_ROPE
 from helpers.sglang_cpu import init_sglang_cpu
 
-from sglang_ampere import plan as plan_mod
+from sglang_ampere import memory_plan as plan_mod
 
 CONTEXT = 1000
 

@@ -15,7 +15,7 @@ import time
 import pytest
 from helpers.launch import make_model, smi
 
-from sglang_ampere import gpu_check as G
+from sglang_ampere.commands import gpu_check as G
 
 VAR = "SGLANG_AMPERE_TARGET"
 
@@ -240,7 +240,8 @@ def test_prompt_for_bench_on_the_synthetic_tokenizer(tmp_path):
     """gpu-check's bench step builds exact-length prompts with the checkpoint's own tokenizer."""
     from transformers import AutoTokenizer
 
-    from sglang_ampere import bench, synth
+    from sglang_ampere import synth
+    from sglang_ampere.commands import bench
 
     out = synth.write_checkpoint(tmp_path / "s", synth.SynthSpec(), seed=0, shards=1, progress=False)
     tok = AutoTokenizer.from_pretrained(out)

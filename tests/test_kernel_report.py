@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sglang_ampere import cli
-from sglang_ampere import kernel_report as K
+from sglang_ampere.commands import kernel_report as K
 from sglang_ampere.cuda_tools import find_tool
 
 pytest.importorskip("tilelang")

@@ -8,9 +8,9 @@ preset's 24 GiB cards (a dry run without GPUs plans for the preset's card size).
 from __future__ import annotations
 
 import pytest
-from plan_testlib import write_headers_only
+from helpers.headers_only import write_headers_only
 
-from sglang_ampere import plan as plan_mod
+from sglang_ampere import memory_plan as plan_mod
 from sglang_ampere.launch.errors import LaunchError
 from sglang_ampere.launch.launcher import build_plan, format_plan
 

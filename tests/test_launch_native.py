@@ -173,9 +173,9 @@ def test_copied_native_checkpoint_keeps_its_format(synth_ckpt, tmp_path):
 def test_release_inventory_dry_run_at_pp12_gets_the_native_plan(tmp_path):
     """The release's tensor inventory (headers only) through launch --pp-size 12: SGLang's checks
     read its real config, and the layer split is the native memory plan's."""
-    from plan_testlib import write_headers_only
+    from helpers.headers_only import write_headers_only
 
-    from sglang_ampere import plan as P
+    from sglang_ampere import memory_plan as P
 
     d = write_headers_only(tmp_path / "release", native=True)
     plan = plan_for(d, "--pp-size", "12")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from plan_testlib import write_headers_only
+from helpers.headers_only import write_headers_only
 
 from sglang_ampere.checking import require
 from sglang_ampere.launch.errors import LaunchError

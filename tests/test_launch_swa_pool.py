@@ -1,4 +1,4 @@
-"""``launch`` and the SWA-pool admission rule (:func:`sglang_ampere.plan.swa_pool_rule`,
+"""``launch`` and the SWA-pool admission rule (:func:`sglang_ampere.memory_plan.swa_pool_rule`,
 :mod:`sglang_ampere.launch.swa_pool`): a ratio the user did not set is raised to meet it, one the
 user set and that fails it is refused with the numbers, and every fix the refusal names works.
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from plan_testlib import write_headers_only
+from helpers.headers_only import write_headers_only
 
-from sglang_ampere import plan as plan_mod
+from sglang_ampere import memory_plan as plan_mod
 from sglang_ampere.launch.errors import LaunchError
 from sglang_ampere.launch.launcher import build_plan, format_plan, main
 

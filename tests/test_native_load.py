@@ -81,7 +81,7 @@ def marlin_native_env():
     from sglang.srt.layers.moe.utils import MoeRunnerBackend
 
     from sglang_ampere import plugin
-    from sglang_ampere.quant.native_checks import moe_runner_backend
+    from sglang_ampere.quant.native_selfchecks import moe_runner_backend
 
     plugin.register()
     saved = dsv4._FP8_WO_A_GEMM

@@ -24,11 +24,11 @@ def env():
 
     from sglang_ampere import plugin
     from sglang_ampere.patches import dsv4_native
-    from sglang_ampere.quant import native_checks
+    from sglang_ampere.quant import native_selfchecks
 
     plugin.register()
     assert plugin.hook_in_effect(dsv4_native.TARGET, dsv4_native.get_quant_method_hook)
-    return dict(patch=dsv4_native, checks=native_checks, moe=FusedMoE.__new__(FusedMoE),
+    return dict(patch=dsv4_native, checks=native_selfchecks, moe=FusedMoE.__new__(FusedMoE),
                 linear=ReplicatedLinear.__new__(ReplicatedLinear))
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 from helpers.convert import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
-from reference_testlib import converted, tiny_native
+from helpers.reference import converted, tiny_native
 from safetensors.torch import load_file
 
 from sglang_ampere.convert.audit import audit

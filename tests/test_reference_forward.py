@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from helpers.convert import fresh_seed
-from reference_testlib import INDEX_TOPK, WINDOW, converted, tiny_native
+from helpers.reference import INDEX_TOPK, WINDOW, converted, tiny_native
 
 from sglang_ampere.formats import fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize
 from sglang_ampere.reference.model import ReferenceModel, new_caches

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sglang_ampere import selftest
+from sglang_ampere.commands import selftest
 
 CLI = Path(sys.executable).parent / "sglang-ampere"
 

@@ -1,5 +1,5 @@
 """The SWA-pool admission stall, reproduced with SGLang 0.5.23's own admission code, against
-:func:`sglang_ampere.plan.swa_pool_rule` (``S >= max(4P, C + 2P)``).
+:func:`sglang_ampere.memory_plan.swa_pool_rule` (``S >= max(4P, C + 2P)``).
 
 One request alone on an idle server (``reference/cpu-serving.md``, "A stall with a small SWA
 pool, root-caused"). Each scheduling round builds SGLang's ``SWAPrefillBudget`` (what
@@ -24,7 +24,7 @@ import itertools
 
 import pytest
 
-from sglang_ampere import plan
+from sglang_ampere import memory_plan as plan
 from sglang_ampere.synth import REAL, make_config
 
 budget_mod = pytest.importorskip("sglang.srt.mem_cache.prefill_budget")

@@ -142,7 +142,7 @@ def test_runtime_jit_path_builds_without_a_gpu():
 def test_launch_builders_work_on_any_device(gen):
     """The argument builders the CUDA wrappers and the CPU tile tests share: kernel order, page
     geometry from the pool views, the split choice, and refusal without a way to choose splits."""
-    from sglang_ampere.kernels import gpu_checks as G
+    from sglang_ampere.kernels import selfchecks as G
 
     kw = G.paged_case(3, 1024, 4, int(torch.randint(0, 2**31, (1,), generator=gen)), torch.device("cpu"))
     plan = M.PLANS[86]

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from .. import QUANT_METHOD, rules
 from ..inventory import EXPERT, PRESERVED, classify, native_inventory
+from ..safetensors_io import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
 from ..schema import ROUTED_EXPERTS_INT4, ROUTED_EXPERTS_KEY, SchemaError, parse_quantization_config
-from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
+from .jobs import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan, read_config
 from .options import Options
-from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan, read_config
 
 C_EXPERT, C_BLOCK, C_CHANNEL, C_BF16, C_PRESERVED = (
     "expert_int4",

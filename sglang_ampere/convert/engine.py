@@ -18,11 +18,11 @@ from pathlib import Path
 
 from .. import rules
 from ..formats.errors import FormatError
+from ..safetensors_io import CheckpointError, read_tensor_bytes
 from .config import dsv4_int_config, dumps, index_json, index_sha256, provenance
-from .headers import CheckpointError, read_tensor_bytes
+from .jobs import K_COPY, K_DENSE, K_EXPERT, K_KEEP, Plan, ShardPlan, make_plan
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
 from .options import Options
-from .plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, Plan, ShardPlan, make_plan
 from .safetensors_out import ShardWriter, sha256_file, temp_path, write_atomic
 
 COPY_CHUNK = 64 << 20

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .headers import DTYPE_SIZES
+from ..safetensors_io import DTYPE_SIZES
 
 
 @dataclass(frozen=True)

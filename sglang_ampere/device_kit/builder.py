@@ -99,7 +99,7 @@ COVERAGE_SMS = (132, 114)
 
 
 def check_coverage(manifests: list[dict], arch: int, log: Callable[[str], None] = print) -> dict:
-    """Refuse a kit that lacks a kernel ``kernels.gpu_checks`` requests on an sm_{arch} card with
+    """Refuse a kit that lacks a kernel ``kernels.selfchecks`` requests on an sm_{arch} card with
     any of :data:`COVERAGE_SMS` multiprocessors; returns ``{sms: [kernel names]}``."""
     from .runner import requested_kernels
 

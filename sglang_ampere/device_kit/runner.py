@@ -9,7 +9,7 @@ give ``--repo``): the checks and references are the repository's own modules.
 
 Sections, each check recorded with its detail or its error and traceback, the run carrying on:
 
-1. ``tilelang``: :func:`sglang_ampere.kernels.gpu_checks.gpu_checks` unchanged (sparse MLA dense
+1. ``tilelang``: :func:`sglang_ampere.kernels.selfchecks.gpu_checks` unchanged (sparse MLA dense
    and paged, the C4 indexer, against the torch references computed on the device with the
    project's tolerances), with ``compiled()`` of both kernel modules answered by the kit's cubins
    (:class:`.runtime.CubinKernel`), once per variant the kit holds (sm_86 source; optionally sm_90).
@@ -242,8 +242,8 @@ def kit_kernels_in_place(kernels: KitKernels, dry_run: bool, sms: int):
     builders run on CPU tensors (device checks off, the device answers ``(arch, sms)``)."""
     import torch
 
-    from ..kernels import gpu_checks as G
     from ..kernels import indexer as I
+    from ..kernels import selfchecks as G
     from ..kernels import tilelang_indexer as TI
     from ..kernels import tilelang_mla as M
 
@@ -281,12 +281,12 @@ class _Recorder:
 
 
 def requested_kernels(arch: int = 90, sms: int = 132) -> list[tuple[str, str, str]]:
-    """``(check, kernel name, repr(spec))`` of every TileLang kernel that ``kernels.gpu_checks`` requests
+    """``(check, kernel name, repr(spec))`` of every TileLang kernel that ``kernels.selfchecks`` requests
     on an ``sm_{arch}`` card with ``sms`` multiprocessors under ``SGLANG_AMPERE_TARGET=ampere``.
 
     Computed on CPU: each check builds its inputs (CPU tensors, the real shapes) and the launch
     builders pick the kernel; the first kernel call stops the check. About 15 s."""
-    from ..kernels import gpu_checks as G
+    from ..kernels import selfchecks as G
 
     os.environ.setdefault("SGLANG_AMPERE_TARGET", "ampere")
     rec = _Recorder(arch)
@@ -303,7 +303,7 @@ def requested_kernels(arch: int = 90, sms: int = 132) -> list[tuple[str, str, st
 
 def tilelang_section(report: Report, kit: Path, kit_data: dict, dry_run: bool, only: str | None,
                      sms: int) -> None:
-    from ..kernels import gpu_checks as G
+    from ..kernels import selfchecks as G
 
     manifests = kit_data["tilelang"]
     arch = kit_data["arch"]
@@ -337,9 +337,9 @@ def _dry_wrap(fn: Callable[[], str]) -> Callable[[], str]:
 def tilelang_timings(report: Report, kit: Path, kit_data: dict, bandwidth: float, iters: int) -> None:
     import torch
 
-    from ..kernels import gpu_checks as G
     from ..kernels import indexer as I
     from ..kernels import kv_layout as L
+    from ..kernels import selfchecks as G
     from ..kernels import sparse_mla as S
 
     mans = [m for m in kit_data["tilelang"] if m.source_arch == min(m.source_arch for m in kit_data["tilelang"])]
@@ -414,7 +414,7 @@ class MarlinOps:
 
     # -- dense ---------------------------------------------------------------------------------
     def dense_weights(self, strategy: str, n: int, k: int, gen, device):
-        """Random dsv4_int codes and scales (as quant.gpu_checks.make_int8_layer draws them), and
+        """Random dsv4_int codes and scales (as quant.selfchecks.make_int8_layer draws them), and
         the Marlin tensors our method makes from them (int8_linear._prepare_marlin)."""
         import torch
 
@@ -449,10 +449,10 @@ class MarlinOps:
 
     def fp8_layer(self, n: int, k: int, gen, device):
         """SGLang's ``prepare_fp8_layer_for_marlin`` (vendored) on a layer holding native FP8 codes and
-        E8M0-valued 128x128 block scales (as quant.native_checks.make_fp8_layer draws them)."""
+        E8M0-valued 128x128 block scales (as quant.native_selfchecks.make_fp8_layer draws them)."""
         import torch
 
-        from ..quant.native_checks import _E4M3_NAN, _e8m0_bytes
+        from ..quant.native_selfchecks import _E4M3_NAN, _e8m0_bytes
 
         codes = torch.randint(0, 256, (n, k), generator=gen, dtype=torch.int32).to(torch.uint8)
         codes[(codes == _E4M3_NAN[0]) | (codes == _E4M3_NAN[1])] = 0x3F
@@ -525,7 +525,7 @@ class MarlinOps:
         return out.to(x.dtype)
 
     def int4_experts(self, shape: dict, gen, device):
-        """Random uint4b8 experts (as quant.gpu_checks.make_moe_layer draws them) and their Marlin form
+        """Random uint4b8 experts (as quant.selfchecks.make_moe_layer draws them) and their Marlin form
         (int4_moe._prepare_marlin: per-expert repack and group-32 scale permutation)."""
         import torch
 
@@ -552,11 +552,11 @@ class MarlinOps:
         return (w13, s13, w2, s2), marlin
 
     def mxfp4_experts(self, shape: dict, gen, device):
-        """Random E2M1 codes and E8M0 scales (as quant.native_checks.make_mxfp4_moe_layer draws them),
+        """Random E2M1 codes and E8M0 scales (as quant.native_selfchecks.make_mxfp4_moe_layer draws them),
         through SGLang's ``prepare_moe_mxfp4_layer_for_marlin`` (vendored)."""
         import torch
 
-        from ..quant.native_checks import _e8m0_bytes, _scale_byte
+        from ..quant.native_selfchecks import _e8m0_bytes, _scale_byte
 
         E, H, I = shape["experts"], shape["hidden"], shape["inter"]
         layer = torch.nn.Module()
@@ -574,7 +574,7 @@ class MarlinOps:
 
 
 def _moe_input(m: int, shape: dict, gen, device, weight_scale: float = 1.0):
-    """The inputs of quant.gpu_checks.random_moe_input without SGLang's TopKOutput class."""
+    """The inputs of quant.selfchecks.random_moe_input without SGLang's TopKOutput class."""
     import torch
 
     x = (3.0 * torch.randn(m, shape["hidden"], generator=gen)).to(device=device, dtype=torch.bfloat16)
@@ -589,8 +589,8 @@ def marlin_section(report: Report, ops: MarlinOps, device, only: str | None, sma
     import torch
 
     from ..checking import rel_frobenius, require, require_close
-    from ..quant import gpu_checks as Q
-    from ..quant import native_checks as NC
+    from ..quant import native_selfchecks as NC
+    from ..quant import selfchecks as Q
     from ..quant.int4_reference import reference_moe as int4_reference_moe
     from ..quant.int8_reference import reference_linear
     from ..quant.moe_reference import reference_moe
@@ -705,8 +705,8 @@ def marlin_timings(report: Report, ops: MarlinOps, device, bandwidth: float, ite
     import torch
     import torch.nn.functional as F
 
-    from ..quant import gpu_checks as Q
-    from ..quant import native_checks as NC
+    from ..quant import native_selfchecks as NC
+    from ..quant import selfchecks as Q
 
     gen = torch.Generator().manual_seed(1)
     for name, n, k in (("wq_b", 32768, 1024), ("wo_b", 4096, 8192), ("shared.gate_up", 4096, 4096)):

@@ -7,7 +7,7 @@
 * :mod:`.indexer` - the C4 indexer logits: contract, the bounded torch path, the TileLang entry;
 * :mod:`.tilelang_indexer` - the indexer's TileLang kernel (sm_86/sm_80), tile plan, wrapper;
 * :mod:`.tilelang_build` - what both TileLang kernel families share (target, pass configs, plans);
-* :mod:`.gpu_checks` - TileLang-vs-torch checks on real shapes for ``sglang-ampere selftest``.
+* :mod:`.selfchecks` - TileLang-vs-torch checks on real shapes for ``sglang-ampere selftest``.
 
 Importing this package imports neither SGLang nor TileLang.
 """

@@ -54,7 +54,7 @@ the points the kernel does (stated per function). What cannot be reproduced bit 
 order of float32 reductions (warp trees vs torch's), fused multiply-adds the CUDA compiler
 contracts, and ``-use_fast_math`` / ``rsqrtf`` approximations; these move a float32 result by
 an ulp or so, which can flip a bf16 / e4m3 rounding now and then. The GPU check
-(:mod:`sglang_ampere.kernels.dsv4_ops_checks`) bounds that against the real kernels.
+(:mod:`sglang_ampere.kernels.dsv4_ops_selfchecks`) bounds that against the real kernels.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@
 * :mod:`.native_linear` -- torch reference of FP8 128x128 block-scaled W8A16 (SGLang's FP8 Marlin).
 * :mod:`.native_moe`    -- torch reference of the MXFP4 (E2M1 x E8M0, group 32) routed experts.
 * :mod:`.native_marlin_moe` -- SGLang's ``Mxfp4MarlinMoEMethod`` without its SM90/SM120 gate (``patches/dsv4_native``).
-* :mod:`.native_checks` -- ``selftest`` checks of FP8 Marlin and MXFP4 Marlin MoE on DeepSeek-V4 shapes.
+* :mod:`.native_selfchecks` -- ``selftest`` checks of FP8 Marlin and MXFP4 Marlin MoE on DeepSeek-V4 shapes.
 * :mod:`.marlin_layout` -- dsv4_int tensors -> the exact inputs of SGLang's Marlin repack (no SGLang).
 * :mod:`.marlin_sass`   -- builds just our Marlin specialisations for an Ampere arch and reads their SASS.
-* :mod:`.gpu_checks`    -- ``sglang-ampere selftest`` checks: Marlin vs the torch reference on DeepSeek-V4 shapes.
+* :mod:`.selfchecks`    -- ``sglang-ampere selftest`` checks: Marlin vs the torch reference on DeepSeek-V4 shapes.
 
 Importing this package imports nothing; SGLang is imported by the modules that need it.
 """

@@ -17,7 +17,7 @@ Execution:
 * CUDA sm_80+: SGLang's Marlin W8A16 GEMM (``uint8b128``; group 128 from block scales, or
   per-channel). The weight is repacked at load and the int8 original dropped; no BF16 copy.
 * elsewhere: torch reference -- dequantize to float32, round to BF16, ``F.linear`` -- which
-  is also what :mod:`sglang_ampere.quant.gpu_checks` compares Marlin against. It lives in
+  is also what :mod:`sglang_ampere.quant.selfchecks` compares Marlin against. It lives in
   :mod:`.int8_reference` (no SGLang import) and is re-exported here.
 """
 

@@ -6,7 +6,7 @@ Contract (both variants): ``y = x @ W^T (+ bias)`` with ``W[n, k] = q[n, k] * s(
 * channel: ``q`` = uint8 ``[N, K]`` minus 128,     ``s(n, k) = scale[n]`` (BF16).
 
 :mod:`.int8_linear` (the SGLang linear method) runs this off CUDA, and the GPU checks
-(:mod:`.gpu_checks`, the device kit's runner) compare SGLang's Marlin W8A16 GEMM against it. It
+(:mod:`.selfchecks`, the device kit's runner) compare SGLang's Marlin W8A16 GEMM against it. It
 lives apart from the method so that a process without SGLang (the device kit on a bare GPU
 machine) imports the same function rather than a copy.
 """

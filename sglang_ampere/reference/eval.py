@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..convert.headers import CheckpointError
 from ..formats import FormatError
 from ..inventory import has_dspark_drafter, native_inventory
+from ..safetensors_io import CheckpointError
 from .model import ReferenceModel, new_caches
 from .weights import Checkpoint, ReferenceError
 

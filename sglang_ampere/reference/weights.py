@@ -15,7 +15,7 @@ Every decision is taken from the tensors' real dtypes and the role :func:`invent
 gives the name (the schema's target lists are declarative and broader than what is INT8), with
 the layout rules of :mod:`sglang_ampere.rules`; the bit-level decoding is
 :mod:`sglang_ampere.formats`, called here and nowhere else in ``reference/``. Shard headers
-are read with :mod:`sglang_ampere.convert.headers` (which checks every offset against the
+are read with :mod:`sglang_ampere.safetensors_io` (which checks every offset against the
 file size); tensor bytes are read one tensor at a time, so
 ``bytes_read`` counts exactly what a pass reads from disk.
 
@@ -33,7 +33,6 @@ import torch
 
 from .. import QUANT_METHOD, rules
 from ..checkpoint_format import DSV4_INT, NATIVE, kind_of_config
-from ..convert.headers import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
 from ..formats import (
     FormatError,
     fp8_block_dequantize,
@@ -43,6 +42,7 @@ from ..formats import (
     uint8_channel_dequantize,
 )
 from ..inventory import DENSE, EXPERT, classify
+from ..safetensors_io import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
 from ..schema import SchemaError, parse_quantization_config
 
 

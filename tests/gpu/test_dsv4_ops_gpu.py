@@ -1,12 +1,12 @@
 """SGLang's real DeepSeek-V4 kernels vs the torch stand-ins of kernels/dsv4_ops_torch on a real
-GPU (skipped without CUDA sm_80+ or without SGLang): the checks of kernels/dsv4_ops_checks."""
+GPU (skipped without CUDA sm_80+ or without SGLang): the checks of kernels/dsv4_ops_selfchecks."""
 
 from __future__ import annotations
 
 import pytest
 from helpers.gpu import GPU_MARKS
 
-from sglang_ampere.kernels.dsv4_ops_checks import gpu_checks
+from sglang_ampere.kernels.dsv4_ops_selfchecks import gpu_checks
 
 pytestmark = GPU_MARKS
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from helpers.gpu import GPU_MARKS
 
-from sglang_ampere.kernels import gpu_checks as G
 from sglang_ampere.kernels import indexer as I
+from sglang_ampere.kernels import selfchecks as G
 from sglang_ampere.kernels import tilelang_indexer as TI
 
 pytestmark = GPU_MARKS

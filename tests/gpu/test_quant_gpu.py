@@ -6,19 +6,15 @@ same checks `sglang-ampere selftest` runs. Skipped cleanly without a CUDA sm_80+
 from __future__ import annotations
 
 import pytest
+from helpers.gpu import GPU_MARKS
 
-torch = pytest.importorskip("torch")
 pytest.importorskip("sglang")
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
-                       reason="needs a CUDA sm_80+ GPU"),
-]
+from sglang_ampere.quant import native_selfchecks, selfchecks  # noqa: E402
 
-from sglang_ampere.quant import gpu_checks, native_checks  # noqa: E402
+pytestmark = GPU_MARKS
 
-CHECKS = gpu_checks.gpu_checks() + native_checks.gpu_checks()
+CHECKS = selfchecks.gpu_checks() + native_selfchecks.gpu_checks()
 
 
 @pytest.mark.parametrize("name,check", CHECKS, ids=[n for n, _ in CHECKS])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from helpers.gpu import GPU_MARKS
 
-from sglang_ampere.kernels.gpu_checks import gpu_checks
+from sglang_ampere.kernels.selfchecks import gpu_checks
 
 pytestmark = GPU_MARKS
 

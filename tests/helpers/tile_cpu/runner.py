@@ -12,7 +12,7 @@ build is single-threaded); every child inherits the cache directory.
 
 Each case builds its arguments with the kernel module's own argument builder
 (``tilelang_mla.dense_launch``/``paged_launch``/``run``, ``tilelang_indexer.indexer_launch``, the
-functions the CUDA wrappers call), on inputs from ``kernels.gpu_checks`` (``device=cpu``) at small
+functions the CUDA wrappers call), on inputs from ``kernels.selfchecks`` (``device=cpu``) at small
 odd sizes, compiles ``build(spec)`` for the CPU and judges the result like ``gpu_checks``:
 worst-head max relative error <= ``TOL`` and lse <= ``LSE_TOL`` (sparse MLA), finite, exactly 0
 past each row's length and worst-row error <= ``INDEXER_TOL`` (indexer). The mutation cases
@@ -37,8 +37,8 @@ import torch  # noqa: E402
 
 from helpers.tile_cpu import shim  # noqa: E402
 from sglang_ampere.checking import CheckFailed, require, require_close, worst_slice_max_rel  # noqa: E402
-from sglang_ampere.kernels import gpu_checks as G  # noqa: E402
 from sglang_ampere.kernels import indexer as I  # noqa: E402
+from sglang_ampere.kernels import selfchecks as G  # noqa: E402
 from sglang_ampere.kernels import sparse_mla as S  # noqa: E402
 from sglang_ampere.kernels import tilelang_indexer as TI  # noqa: E402
 from sglang_ampere.kernels import tilelang_mla as M  # noqa: E402

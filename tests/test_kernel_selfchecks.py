@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sglang_ampere.checking import CheckFailed
-from sglang_ampere.kernels import gpu_checks as G
+from sglang_ampere.kernels import selfchecks as G
 from sglang_ampere.kernels import sparse_mla as S
 
 

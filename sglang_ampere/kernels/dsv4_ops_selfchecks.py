@@ -5,7 +5,7 @@ The stand-ins let SGLang's DeepSeek-V4 forward run on a CPU (issue 21); these ch
 makes them a model of the GPU path: each runs SGLang's kernel (CUDA JIT, Triton or TileLang, as
 SGLang dispatches it on this card) and the stand-in on the same inputs on the CUDA device and
 compares the results. ``gpu_checks()`` returns ``[(name, check)]`` for ``sglang-ampere selftest``
-(a provider in :data:`sglang_ampere.selftest.PROVIDERS`) and ``tests/gpu/test_dsv4_ops_gpu.py``;
+(a provider in :data:`sglang_ampere.commands.selftest.PROVIDERS`) and ``tests/gpu/test_dsv4_ops_gpu.py``;
 a check returns a one-line detail and raises :class:`~sglang_ampere.checking.CheckFailed` on a
 mismatch (never ``assert``, so ``python -O`` cannot turn a failure into a pass).
 

@@ -1,4 +1,4 @@
-"""The GPU checks of the DeepSeek-V4 stand-ins (kernels/dsv4_ops_checks), exercised on the CPU:
+"""The GPU checks of the DeepSeek-V4 stand-ins (kernels/dsv4_ops_selfchecks), exercised on the CPU:
 each check passes when the "kernel" is the stand-in itself and raises CheckFailed for a
 deliberately wrong one (run under ``python -O`` in CI too, so the verdicts cannot rest on
 ``assert``). Real head counts and widths, few tokens."""
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sglang_ampere import selftest
 from sglang_ampere.checking import CheckFailed
-from sglang_ampere.kernels import dsv4_ops_checks as C
+from sglang_ampere.commands import selftest
+from sglang_ampere.kernels import dsv4_ops_selfchecks as C
 from sglang_ampere.kernels import dsv4_ops_torch as T
 
 
@@ -24,7 +24,7 @@ def on_cpu(monkeypatch):
 
 
 def test_registered_with_selftest_and_covering_every_stand_in():
-    assert "sglang_ampere.kernels.dsv4_ops_checks" in selftest.PROVIDERS
+    assert "sglang_ampere.kernels.dsv4_ops_selfchecks" in selftest.PROVIDERS
     names = [n for n, _ in C.gpu_checks()]
     for what in ("q norm rope", "rope inplace", "k norm rope store", "store cache", "indexer q",
                  "hc split sinkhorn", "mhc combine", "hc head", "silu_and_mul_clamp", "compression metadata"):

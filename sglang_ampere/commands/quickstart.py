@@ -28,7 +28,7 @@ EVAL_TOKENS = 128
 def next_command(model_path: Path) -> str:
     """The launcher's dry-run command for the checkpoint (plain command line if the launcher is absent)."""
     try:
-        from .launch import dry_run_command
+        from ..launch import dry_run_command
     except ImportError:
         return f"sglang-ampere launch --gpu sm86 --model-path {model_path} --dry-run"
     return dry_run_command(model_path, gpu="sm86").strip()
@@ -52,7 +52,7 @@ def serve_check(model: Path, logdir: Path, out=print, timeout: float = 900.0) ->
     logprob check, print what happened, stop it. Returns 0 on a pass."""
     import time
 
-    from . import server_probe as sp
+    from .. import server_probe as sp
     from .gpu_check import _prompt_ids
 
     log = logdir / "server.log"
@@ -87,10 +87,10 @@ def serve_check(model: Path, logdir: Path, out=print, timeout: float = 900.0) ->
 
 
 def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print, serve: bool = True) -> int:
-    from .convert.audit import audit, format_report
-    from .convert.engine import convert, describe
-    from .convert.options import Options
-    from .synth import SynthSpec, write_checkpoint
+    from ..convert.audit import audit, format_report
+    from ..convert.engine import convert, describe
+    from ..convert.options import Options
+    from ..synth import SynthSpec, write_checkpoint
 
     root = Path(root)
     native, converted = root / "native", root / "dsv4_int"
@@ -142,8 +142,8 @@ def eval_figures(converted: Path, native: Path, seed: int = 0, progress: bool = 
     """The reference forward's KL / top-1 / perplexity of the conversion against its source."""
     import torch
 
-    from .reference.eval import evaluate, format_report
-    from .reference.weights import Checkpoint
+    from ..reference.eval import evaluate, format_report
+    from ..reference.weights import Checkpoint
 
     vocab = Checkpoint(native).config["vocab_size"]
     ids = torch.randint(0, vocab, (EVAL_TOKENS,), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -164,8 +164,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .convert.headers import CheckpointError
-    from .convert.manifest import ManifestError
+    from ..convert.manifest import ManifestError
+    from ..safetensors_io import CheckpointError
 
     try:
         return quickstart(args.dir, seed=args.seed, progress=not args.quiet, serve=not args.no_serve)

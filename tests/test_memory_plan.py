@@ -19,10 +19,10 @@ import math
 import struct
 
 import pytest
+from helpers.headers_only import write_headers_only
 from helpers.sglang_cpu import scratch_runtime_context
-from plan_testlib import write_headers_only
 
-from sglang_ampere import plan as P
+from sglang_ampere import memory_plan as P
 from sglang_ampere.checking import require
 from sglang_ampere.synth import SynthSpec
 

@@ -24,16 +24,16 @@ SMALL_MOE = dict(experts=4, hidden=256, inter=128, topk=2)
 @pytest.fixture(scope="module")
 def nc():
     init_sglang_cpu()
-    from sglang_ampere.quant import native_checks
+    from sglang_ampere.quant import native_selfchecks
 
-    return native_checks
+    return native_selfchecks
 
 
 def test_listed_for_selftest(nc):
-    from sglang_ampere import selftest
+    from sglang_ampere.commands import selftest
 
-    assert "sglang_ampere.quant.native_checks" in selftest.PROVIDERS
-    checks, failures = selftest.collect_checks(("sglang_ampere.quant.native_checks",))
+    assert "sglang_ampere.quant.native_selfchecks" in selftest.PROVIDERS
+    checks, failures = selftest.collect_checks(("sglang_ampere.quant.native_selfchecks",))
     assert failures == [] and len(checks) == 2 and all(callable(fn) for _, fn in checks)
     names = " | ".join(n for n, _ in checks)
     assert "FP8 Marlin" in names and "MXFP4" in names

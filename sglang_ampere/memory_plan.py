@@ -288,7 +288,7 @@ _MODELS: dict = {}
 
 
 def _load_model(path: Path) -> Model:
-    from .convert.headers import CheckpointError, list_shards, read_header
+    from .safetensors_io import CheckpointError, list_shards, read_header
 
     cfg_path = path / "config.json"
     try:

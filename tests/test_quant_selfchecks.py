@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sglang")
 
 from sglang_ampere.checking import CheckFailed
-from sglang_ampere.quant import gpu_checks as g
+from sglang_ampere.quant import selfchecks as g
 
 
 def test_checks_are_listed_for_selftest():

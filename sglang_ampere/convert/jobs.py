@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import QUANT_METHOD, rules
 from ..inventory import EXPERT, PRESERVED, classify
-from .headers import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header
+from ..safetensors_io import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header
 from .options import Options
 from .safetensors_out import OutTensor, file_size
 

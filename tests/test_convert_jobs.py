@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers.convert import cli, copy_ckpt, first_name, fresh_seed, mutate_shard, shard_of
 
-from sglang_ampere.convert.headers import CheckpointError, read_header
+from sglang_ampere.convert.jobs import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan
 from sglang_ampere.convert.options import Options
-from sglang_ampere.convert.plan import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan
 from sglang_ampere.inventory import DENSE, EXPERT, PRESERVED, native_inventory
+from sglang_ampere.safetensors_io import CheckpointError, read_header
 
 
 @pytest.fixture

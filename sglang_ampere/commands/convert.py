@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .experts import MODES
-from .options import DENSE_MODES, Options
+from ..convert.experts import MODES
+from ..convert.options import DENSE_MODES, Options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,9 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import convert, describe
-    from .headers import CheckpointError
-    from .manifest import ManifestError
+    from ..convert.engine import convert, describe
+    from ..convert.manifest import ManifestError
+    from ..safetensors_io import CheckpointError
 
     options = Options(args.expert_scale, args.dense_int8, tuple(args.keep_bf16))
     try:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> None:  # pragma: no cover - for ``python -m sglang_ampere.convert.cli``
+def main() -> None:  # pragma: no cover - for ``python -m sglang_ampere.commands.convert``
     parser = argparse.ArgumentParser(prog="sglang-ampere convert")
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 EXIT_NO_GPU = 3
 
 #: Modules exposing ``gpu_checks() -> list[tuple[str, Callable[[], str]]]``.
-PROVIDERS = ("sglang_ampere.kernels.gpu_checks", "sglang_ampere.quant.gpu_checks", "sglang_ampere.quant.native_checks",
-             "sglang_ampere.kernels.dsv4_ops_checks")
+PROVIDERS = ("sglang_ampere.kernels.selfchecks", "sglang_ampere.quant.selfchecks",
+             "sglang_ampere.quant.native_selfchecks", "sglang_ampere.kernels.dsv4_ops_selfchecks")
 
 
 @dataclass

@@ -65,8 +65,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, server_probe
-from .server_probe import LOGPROB_FACTOR, LOGPROB_FLOOR  # noqa: F401  (the rule gpu-check reports)
+from .. import __version__, server_probe
+from ..server_probe import LOGPROB_FACTOR, LOGPROB_FLOOR  # noqa: F401  (the rule gpu-check reports)
 
 _kill_group = server_probe.kill_group
 _free_port = server_probe.free_port
@@ -270,7 +270,7 @@ def _cli(*args: str) -> list[str]:
 
 def _prompt_ids(n: int = PROMPT_TOKENS, seed: int = 0) -> list[int]:
     """Random text for the logprob check: synth's byte-token ids (no BOS/EOS/PAD, no chat tokens)."""
-    from .synth import BYTE_IDS
+    from ..synth import BYTE_IDS
 
     rng = random.Random(seed)
     return [rng.randrange(BYTE_IDS.start, BYTE_IDS.stop) for _ in range(n)]
@@ -518,7 +518,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, environ=None, smi_output: str | None = None, out=None) -> int:
-    from . import gpus as gpus_mod
+    from .. import gpus as gpus_mod
 
     out = out or sys.stdout
     steps = all_steps()

@@ -3,7 +3,7 @@
 SGLang splits the layers evenly and gives the remainder to the last stages, which also hold the
 head (and, with MTP, the draft): the tightest stage is the last one. When pp > 1 and the user
 set no ``SGLANG_PP_LAYER_PARTITION`` (environment or ``--env``), the launcher sets the split
-that maximises the smallest free memory per stage (:mod:`sglang_ampere.plan`), computed from
+that maximises the smallest free memory per stage (:mod:`sglang_ampere.memory_plan`), computed from
 the checkpoint's headers for the memory of the GPUs here (or the preset's card size on a dry
 run without GPUs; on the CPU target the host's RAM divided among the ranks), with the server
 arguments as they will be (the user's, then the preset's).
@@ -19,12 +19,12 @@ from .argv import ServerArgv
 from .topology import Topology
 
 if TYPE_CHECKING:
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
 VAR = "SGLANG_PP_LAYER_PARTITION"
 #: SGLang 0.5.23's values when the arguments are not given: DeepSeek-V4 sets 256 running
 #: requests (48 with speculative decoding, ``speculative_hook``); the window-cache ratio is
-#: :data:`sglang_ampere.plan.SGLANG_DSV4_SWA_RATIO`. The plan is imported where it is used: the
+#: :data:`sglang_ampere.memory_plan.SGLANG_DSV4_SWA_RATIO`. The plan is imported where it is used: the
 #: launcher must import without torch (the plan reads checkpoints through ``inventory``).
 DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC = 256, 48
 
@@ -36,7 +36,7 @@ class StagePlan:
     table: str = ""                          # the plan's table, for --dry-run
     notes: list[str] = field(default_factory=list)
     pool_tokens: int | None = None           # SGLang's KV pool at --mem-fraction-static (tightest stage)
-    plan: object = None                      # the sglang_ampere.plan.Plan (None: none made)
+    plan: object = None                      # the sglang_ampere.memory_plan.Plan (None: none made)
     error: Exception | None = None           # the PlanError that stopped it
 
 
@@ -46,7 +46,7 @@ def speculative_of(server: ServerArgv) -> str:
 
 
 def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     spec = speculative_of(server)
     running = server.value("max_running_requests") or (
@@ -64,7 +64,7 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
 def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
                 gpu_memory_gib: float | None, preset_memory_gib: float | None) -> StagePlan:
     """What to set for the split, and the table. Never raises: a plan that cannot be made is a note."""
-    from sglang_ampere import plan as plan_mod
+    from sglang_ampere import memory_plan as plan_mod
 
     out = StagePlan()
     if topo.pp <= 1:

@@ -38,8 +38,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-from . import QUANT_METHOD, SGLANG_PIN
-from .cuda_tools import find_cuda_home
+from .. import QUANT_METHOD, SGLANG_PIN
+from ..cuda_tools import find_cuda_home
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 

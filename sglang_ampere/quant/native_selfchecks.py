@@ -2,7 +2,7 @@
 Marlin MoE (through :class:`~.native_marlin_moe.AmpereMxfp4MarlinMoEMethod`, the gate-lifted method
 ``patches/dsv4_native.py`` hands out), against the torch references on real DeepSeek-V4 shapes.
 
-Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.selftest.PROVIDERS`) and run by
+Listed by ``sglang-ampere selftest`` (a provider in :data:`sglang_ampere.commands.selftest.PROVIDERS`) and run by
 ``tests/gpu/test_quant_gpu.py``. Each check builds the layer the way the model does: SGLang's method
 ``create_weights`` -> random checkpoint-format codes and scales -> ``process_weights_after_loading``
 (the Marlin repack) -> the method's ``apply``, and compares with
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from ..checking import CheckFailed, rel_frobenius, require, require_close, require_cuda_sm80
-from .gpu_checks import DENSE_SHAPES, DENSE_TOKENS, MOE_TOKENS, ROUTED_SCALING, SWIGLU_LIMIT, TOL, random_moe_input
+from .selfchecks import DENSE_SHAPES, DENSE_TOKENS, MOE_TOKENS, ROUTED_SCALING, SWIGLU_LIMIT, TOL, random_moe_input
 
 #: Routed experts as in V4-Flash at TP=1: hidden 4096, intermediate 2048, top-6; 8 of the 256 experts.
 MOE_SHAPE = dict(experts=8, hidden=4096, inter=2048, topk=6)

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .cuda_tools import find_tool, read_sass, sass_counts, total
+from ..cuda_tools import find_tool, read_sass, sass_counts, total
 
 #: Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024}
@@ -68,7 +68,7 @@ def _arch_num(arch: str) -> int:
 def kernel_modules() -> tuple:
     """The modules whose ``report_specs(arch)`` kernel-report compiles (sparse MLA, C4 indexer);
     each also has ``build``, ``target_for`` and ``PASS_CONFIGS``."""
-    from .kernels import tilelang_indexer, tilelang_mla
+    from ..kernels import tilelang_indexer, tilelang_mla
 
     return (tilelang_mla, tilelang_indexer)
 
