@@ -1,7 +1,8 @@
 """Environment variables this package reads: the one table of their names and meanings.
 
 The launcher writes them (from ``--nsa-*-backend`` and presets); the plugin, the patches and
-the kernels read them through :func:`get`. SGLang's own variables are not listed here.
+the kernels read them through :func:`get`. The names of SGLang's own variables that this
+package sets or reads in code follow in a second section (names only: SGLang owns their meaning).
 """
 
 from __future__ import annotations
@@ -60,8 +61,35 @@ _VARS = (
 
 VARS: dict[str, EnvVar] = {v.name: v for v in _VARS}
 
+# --- SGLang's own variables this package sets or reads in code (SGLang 0.5.23 defines them) ---
+
+#: 1 = SGLang's CPU engine (``launch --gpu cpu`` sets it; :mod:`sglang_ampere.cpu_target` reads it).
+SGLANG_USE_CPU_ENGINE = "SGLANG_USE_CPU_ENGINE"
+#: Layers per pipeline stage, comma-separated (the launcher writes the balanced split).
+SGLANG_PP_LAYER_PARTITION = "SGLANG_PP_LAYER_PARTITION"
+#: 1 = speculative decoding across pipeline stages (the launcher sets it for MTP with pp > 1).
+SGLANG_ENABLE_PP_SPEC = "SGLANG_ENABLE_PP_SPEC"
+#: SGLang's JIT kernel cache (default ``~/.cache/sglang/jit``); ``warmup`` fills it.
+SGLANG_JIT_CACHE_DIR = "SGLANG_JIT_CACHE_DIR"
+#: 1 = SGLang recompiles its JIT kernels instead of loading them from the cache.
+SGLANG_JIT_FORCE_RECOMPILE = "SGLANG_JIT_FORCE_RECOMPILE"
+#: 1 = FP8 weights on FP8 Marlin (W8A16) whatever the GPU (the native preset and self-checks set it).
+SGLANG_FORCE_FP8_MARLIN = "SGLANG_FORCE_FP8_MARLIN"
+#: Which cores each CPU-engine rank binds its OpenMP threads to (the launcher sets it for ``--gpu cpu``).
+SGLANG_CPU_OMP_THREADS_BIND = "SGLANG_CPU_OMP_THREADS_BIND"
+#: Comma-separated plugin names SGLang loads; unset = all installed (``doctor`` checks ours is in it).
+SGLANG_PLUGINS = "SGLANG_PLUGINS"
+#: SGLang's top-k v2 JIT kernel (the Ampere presets set 0).
+SGLANG_OPT_USE_TOPK_V2 = "SGLANG_OPT_USE_TOPK_V2"
+#: 1 = indexer logits in torch instead of DeepGEMM (the Ampere/Ada presets set 1).
+SGLANG_FP8_PAGED_MQA_LOGITS_TORCH = "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH"
+#: 1 = one GEMM for ``wq_a`` + ``wkv`` (SGLang's default; the presets set 0).
+SGLANG_OPT_FUSE_WQA_WKV = "SGLANG_OPT_FUSE_WQA_WKV"
+#: DeepGEMM's FP8 ``wo_a`` einsum (sm_90+); the native preset sets 0 below sm_90.
+SGLANG_OPT_FP8_WO_A_GEMM = "SGLANG_OPT_FP8_WO_A_GEMM"
 #: The fork-era variable that selected FlashMLA's replacement; SGLang 0.5.23 reads it only on ROCm.
-HACK_FLASHMLA_VAR = "SGLANG_HACK_FLASHMLA_BACKEND"
+SGLANG_HACK_FLASHMLA_BACKEND = "SGLANG_HACK_FLASHMLA_BACKEND"
+HACK_FLASHMLA_VAR = SGLANG_HACK_FLASHMLA_BACKEND
 
 #: Fork-era variables users still export, and what each does with SGLang 0.5.23 on CUDA
 #: (checked against the installed source by tests/test_presets.py). ``launch`` and ``doctor``
@@ -70,12 +98,12 @@ FORK_VARS: dict[str, str] = {
     HACK_FLASHMLA_VAR: "SGLang 0.5.23 reads it only on ROCm; here =torch (or =tilelang) selects the "
                        "sglang-ampere sparse-MLA backend for prefill and decode",
     "SGLANG_APPLY_CONFIG_BACKUP": "does nothing: SGLang 0.5.23 never reads it (safe to drop)",
-    "SGLANG_OPT_FP8_WO_A_GEMM": "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum, sm_90+); "
+    SGLANG_OPT_FP8_WO_A_GEMM: "affects only the native FP8 checkpoint (DeepGEMM FP8 wo_a einsum, sm_90+); "
                                 "the presets' [native] table sets 0 for it below sm_90, and a dsv4_int wo_a "
                                 "is BF16 after load, so there it changes nothing",
-    "SGLANG_OPT_FUSE_WQA_WKV": "read by SGLang: 1 fuses wq_a+wkv into one GEMM; dsv4_int loads either way "
+    SGLANG_OPT_FUSE_WQA_WKV: "read by SGLang: 1 fuses wq_a+wkv into one GEMM; dsv4_int loads either way "
                                "unless the two differ in dtype, and the presets set 0",
-    "SGLANG_FP8_PAGED_MQA_LOGITS_TORCH": "read by SGLang: 1 computes indexer logits in torch instead "
+    SGLANG_FP8_PAGED_MQA_LOGITS_TORCH: "read by SGLang: 1 computes indexer logits in torch instead "
                                          "of DeepGEMM (Hopper-only); the Ampere/Ada presets set 1",
 }
 
