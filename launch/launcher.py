@@ -239,7 +239,7 @@ def _plan_final(final, topo, memory, preset, environ, overrides, env, changes, n
 
 
 def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None) -> list[str]:
-    from sglang_ampere import warmup
+    from sglang_ampere import jit_cache as warmup
 
     return warmup.cold_cache_notes(arch, env, checkpoint)
 

@@ -53,7 +53,6 @@ from . import Hook
 
 logger = logging.getLogger("sglang_ampere.patches.cpu_engine")
 
-SGLANG_VERSION = "0.5.23"
 KVC = "sglang.srt.mem_cache.kv_cache_configurator"
 DSV4 = "sglang.srt.models.deepseek_v4"
 FP8 = "sglang.srt.layers.quantization.fp8"

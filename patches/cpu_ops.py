@@ -32,7 +32,6 @@ import importlib
 
 from . import Hook
 
-SGLANG_VERSION = "0.5.23"
 K = "sglang.kernels.ops"
 COMPRESS = f"{K}.attention.dsv4.compress"
 

@@ -34,7 +34,6 @@ from sglang_ampere.kernels.triton_interpret import kernels_interpreted
 
 from . import Hook
 
-SGLANG_VERSION = "0.5.23"
 SPEC = "sglang.kernels.ops.speculative"
 
 #: launcher (module.function) -> the Triton kernels (module globals) it launches.

@@ -35,17 +35,18 @@ import logging
 import sys
 import types
 
+from sglang_ampere import SGLANG_PIN, envvars
+
 from . import Hook
 
 logger = logging.getLogger("sglang_ampere.patches.dsv4_attention")
 
-SGLANG_VERSION = "0.5.23"
 BE = "sglang.srt.layers.attention.deepseek_v4_backend"
 FMI = "sglang.kernels.ops.attention.flash_mla_interface"
 PHASE_ATTR = "_sglang_ampere_phase"
 BACKENDS_ATTR = "_sglang_ampere_backends"
 PHASES = ("prefill", "decode")
-_ENV = {"prefill": "SGLANG_AMPERE_PREFILL_BACKEND", "decode": "SGLANG_AMPERE_DECODE_BACKEND"}
+_ENV = {"prefill": envvars.PREFILL_BACKEND, "decode": envvars.DECODE_BACKEND}
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,8 +67,6 @@ def needs_ampere_path() -> bool:
 
 def chosen_backends() -> dict[str, str]:
     """{"prefill": "torch"|"tilelang", "decode": ...} from the environment (validated)."""
-    from sglang_ampere import envvars
-
     return {phase: envvars.get(_ENV[phase]) for phase in PHASES}
 
 
@@ -211,7 +210,7 @@ def forward_batch_position(forward) -> int:
             return i
     raise TypeError(f"{getattr(forward, '__qualname__', forward)}{inspect.signature(forward)} has no "
                     "forward_batch parameter; sglang_ampere's dsv4_attention hook was written for "
-                    f"SGLang {SGLANG_VERSION}'s forward(self, q, k, v, layer, forward_batch, ...)")
+                    f"SGLang {SGLANG_PIN}'s forward(self, q, k, v, layer, forward_batch, ...)")
 
 
 def forward_hook(original, self, *args, **kwargs):

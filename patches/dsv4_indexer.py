@@ -30,21 +30,19 @@ from __future__ import annotations
 import functools
 import logging
 
+from sglang_ampere import envvars
+
 from . import Hook
 from .dsv4_attention import BE, needs_ampere_path
 
 logger = logging.getLogger("sglang_ampere.patches.dsv4_indexer")
 
-SGLANG_VERSION = "0.5.23"
 IDX = "sglang.srt.layers.attention.dsv4.indexer"
-BACKEND_VAR = "SGLANG_AMPERE_INDEXER_BACKEND"
 
 
 def chosen_backend() -> str:
     """``torch`` | ``tilelang`` from ``SGLANG_AMPERE_INDEXER_BACKEND`` (validated)."""
-    from sglang_ampere import envvars
-
-    return envvars.get(BACKEND_VAR)
+    return envvars.get(envvars.INDEXER_BACKEND)
 
 
 def indexer_impl(name: str):
@@ -93,7 +91,7 @@ def precompile_tilelang() -> int:
         raise RuntimeError(
             f"TileLang could not build the indexer kernels ({type(e).__name__}: {e}). Check nvcc and "
             "CUDA_HOME with `sglang-ampere doctor`, or run the indexer on the bounded torch path: "
-            f"{BACKEND_VAR}=torch") from e
+            f"{envvars.INDEXER_BACKEND}=torch") from e
 
 
 def backend_init_hook(original, self, *args, **kwargs):

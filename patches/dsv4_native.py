@@ -40,7 +40,6 @@ from . import Hook
 
 logger = logging.getLogger("sglang_ampere.patches.dsv4_native")
 
-SGLANG_VERSION = "0.5.23"
 TARGET = "sglang.srt.layers.quantization.fp8.Fp8Config.get_quant_method"
 DSV4_MODEL = "sglang.srt.models.deepseek_v4"
 

@@ -48,7 +48,6 @@ from . import Hook
 
 logger = logging.getLogger("sglang_ampere.patches.dsv4_rope")
 
-SGLANG_VERSION = "0.5.23"
 DSV4 = "sglang.srt.models.deepseek_v4"
 ROPE = "sglang.kernels.ops.attention.dsv4.rope"
 YARN = "sglang.srt.layers.rotary_embedding.rope_variant.DeepseekScalingRotaryEmbedding"

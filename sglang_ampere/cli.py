@@ -14,34 +14,28 @@ import sys
 
 from . import __version__
 
-#: name -> (module, one-line help); a module without a dot is ``sglang_ampere.commands.<module>``.
-#: Order is the order ``--help`` lists them in.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("quickstart", "synth -> convert -> audit in one folder, then say what to run next"),
-    "synth": ("sglang_ampere.synth", "write a small native-format DeepSeek-V4-Flash checkpoint"),
-    "convert": ("convert", "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)"),
-    "audit": ("sglang_ampere.convert.audit",
-              "check a native or dsv4_int checkpoint (plan, counts, config, SNR)"),
-    "eval": ("sglang_ampere.reference.eval",
-             "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR"),
-    "plan": ("sglang_ampere.memory_plan",
-             "memory per pipeline stage from the headers, the balanced layer split, what context fits"),
-    "launch": ("sglang_ampere.launch", "start SGLang's server with the GPU's preset (see launch --help)"),
-    "doctor": ("doctor", "check SGLang, the plugin, patches, GPUs, JIT tools and presets"),
-    "selftest": ("selftest", "run every GPU kernel check and print a pass/fail table"),
-    "bench": ("bench", "TTFT, TPOT and tok/s per stream over context x concurrency against a server"),
-    "gpu-check": ("gpu_check", "on a GPU: doctor, selftest, tests/gpu, a server vs the reference, bench"),
-    "warmup": ("sglang_ampere.warmup",
-               "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time"),
-    "kernel-report": ("kernel_report",
-                      "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS"),
-    "device-kit": ("sglang_ampere.device_kit",
-                   "build a folder that checks every GPU kernel on a bare GPU machine (torch only)"),
+#: command -> one-line help, in the order ``--help`` lists them. The command lives in
+#: ``sglang_ampere.commands.<command>`` (``-`` spelled ``_``): :func:`module_name`.
+COMMANDS: dict[str, str] = {
+    "quickstart": "synth -> convert -> audit in one folder, then say what to run next",
+    "synth": "write a small native-format DeepSeek-V4-Flash checkpoint",
+    "convert": "requantize a native checkpoint (MXFP4/FP8) into dsv4_int (INT4/INT8)",
+    "audit": "check a native or dsv4_int checkpoint (plan, counts, config, SNR)",
+    "eval": "run the reference forward: perplexity, KL / top-1 against the native model, layer SNR",
+    "plan": "memory per pipeline stage from the headers, the balanced layer split, what context fits",
+    "launch": "start SGLang's server with the GPU's preset (see launch --help)",
+    "doctor": "check SGLang, the plugin, patches, GPUs, JIT tools and presets",
+    "selftest": "run every GPU kernel check and print a pass/fail table",
+    "bench": "TTFT, TPOT and tok/s per stream over context x concurrency against a server",
+    "gpu-check": "on a GPU: doctor, selftest, tests/gpu, a server vs the reference, bench",
+    "warmup": "compile SGLang's JIT kernels for the dsv4_int and native paths ahead of time",
+    "kernel-report": "compile the TileLang kernels for sm_86/sm_80 (no GPU) and inspect their SASS",
+    "device-kit": "build a folder that checks every GPU kernel on a bare GPU machine (torch only)",
 }
 
 
-def _module_name(module: str) -> str:
-    return module if "." in module else f"{__package__}.commands.{module}"
+def module_name(command: str) -> str:
+    return f"{__package__}.commands.{command.replace('-', '_')}"
 
 
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:
@@ -52,10 +46,10 @@ def _build_parser(selected: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sglang-ampere {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, help_ in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == selected:
-            importlib.import_module(_module_name(module)).add_arguments(p)
+            importlib.import_module(module_name(name)).add_arguments(p)
     return parser
 
 
@@ -63,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     if selected in COMMANDS:
-        module = importlib.import_module(_module_name(COMMANDS[selected][0]))
+        module = importlib.import_module(module_name(selected))
         if getattr(module, "OWN_ARGV", False):
             # The command parses its own arguments (launch forwards the ones it does not
             # know to SGLang, which argparse's parse_args would reject).
@@ -73,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(_module_name(COMMANDS[args.command][0]))
+    module = importlib.import_module(module_name(args.command))
     return int(module.run(args) or 0)
 
 

@@ -19,36 +19,28 @@ from typing import Callable, Mapping
 
 from . import envvars
 
-#: Architectures with a preset (``env/<arch>.toml``) and JIT targets, with their compute
-#: capability, in the order ``--help`` lists them.
-ARCH_CAPS: dict[str, tuple[int, int]] = {"sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0),
-                                         "sm120": (12, 0)}
-KNOWN_ARCHES = tuple(ARCH_CAPS)
-
-#: ``SGLANG_AMPERE_TARGET``: ``auto`` (the card's own arch decides) or ``ampere``.
-TARGET_VAR = "SGLANG_AMPERE_TARGET"
 #: The preset an sm_90+ card launches with under ``SGLANG_AMPERE_TARGET=ampere``: sm80 has the
 #: sm86 preset's switches (it extends it; the switches are what select the code paths) and the
 #: server defaults sized for 40/80 GB cards, which every sm_90+ datacenter card is at least.
 AMPERE_STAND_IN = "sm80"
+#: Old name of :data:`sglang_ampere.envvars.TARGET`, kept while ``launch/resolve.py`` reads it.
+TARGET_VAR = envvars.TARGET
 
 
 def ampere_target(environ: Mapping[str, str] | None = None) -> bool:
     """``SGLANG_AMPERE_TARGET=ampere`` is set (validated: ``auto`` or ``ampere``)."""
-    return envvars.get(TARGET_VAR, environ) == "ampere"
+    return envvars.get(envvars.TARGET, environ) == "ampere"
 
 
 #: ``--gpu cpu``: no GPU; SGLang's CPU engine with sglang-ampere's torch stand-ins (a test and
 #: demonstration target: the whole serving path runs, slowly). It has a preset (``env/cpu.toml``).
 CPU_ARCH = "cpu"
-#: What ``launch --gpu`` and the built-in presets accept: the GPU architectures, then ``cpu``.
-PRESET_TARGETS = (*KNOWN_ARCHES, CPU_ARCH)
 
 
 def cpu_target(environ: Mapping[str, str] | None = None) -> bool:
     """``SGLANG_AMPERE_TARGET=cpu`` is set (validated). The plugin's CPU patches additionally
     require that CUDA is unavailable (:func:`sglang_ampere.cpu_target.active`)."""
-    return envvars.get(TARGET_VAR, environ) == CPU_ARCH
+    return envvars.get(envvars.TARGET, environ) == CPU_ARCH
 
 
 def takes_ampere_path(capability: tuple[int, int], environ: Mapping[str, str] | None = None) -> bool:
@@ -127,9 +119,29 @@ def arch_arg(text: str) -> Arch:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def arch_capability(arch: str) -> tuple[int, int]:
-    """``"sm86"`` -> ``(8, 6)``, ``"sm120"`` -> ``(12, 0)`` (known or not; ``cpu`` has none)."""
-    return ARCH_CAPS.get(arch) or Arch(arch).capability
+#: ``--gpu auto``: read the architecture from ``nvidia-smi``.
+AUTO = "auto"
+
+
+def arch_or_auto_arg(text: str) -> Arch | str:
+    """``argparse`` type for a ``--gpu`` flag that also takes ``auto``."""
+    return AUTO if text.strip().lower() == AUTO else arch_arg(text)
+
+
+def add_gpu_flag(parser, default: str | None, help: str, auto: bool = False, flag: str = "--gpu",
+                 old: str = "--arch") -> None:
+    """The one spelling of a command's architecture flag: ``--gpu ARCH`` (``sm86``, ``sm_86``, ``86``;
+    with ``auto=True`` also ``auto``), ``old`` kept as an alias for the spelling commands used before."""
+    parser.add_argument(flag, old, dest=flag.lstrip("-").replace("-", "_"), metavar="ARCH",
+                        type=arch_or_auto_arg if auto else arch_arg,
+                        default=default if default in (None, AUTO) else Arch(default),
+                        help=f"{help} (sm86, sm_86 or 86; {old} is the old spelling)")
+
+
+#: Architectures with a preset (``env/<arch>.toml``) and JIT targets, in the order ``--help`` lists them.
+KNOWN_ARCHES: tuple[Arch, ...] = tuple(Arch(a) for a in ("sm80", "sm86", "sm89", "sm90", "sm120"))
+#: What ``launch --gpu`` and the built-in presets accept: the GPU architectures, then ``cpu``.
+PRESET_TARGETS = (*KNOWN_ARCHES, CPU_ARCH)
 
 
 def preset_arch(card_arch: str, environ: Mapping[str, str] | None = None) -> str:
@@ -137,7 +149,7 @@ def preset_arch(card_arch: str, environ: Mapping[str, str] | None = None) -> str
     sm_90+ card under ``SGLANG_AMPERE_TARGET=ampere``; ``cpu`` launches with its own."""
     if card_arch == CPU_ARCH:
         return CPU_ARCH
-    cap = arch_capability(card_arch)
+    cap = Arch(card_arch).capability
     if cap >= (9, 0) and takes_ampere_path(cap, environ):
         return AMPERE_STAND_IN
     return card_arch
@@ -155,7 +167,7 @@ class GpuDetectionError(RuntimeError):
 class Gpu:
     index: int
     name: str
-    arch: str           # "sm86" for compute capability 8.6
+    arch: Arch          # "sm86" for compute capability 8.6
     memory_mib: int
     uuid: str
 
@@ -165,16 +177,6 @@ class Gpu:
 
     def describe(self) -> str:
         return f"GPU {self.index}: {self.name} ({self.arch}, {self.memory_gib:.0f} GiB)"
-
-
-def arch_of(compute_cap: str) -> str:
-    """``"8.6"`` -> ``"sm86"``, ``"12.0"`` -> ``"sm120"``."""
-    try:
-        if "." in compute_cap:
-            return Arch(compute_cap)
-    except ValueError:
-        pass
-    raise GpuDetectionError(f"unreadable compute capability {compute_cap!r} from nvidia-smi")
 
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:
@@ -192,7 +194,11 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
         index, name, cap, mem, uuid = fields
         if not index.isdigit() or not mem.isdigit():
             raise GpuDetectionError(f"unexpected nvidia-smi line {line!r}; pass --gpu to skip detection")
-        gpus.append(Gpu(int(index), name, arch_of(cap), int(mem), uuid))
+        try:
+            arch = Arch(cap)
+        except ValueError:
+            raise GpuDetectionError(f"unreadable compute capability {cap!r} from nvidia-smi") from None
+        gpus.append(Gpu(int(index), name, arch, int(mem), uuid))
     return gpus
 
 

@@ -5,7 +5,8 @@ detokenizer), then applies the registered hooks -- and logs and swallows any exc
 either step. So ``register`` itself:
 
 1. refuses an SGLang other than :data:`sglang_ampere.SGLANG_PIN` (unless
-   ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1``): the patches are written against its source;
+   ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1``; :func:`.sglang_pin.pin_problem`, which ``doctor`` asks
+   too): the patches are written against its source;
 2. registers ``dsv4_int`` in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
 3. registers every hook of every module in ``sglang_ampere.patches.PATCH_MODULES``;
 4. applies its own hook targets (SGLang's ``apply_hooks`` after all plugins then skips them)
@@ -24,10 +25,9 @@ Calling it again in the same process does nothing new (idempotent).
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 
-from . import QUANT_METHOD, SGLANG_PIN, envvars, hook_registry, hook_state
+from . import QUANT_METHOD, envvars, hook_registry, hook_state, sglang_pin
 
 # Re-exported: the hook status lives in hook_state, which the quant config reads without
 # importing this module.
@@ -46,18 +46,21 @@ class PluginError(RuntimeError):
 
 
 def check_sglang_version() -> str:
-    """The installed SGLang version; a PluginError if it is not the pinned one."""
-    try:
-        installed = importlib.metadata.version("sglang")
-    except importlib.metadata.PackageNotFoundError as e:
-        raise PluginError("sglang is not installed; install it with `pip install sglang-ampere[serve]`") from e
-    if installed != SGLANG_PIN and envvars.get("SGLANG_AMPERE_ALLOW_ANY_SGLANG") != "1":
-        raise PluginError(
-            f"sglang_ampere is written for SGLang {SGLANG_PIN}, but SGLang {installed} is installed. "
-            f"Install the pinned release (`pip install sglang=={SGLANG_PIN}`), or set "
-            "SGLANG_AMPERE_ALLOW_ANY_SGLANG=1 to try anyway (unsupported: the patches may miss their targets)."
-        )
-    return installed
+    """The installed SGLang version; a PluginError if :func:`.sglang_pin.pin_problem` says it is
+    wrong (a mismatch allowed by ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1`` is only logged)."""
+    installed = sglang_pin.installed_version()
+    problem = sglang_pin.pin_problem(installed)
+    if problem is None:
+        return installed
+    if problem.level != "error":
+        logger.warning("%s", problem.text)
+        return installed
+    if installed is None:
+        raise PluginError(f"{problem.text}; install it with `pip install sglang-ampere[serve]`")
+    raise PluginError(
+        f"{problem.text}. Install the pinned release (`{sglang_pin.install_command()}`), or set "
+        f"{envvars.ALLOW_ANY_SGLANG}=1 to try anyway (unsupported: the patches may miss their targets)."
+    )
 
 
 def register_quantization_choice() -> None:

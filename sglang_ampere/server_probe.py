@@ -66,11 +66,16 @@ def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             continue
 
 
-def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
+def tail(text: str, n: int = LOG_TAIL_LINES) -> str:
+    """The last ``n`` lines of ``text``, a line of 2000 characters or more cut to its start."""
     # SGLang logs its whole ServerArgs on one line: useless in a tail
     lines = [ln if len(ln) < 2000 else ln[:200] + " ...[cut]" for ln in text.rstrip().splitlines()]
     return "\n".join(lines[-n:])
+
+
+def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    """:func:`tail` of the file at ``path`` (empty when there is none)."""
+    return tail(path.read_text(errors="replace") if path.exists() else "", n)
 
 
 def cli(*args: str) -> list[str]:

@@ -89,6 +89,15 @@ def _probe(env_extra: dict, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)
 
 
+def test_boot_file_spells_the_variables_as_envvars_does():
+    """The boot file keeps its own literals (it must not import the package in every process)."""
+    from sglang_ampere import envvars
+
+    text = (cpu_target.SITE_DIR / "sitecustomize.py").read_text()
+    assert f'os.environ.get("{envvars.TARGET}") == "cpu"' in text
+    assert f'os.environ.get("{envvars.SGLANG_USE_CPU_ENGINE}") == "1"' in text
+
+
 def test_boot_file_gives_every_process_the_stub_and_chains_the_next_sitecustomize(tmp_path):
     proc = _probe(CPU_ENV, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

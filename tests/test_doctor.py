@@ -93,14 +93,39 @@ def test_plugin_filtered_by_sglang_plugins():
 
 
 def test_render_and_exit_code(monkeypatch, capsys):
-    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.Check("a", doctor.OK, "fine"),
-                                                        doctor.Check("b", doctor.FAIL, "broken", "do X")])
+    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.ok("a", "a", "fine"),
+                                                                    doctor.fail("b", "b", "broken", "do X")])
     assert doctor.run(argparse.Namespace(json=False, gpu="auto")) == 1
     out = capsys.readouterr().out
     assert "[FAIL] b: broken\n       fix: do X" in out and out.rstrip().endswith("1 failure(s)")
-    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.Check("a", doctor.WARN, "meh", "y")])
+    monkeypatch.setattr(doctor, "collect", lambda gpu, model_path: [doctor.warn("a", "a", "meh", "y")])
     assert doctor.run(argparse.Namespace(json=True, gpu="auto")) == 0
-    assert json.loads(capsys.readouterr().out)["ok"] is True
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True
+    assert report["checks"] == [{"name": "a", "status": "warn", "code": "doctor.a", "detail": "meh", "fix": "y"}]
+
+
+def test_checks_carry_notes_with_levels_and_codes():
+    checks = by_name(collect(recorded=None))
+    assert checks["gpus"][0].verdict.level == "error" and checks["gpus"][0].verdict.code == "doctor.no-gpu"
+    assert str(checks["gpus"][0].verdict).startswith("error: no GPU: ")
+    assert all(c.status == doctor.STATUS[c.verdict.level] for c in collect())
+
+
+def test_sglang_pin_and_its_override_as_the_plugin_sees_them():
+    """doctor asks the plugin's own question (sglang_pin.pin_problem): the override is a warning, not a pass."""
+    from sglang_ampere import SGLANG_PIN, sglang_pin
+
+    assert doctor.check_sglang_version({}, SGLANG_PIN).status == doctor.OK
+    wrong = doctor.check_sglang_version({}, "0.0.1")
+    assert wrong.status == doctor.FAIL and wrong.verdict.code == "sglang.unpinned"
+    assert f"written for SGLang {SGLANG_PIN}, but SGLang 0.0.1 is installed" in wrong.detail
+    assert wrong.fix == f"pip install 'sglang=={SGLANG_PIN}'"
+    allowed = doctor.check_sglang_version({"SGLANG_AMPERE_ALLOW_ANY_SGLANG": "1"}, "0.0.1")
+    assert allowed.status == doctor.WARN and allowed.verdict.code == "sglang.unpinned-allowed"
+    missing = doctor.check_sglang_version({"SGLANG_AMPERE_ALLOW_ANY_SGLANG": "1"}, None)
+    assert missing.status == doctor.FAIL and "sglang-ampere[serve]" in missing.fix
+    assert sglang_pin.pin_problem(SGLANG_PIN, {}) is None
 
 
 @pytest.mark.slow
@@ -120,6 +145,7 @@ def test_doctor_json_end_to_end(tmp_path):
     assert status["tilelang"] == "ok"
     assert status["gpus"] == "ok" and status["preset"] == "ok" and status["environment"] == "ok"
     assert status["jit cache"] == "warn"
+    assert {c["code"] for c in report["checks"] if c["name"] == "jit cache"} == {"jit.cold-cache"}
     failed = [c["name"] for c in report["checks"] if c["status"] == "fail"]
     assert set(failed) <= {"nvcc", "CUDA_HOME", "CUDA headers"}   # depends on the host's CUDA toolkit only
     assert proc.returncode == (1 if failed else 0) and report["ok"] == (not failed)

@@ -13,6 +13,7 @@ import pytest
 from sglang_ampere import cli
 from sglang_ampere.commands import kernel_report as K
 from sglang_ampere.cuda_tools import find_tool
+from sglang_ampere.gpus import Arch
 
 pytest.importorskip("tilelang")
 if shutil.which("nvcc") is None:
@@ -22,7 +23,7 @@ if shutil.which("nvcc") is None:
 def _run_report(arch: str, out: Path) -> dict:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli.main(["kernel-report", "--arch", arch, "--json", "--out", str(out)])
+        rc = cli.main(["kernel-report", "--gpu", arch, "--json", "--out", str(out)])
     data = json.loads(buf.getvalue())
     data["rc"] = rc
     return data
@@ -89,7 +90,21 @@ def test_checks_can_fail():
     assert good.ok                                   # 120 KB fits sm_80's 163 KB, not sm_86's 99 KB
 
 
-def test_bad_arch_is_explained():
+def test_bad_arch_is_explained(capsys):
     with pytest.raises(ValueError, match="sm_86"):
-        K._arch_num("ampere")
+        Arch("ampere")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["kernel-report", "--gpu", "ampere"])
+    assert exc.value.code == 2 and "sm_86" in capsys.readouterr().err
     assert cli.main(["kernel-report", "--arch", "sm_75", "--only", "x"]) == 2
+    assert cli.main(["kernel-report", "--gpu", "sm75", "--only", "x"]) == 2
+
+
+def test_gpu_flag_is_the_old_arch_flag():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    K.add_arguments(parser)
+    for spelling in ("sm_86", "sm86", "86"):
+        assert parser.parse_args(["--gpu", spelling]).gpu == parser.parse_args(["--arch", "sm_86"]).gpu == "sm86"
+    assert parser.parse_args([]).gpu.number == 86 and parser.parse_args(["--gpu", "sm_80"]).gpu.number == 80

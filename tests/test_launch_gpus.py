@@ -27,10 +27,10 @@ def test_parse_recorded_cards(recorded, count, arch, name, mem_gib):
 
 
 def test_arch_of_two_digit_major():
-    assert gpus.arch_of("12.0") == "sm120"
-    assert gpus.arch_of("8.6") == "sm86"
+    assert gpus.Arch("12.0") == "sm120"
+    assert gpus.Arch("8.6") == "sm86"
     with pytest.raises(gpus.GpuDetectionError, match="compute capability"):
-        gpus.arch_of("[N/A]")
+        gpus.parse_nvidia_smi("0, NVIDIA GeForce RTX 3090, [N/A], 24576, GPU-1\n")
 
 
 def test_old_driver_without_compute_cap_says_what_to_do():

@@ -128,9 +128,9 @@ def test_hook_in_effect_detects_unhooked_targets():
 
 
 def test_other_sglang_version_is_a_clear_error_unless_allowed(monkeypatch):
-    from sglang_ampere import plugin
+    from sglang_ampere import plugin, sglang_pin
 
-    monkeypatch.setattr(plugin, "SGLANG_PIN", "0.0.1")
+    monkeypatch.setattr(sglang_pin, "SGLANG_PIN", "0.0.1")
     monkeypatch.delenv("SGLANG_AMPERE_ALLOW_ANY_SGLANG", raising=False)
     with pytest.raises(plugin.PluginError, match=r"written for SGLang 0\.0\.1.*SGLANG_AMPERE_ALLOW_ANY_SGLANG=1"):
         plugin.register()

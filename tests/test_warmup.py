@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sglang_ampere import warmup
+from sglang_ampere import jit_cache
+from sglang_ampere.commands import warmup
 from sglang_ampere.cuda_tools import find_cuda_home
 
 CLI = Path(sys.executable).parent / "sglang-ampere"
@@ -22,37 +23,38 @@ def _fake_build(root: Path, arch_dir: str, module_dir: str) -> None:
 
 
 def test_cold_cache_lists_missing_modules_and_the_fix(tmp_path):
-    notes = warmup.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)})
-    assert len(notes) == 1
-    for t in warmup.targets_for("sm86"):
-        assert t.key in notes[0]
-    assert notes[0].endswith("sglang-ampere warmup --gpu sm86")
+    notes = jit_cache.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)})
+    assert len(notes) == 1 and (notes[0].level, notes[0].code) == ("note", "jit.cold-cache")
+    for t in jit_cache.targets_for("sm86"):
+        assert t.key in notes[0].text
+    assert str(notes[0]).startswith("note: SGLang's JIT cache")
+    assert notes[0].text.endswith("sglang-ampere warmup --gpu sm86")
 
 
 def test_warm_cache_says_nothing(tmp_path):
-    for t in warmup.targets_for("sm86"):
+    for t in jit_cache.targets_for("sm86"):
         _fake_build(tmp_path, "sm86", t.cache_glob.replace("*", "false"))
-    assert warmup.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)}) == []
+    assert jit_cache.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)}) == []
     # another arch's builds do not count (sm90 lives in sm90a/)
-    assert warmup.cold_cache_notes("sm80", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)})
+    assert jit_cache.cold_cache_notes("sm80", {"SGLANG_JIT_CACHE_DIR": str(tmp_path)})
 
 
 def test_topk_v1_is_only_needed_below_sm90():
-    assert "topk_v1" in [t.key for t in warmup.targets_for("sm86")]
-    assert "topk_v1" not in [t.key for t in warmup.targets_for("sm90")]
+    assert "topk_v1" in [t.key for t in jit_cache.targets_for("sm86")]
+    assert "topk_v1" not in [t.key for t in jit_cache.targets_for("sm90")]
 
 
 def test_checkpoint_selects_what_its_path_runs():
-    every = {t.key for t in warmup.targets_for("sm86")}
-    native = {t.key for t in warmup.targets_for("sm86", "native")}
-    dsv4_int = {t.key for t in warmup.targets_for("sm86", "dsv4_int")}
+    every = {t.key for t in jit_cache.targets_for("sm86")}
+    native = {t.key for t in jit_cache.targets_for("sm86", "native")}
+    dsv4_int = {t.key for t in jit_cache.targets_for("sm86", "dsv4_int")}
     # one set of Marlin modules serves both formats; the MXFP4 final reduce only the native one
     marlin = {"gptq_marlin_repack", "gptq_marlin", "moe_marlin_gemm1", "moe_marlin_gemm2"}
     assert marlin <= native and marlin <= dsv4_int
     assert native - dsv4_int == {"moe_topk_sum"} and dsv4_int <= native
     assert native | dsv4_int == every
     with pytest.raises(ValueError, match="checkpoint must be one of dsv4_int, native"):
-        warmup.targets_for("sm86", "int4")
+        jit_cache.targets_for("sm86", "int4")
 
 
 def test_native_reduce_target_is_what_fused_marlin_moe_calls_for_mxfp4():
@@ -64,7 +66,7 @@ def test_native_reduce_target_is_what_fused_marlin_moe_calls_for_mxfp4():
 
     src = inspect.getsource(fused_marlin_moe.fused_marlin_moe)
     mxfp4_branch = src[src.index("if is_mxfp4_marlin:\n        # Top-k"):]
-    target = next(t for t in warmup.TARGETS if t.key == "moe_topk_sum")
+    target = next(t for t in jit_cache.TARGETS if t.key == "moe_topk_sum")
     assert f"from {target.module} import moe_topk_sum" in mxfp4_branch
     assert target.builder in inspect.getsource(importlib.import_module(target.module).moe_topk_sum)
     assert target.checkpoints == ("native",)
@@ -72,12 +74,12 @@ def test_native_reduce_target_is_what_fused_marlin_moe_calls_for_mxfp4():
 
 def test_cold_cache_note_for_a_native_checkpoint_names_its_modules_and_the_fix(tmp_path):
     env = {"SGLANG_JIT_CACHE_DIR": str(tmp_path)}
-    for t in warmup.targets_for("sm86", "dsv4_int"):
+    for t in jit_cache.targets_for("sm86", "dsv4_int"):
         _fake_build(tmp_path, "sm86", t.cache_glob.replace("*", "false"))
-    assert warmup.cold_cache_notes("sm86", env, "dsv4_int") == []
-    (note,) = warmup.cold_cache_notes("sm86", env, "native")
-    assert "is cold for sm86: moe_topk_sum will be compiled" in note
-    assert note.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
+    assert jit_cache.cold_cache_notes("sm86", env, "dsv4_int") == []
+    (note,) = jit_cache.cold_cache_notes("sm86", env, "native")
+    assert "is cold for sm86: moe_topk_sum will be compiled" in note.text
+    assert note.text.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
 
 
 def test_checkpoint_option_takes_a_format_or_a_folder(tmp_path):
@@ -114,7 +116,7 @@ def test_list_shows_the_native_modules_and_their_formats(tmp_path, capsys):
         else:
             os.environ["SGLANG_JIT_CACHE_DIR"] = old
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
-    assert set(rows) == {t.key for t in warmup.targets_for("sm86", "native")}
+    assert set(rows) == {t.key for t in jit_cache.targets_for("sm86", "native")}
     assert rows["moe_topk_sum"][1] == "cold" and rows["moe_topk_sum"][4] == "native"
     assert rows["moe_marlin_gemm1"][4] == "dsv4_int+native" and "MXFP4" in " ".join(rows["moe_marlin_gemm1"])
 
@@ -134,14 +136,27 @@ def test_cuda_home_behind_an_nvcc_wrapper(tmp_path):
 
 def test_unknown_arch_is_refused():
     with pytest.raises(SystemExit, match="unknown --gpu 'sm75'; known: sm80, sm86, sm89, sm90, sm120"):
-        warmup._resolve_arch("sm75")
+        warmup.resolve_arch("sm75")
+
+
+def test_gpu_flag_takes_every_spelling_and_the_old_one(tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    warmup.add_arguments(parser)
+    spellings = [["--gpu", "86"], ["--gpu", "sm_86"], ["--gpu", "SM86"], ["--arch", "sm86"]]
+    assert {parser.parse_args(argv).gpu for argv in spellings} == {"sm86"}
+    assert warmup.resolve_arch(parser.parse_args(["--gpu", "86"]).gpu) == "sm86"
+    assert parser.parse_args([]).gpu == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gpu", "ampere"])
 
 
 @pytest.mark.slow
 def test_builders_exist_in_pinned_sglang():
     import importlib
 
-    for t in warmup.TARGETS:
+    for t in jit_cache.TARGETS:
         fn = getattr(importlib.import_module(t.module), t.builder)
         params = inspect.signature(inspect.unwrap(fn)).parameters
         assert len(t.args) <= len(params), t
@@ -150,7 +165,7 @@ def test_builders_exist_in_pinned_sglang():
 @pytest.mark.slow
 def test_warmup_builds_the_cheapest_kernel_into_the_cache(tmp_path):
     """The cheapest module (Marlin repack, ~10 s) through the real command, no GPU."""
-    cheapest = warmup.TARGETS[0]
+    cheapest = jit_cache.TARGETS[0]
     cache = tmp_path / "jit"
     cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "sglang_ampere.cli"]
     env = {k: v for k, v in os.environ.items() if k != "SGLANG_JIT_CACHE_DIR"}
@@ -162,8 +177,8 @@ def test_warmup_builds_the_cheapest_kernel_into_the_cache(tmp_path):
     built = glob.glob(str(cache / "sm86" / cheapest.cache_glob / "build-*" / "deps-*" / "*.so"))
     assert len(built) == 1 and os.path.getsize(built[0]) > 10_000
     # launch now reports only the remaining modules as cold
-    notes = warmup.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(cache)})
-    assert cheapest.key not in notes[0].split("is cold for sm86:")[1].split("will be")[0]
+    notes = jit_cache.cold_cache_notes("sm86", {"SGLANG_JIT_CACHE_DIR": str(cache)})
+    assert cheapest.key not in notes[0].text.split("is cold for sm86:")[1].split("will be")[0]
     listing = subprocess.run(cmd + ["warmup", "--gpu", "sm86", "--list", "--cache-dir", str(cache)],
                              capture_output=True, text=True, timeout=120, env=env).stdout
     assert [l.split()[:2] for l in listing.splitlines()][0] == [cheapest.key, "built"]

@@ -32,16 +32,19 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-from .. import QUANT_METHOD, SGLANG_PIN
+from .. import QUANT_METHOD, SGLANG_PIN, envvars, notes, sglang_pin, sglang_probe
 from ..cuda_tools import find_cuda_home
+from ..gpus import AUTO, add_gpu_flag
+from ..notes import Note
 
+#: A check's status, as printed and in ``--json``: from its verdict's level.
 OK, WARN, FAIL = "ok", "warn", "fail"
+STATUS = {"note": OK, "warning": WARN, "error": FAIL}
 
 #: (header, what includes it) for the CUDA headers the serving path's JIT kernels need.
 JIT_HEADERS = (
@@ -52,171 +55,123 @@ JIT_HEADERS = (
 ENTRY_POINT_GROUP = "sglang.srt.plugins"
 ENTRY_POINT_NAME = "sglang_ampere"
 ENTRY_POINT_VALUE = "sglang_ampere.plugin:register"
-#: What the native checkpoint's path below sm_90 runs through in SGLang 0.5.23 (resolved by the probe).
-NATIVE_TARGETS = (
-    "sglang.srt.layers.quantization.mxfp4_marlin_moe.Mxfp4MarlinMoEMethod.process_weights_after_loading",
-    "sglang.srt.layers.quantization.marlin_utils_fp4.prepare_moe_mxfp4_layer_for_marlin",
-    "sglang.srt.layers.quantization.marlin_utils_fp8.prepare_fp8_layer_for_marlin",
-    "sglang.srt.layers.quantization.fp8_utils.can_auto_enable_marlin_fp8",
-    "sglang.srt.models.deepseek_v4.wo_a_fp8_gemm_enabled",
-)
-#: The patch module that lifts Mxfp4MarlinMoEMethod's SM90/SM120 gate.
-NATIVE_PATCH = "sglang_ampere.patches.dsv4_native"
-#: The message of that gate in SGLang 0.5.23 (the probe reports whether it is still there).
-NATIVE_GATE = "MXFP4 Marlin requires SM90 or SM120"
+#: What the fresh-process probe (:mod:`sglang_ampere.sglang_probe`) resolves for the native checkpoint.
+NATIVE_TARGETS, NATIVE_PATCH, NATIVE_GATE = (sglang_probe.NATIVE_TARGETS, sglang_probe.NATIVE_PATCH,
+                                             sglang_probe.NATIVE_GATE)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Check:
+    """One line of the report: what was checked (``name``), the verdict (a :class:`~sglang_ampere.notes.Note`:
+    its level gives the status, its code identifies the finding) and, when it is not ok, the fix."""
     name: str
-    status: str
-    detail: str
+    verdict: Note
     fix: str = ""
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.verdict.level]
+
+    @property
+    def detail(self) -> str:
+        return self.verdict.text
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "code": self.verdict.code, "detail": self.detail,
+                "fix": self.fix}
+
+
+def ok(name: str, code: str, detail: str) -> Check:
+    return Check(name, notes.note(f"doctor.{code}", detail))
+
+
+def warn(name: str, code: str, detail: str, fix: str = "") -> Check:
+    return Check(name, notes.warning(f"doctor.{code}", detail), fix)
+
+
+def fail(name: str, code: str, detail: str, fix: str = "") -> Check:
+    return Check(name, notes.error(f"doctor.{code}", detail), fix)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def check_sglang_version() -> Check:
-    try:
-        installed = metadata.version("sglang")
-    except metadata.PackageNotFoundError:
-        return Check("sglang version", FAIL, "SGLang is not installed",
-                     f"pip install 'sglang=={SGLANG_PIN}' (or pip install 'sglang-ampere[serve]')")
-    if installed != SGLANG_PIN:
-        return Check("sglang version", FAIL, f"installed {installed}, sglang-ampere is written for {SGLANG_PIN}",
-                     f"pip install 'sglang=={SGLANG_PIN}'")
-    return Check("sglang version", OK, f"{installed} (pin {SGLANG_PIN})")
+def check_sglang_version(environ: Mapping[str, str] | None = None,
+                         installed: str | None | object = sglang_pin.INSTALLED) -> Check:
+    """The plugin's own verdict (:func:`sglang_ampere.sglang_pin.pin_problem`), so the override
+    ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1`` turns a mismatch into a warning here too."""
+    if installed is sglang_pin.INSTALLED:
+        installed = sglang_pin.installed_version()
+    problem = sglang_pin.pin_problem(installed, environ)
+    if problem is None:
+        return ok("sglang version", "sglang-pinned", f"{installed} (pin {SGLANG_PIN})")
+    fix = sglang_pin.install_command() + (" (or pip install 'sglang-ampere[serve]')" if installed is None else "")
+    return Check("sglang version", problem, fix)
 
 
 def check_entry_point(environ: Mapping[str, str]) -> Check:
     eps = [ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME]
     if not eps:
-        return Check("plugin entry point", FAIL,
-                     f"no entry point {ENTRY_POINT_NAME!r} in group {ENTRY_POINT_GROUP!r}",
-                     "reinstall the package so its metadata is written: pip install sglang-ampere "
-                     "(or pip install -e . in a checkout)")
+        return fail("plugin entry point", "no-entry-point",
+                    f"no entry point {ENTRY_POINT_NAME!r} in group {ENTRY_POINT_GROUP!r}",
+                    "reinstall the package so its metadata is written: pip install sglang-ampere "
+                    "(or pip install -e . in a checkout)")
     if eps[0].value != ENTRY_POINT_VALUE:
-        return Check("plugin entry point", FAIL, f"{ENTRY_POINT_NAME} points at {eps[0].value}",
-                     "remove the stale install (pip uninstall sglang-ampere) and reinstall")
-    allowed = environ.get("SGLANG_PLUGINS")
+        return fail("plugin entry point", "stale-entry-point", f"{ENTRY_POINT_NAME} points at {eps[0].value}",
+                    "remove the stale install (pip uninstall sglang-ampere) and reinstall")
+    var = envvars.SGLANG_PLUGINS
+    allowed = environ.get(var)
     if allowed is not None and ENTRY_POINT_NAME not in [a.strip() for a in allowed.split(",")]:
-        return Check("plugin entry point", FAIL,
-                     f"SGLANG_PLUGINS={allowed!r} does not list {ENTRY_POINT_NAME}, so SGLang skips it",
-                     f"unset SGLANG_PLUGINS or add {ENTRY_POINT_NAME} to it")
-    return Check("plugin entry point", OK, f"{ENTRY_POINT_GROUP}: {ENTRY_POINT_NAME} = {eps[0].value}")
-
-
-#: Runs in a fresh interpreter: resolve every hook target, then let SGLang load its plugins.
-_PROBE = r"""
-import importlib, io, json, logging, pkgutil, sys
-out = {"targets": [], "patch_errors": [], "registered": False, "cli_choice": False,
-       "plugin_log": "", "error": None, "tilelang": None}
-log = io.StringIO()
-handler = logging.StreamHandler(log)
-handler.setLevel(logging.WARNING)
-logging.getLogger().addHandler(handler)
-try:
-    from sglang_ampere.patches import PATCH_MODULES
-    for mod_name in PATCH_MODULES:
-        try:
-            hooks = importlib.import_module(mod_name).hooks()
-        except Exception as exc:
-            out["patch_errors"].append([mod_name, f"{type(exc).__name__}: {exc}"])
-            continue
-        for h in hooks:
-            try:
-                pkgutil.resolve_name(h.target)
-                out["targets"].append([mod_name, h.target, None])
-            except Exception as exc:
-                out["targets"].append([mod_name, h.target, f"{type(exc).__name__}: {exc}"])
-    from sglang.srt.plugins import load_plugins
-    load_plugins()
-    from sglang.srt.layers.quantization import QUANTIZATION_METHODS
-    from sglang.srt.arg_groups.choices import QUANTIZATION_CHOICES
-    out["registered"] = QUANT_METHOD in QUANTIZATION_METHODS
-    out["cli_choice"] = QUANT_METHOD in QUANTIZATION_CHOICES
-    out["native"] = {"targets": [], "patched": NATIVE_PATCH in PATCH_MODULES, "gate": None, "marlin": None}
-    for t in NATIVE_TARGETS:
-        try:
-            obj = pkgutil.resolve_name(t)
-            out["native"]["targets"].append([t, None])
-            if t.endswith(".process_weights_after_loading"):
-                import inspect
-                out["native"]["gate"] = NATIVE_GATE in inspect.getsource(obj)
-        except Exception as exc:
-            out["native"]["targets"].append([t, f"{type(exc).__name__}: {exc}"])
-    try:
-        from sglang.srt.layers.moe.utils import MoeRunnerBackend
-        out["native"]["marlin"] = MoeRunnerBackend("marlin").is_marlin()
-    except Exception as exc:
-        out["native"]["marlin_error"] = f"{type(exc).__name__}: {exc}"
-except Exception as exc:
-    out["error"] = f"{type(exc).__name__}: {exc}"
-try:
-    import tilelang
-    out["tilelang"] = getattr(tilelang, "__version__", "unknown")
-except Exception as exc:
-    out["tilelang_error"] = f"{type(exc).__name__}: {exc}"
-out["plugin_log"] = log.getvalue()[-2000:]
-print("@@DOCTOR@@" + json.dumps(out))
-""".replace("NATIVE_TARGETS", repr(NATIVE_TARGETS)).replace("NATIVE_PATCH", repr(NATIVE_PATCH)) \
-    .replace("NATIVE_GATE", repr(NATIVE_GATE)).replace("QUANT_METHOD", repr(QUANT_METHOD))
+        return fail("plugin entry point", "plugin-filtered",
+                    f"{var}={allowed!r} does not list {ENTRY_POINT_NAME}, so SGLang skips it",
+                    f"unset {var} or add {ENTRY_POINT_NAME} to it")
+    return ok("plugin entry point", "entry-point", f"{ENTRY_POINT_GROUP}: {ENTRY_POINT_NAME} = {eps[0].value}")
 
 
 def run_probe(environ: Mapping[str, str], timeout: float = 300) -> dict:
-    """Run :data:`_PROBE` in a fresh interpreter (SGLang loads plugins once per process)."""
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                              timeout=timeout, env=dict(environ))
-    except subprocess.TimeoutExpired:
-        return {"error": f"the probe process did not finish in {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("@@DOCTOR@@"):
-            return json.loads(line[len("@@DOCTOR@@"):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"error": f"probe exited {proc.returncode}: " + " | ".join(tail)}
+    """:mod:`sglang_ampere.sglang_probe` in a fresh interpreter (SGLang loads plugins once per process)."""
+    return sglang_probe.run(environ, timeout)
 
 
 def probe_checks(probe: dict) -> list[Check]:
     checks = []
     if probe.get("error"):
-        checks.append(Check("sglang import + plugin load", FAIL, probe["error"],
-                            "run: python -c 'import sglang.srt.plugins' to see the full error; "
-                            f"reinstall with pip install 'sglang=={SGLANG_PIN}'"))
+        checks.append(fail("sglang import + plugin load", "probe-failed", probe["error"],
+                           "run: python -c 'import sglang.srt.plugins' to see the full error; "
+                           f"reinstall with pip install 'sglang=={SGLANG_PIN}'"))
     bad = [t for t in probe.get("targets", []) if t[2]]
     for mod, err in probe.get("patch_errors", []):
-        checks.append(Check("patch module", FAIL, f"{mod}: {err}",
-                            "the patch layer does not match this SGLang; reinstall sglang-ampere and "
-                            f"sglang=={SGLANG_PIN}"))
+        checks.append(fail("patch module", "patch-module", f"{mod}: {err}",
+                           "the patch layer does not match this SGLang; reinstall sglang-ampere and "
+                           f"sglang=={SGLANG_PIN}"))
     n = len(probe.get("targets", []))
     if bad:
         for mod, target, err in bad:
-            checks.append(Check("patch hook target", FAIL, f"{target} ({mod}): {err}",
-                                f"SGLang moved or renamed it; install sglang=={SGLANG_PIN}, the release the "
-                                "patches are written for"))
+            checks.append(fail("patch hook target", "hook-target-missing", f"{target} ({mod}): {err}",
+                               f"SGLang moved or renamed it; install sglang=={SGLANG_PIN}, the release the "
+                               "patches are written for"))
     elif "targets" in probe and not probe.get("error"):
-        checks.append(Check("patch hook targets", OK, f"{n} target(s) importable"))
+        checks.append(ok("patch hook targets", "hook-targets", f"{n} target(s) importable"))
     if not probe.get("error"):
         log = probe.get("plugin_log", "").strip()
         hint = f" SGLang logged: {log.splitlines()[-1]}" if log else ""
         if probe.get("registered") and probe.get("cli_choice"):
-            checks.append(Check("dsv4_int registered", OK,
-                                "in QUANTIZATION_METHODS and --quantization choices after load_plugins()"))
+            checks.append(ok("dsv4_int registered", "registered",
+                             "in QUANTIZATION_METHODS and --quantization choices after load_plugins()"))
         else:
-            where = [w for w, ok in (("QUANTIZATION_METHODS", probe.get("registered")),
-                                     ("--quantization choices", probe.get("cli_choice"))) if not ok]
-            checks.append(Check("dsv4_int registered", FAIL,
-                                f"after SGLang loaded its plugins, {QUANT_METHOD} is missing from "
-                                f"{' and '.join(where)}.{hint}",
-                                "the plugin did not register it: check the log above for "
-                                "'Failed to execute general plugin: sglang_ampere', reinstall sglang-ampere"))
+            where = [w for w, present in (("QUANTIZATION_METHODS", probe.get("registered")),
+                                          ("--quantization choices", probe.get("cli_choice"))) if not present]
+            checks.append(fail("dsv4_int registered", "not-registered",
+                               f"after SGLang loaded its plugins, {QUANT_METHOD} is missing from "
+                               f"{' and '.join(where)}.{hint}",
+                               "the plugin did not register it: check the log above for "
+                               "'Failed to execute general plugin: sglang_ampere', reinstall sglang-ampere"))
     checks += native_probe_checks(probe)
     if probe.get("tilelang"):
-        checks.append(Check("tilelang", OK, f"tilelang {probe['tilelang']} imports"))
+        checks.append(ok("tilelang", "tilelang", f"tilelang {probe['tilelang']} imports"))
     else:
-        checks.append(Check("tilelang", FAIL, f"tilelang does not import: {probe.get('tilelang_error', '?')}",
-                            "pip install the tilelang version SGLang pins (tilelang==0.1.12 for 0.5.23)"))
+        checks.append(fail("tilelang", "no-tilelang", f"tilelang does not import: {probe.get('tilelang_error', '?')}",
+                           "pip install the tilelang version SGLang pins (tilelang==0.1.12 for 0.5.23)"))
     return checks
 
 
@@ -233,13 +188,13 @@ def native_probe_checks(probe: dict) -> list[Check]:
         problems.append(f"{NATIVE_PATCH} is not in sglang_ampere.patches.PATCH_MODULES, so nothing lifts "
                         "Mxfp4MarlinMoEMethod's SM90/SM120 gate")
     if problems:
-        return [Check("native checkpoint path", FAIL, "; ".join(problems), fix)]
+        return [fail("native checkpoint path", "native-path-broken", "; ".join(problems), fix)]
     gate = {True: f"its gate ({NATIVE_GATE!r}) is lifted by {NATIVE_PATCH}",
             False: "its SM90/SM120 gate is gone from this SGLang",
             None: "its gate was not read"}[native.get("gate")]
-    return [Check("native checkpoint path", OK,
-                  f"{len(native.get('targets', []))} SGLang function(s) import (Marlin MXFP4 MoE: {gate}; FP8 "
-                  "Marlin W8A16; wo_a switch) and --moe-runner-backend marlin exists")]
+    return [ok("native checkpoint path", "native-path",
+               f"{len(native.get('targets', []))} SGLang function(s) import (Marlin MXFP4 MoE: {gate}; FP8 "
+               "Marlin W8A16; wo_a switch) and --moe-runner-backend marlin exists")]
 
 
 def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> tuple[list[Check], str | None]:
@@ -250,29 +205,30 @@ def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> 
     checks = []
     found, why = gpus_mod.detect_gpus_or_reason(environ, smi_output)
     if found:
-        checks.append(Check("gpus", OK, "; ".join(g.describe() for g in found)))
+        checks.append(ok("gpus", "gpus", "; ".join(g.describe() for g in found)))
     else:
-        checks.append(Check("gpus", FAIL, f"no GPU: {why}",
-                            "serving needs an NVIDIA GPU (sm_80+) with its driver; "
-                            "`launch --gpu sm86 --dry-run` still previews the command here"))
-    if gpu != "auto":
+        checks.append(fail("gpus", "no-gpu", f"no GPU: {why}",
+                           "serving needs an NVIDIA GPU (sm_80+) with its driver; "
+                           "`launch --gpu sm86 --dry-run` still previews the command here"))
+    if gpu != AUTO:
         if gpu not in KNOWN_ARCHES:
-            checks.append(Check("preset", FAIL, f"unknown --gpu {gpu!r}", f"use one of {', '.join(KNOWN_ARCHES)}"))
+            checks.append(fail("preset", "unknown-arch", f"unknown --gpu {gpu!r}",
+                               f"use one of {', '.join(KNOWN_ARCHES)}"))
             return checks, None
-        checks.append(Check("preset", OK, f"{gpu} (from --gpu)"))
+        checks.append(ok("preset", "preset-from-flag", f"{gpu} (from --gpu)"))
         return checks, gpu
     arches = sorted({g.arch for g in found})
     if len(arches) > 1:
-        checks.append(Check("preset", FAIL, f"mixed architectures: {gpus_mod.summarize(found)}",
-                            "launch with --gpu ARCH, or restrict CUDA_VISIBLE_DEVICES to one kind of card"))
+        checks.append(fail("preset", "mixed-arches", f"mixed architectures: {gpus_mod.summarize(found)}",
+                           "launch with --gpu ARCH, or restrict CUDA_VISIBLE_DEVICES to one kind of card"))
         return checks, None
     if not arches:
         return checks, None
     if arches[0] not in KNOWN_ARCHES:
-        checks.append(Check("preset", FAIL, f"{arches[0]} has no preset",
-                            f"launch with --gpu one of {', '.join(KNOWN_ARCHES)} or --preset FILE"))
+        checks.append(fail("preset", "no-preset", f"{arches[0]} has no preset",
+                           f"launch with --gpu one of {', '.join(KNOWN_ARCHES)} or --preset FILE"))
         return checks, None
-    checks.append(Check("preset", OK, f"{arches[0]} (env/{arches[0]}.toml)"))
+    checks.append(ok("preset", "preset", f"{arches[0]} (env/{arches[0]}.toml)"))
     return checks, arches[0]
 
 
@@ -280,24 +236,25 @@ def check_target(environ: Mapping[str, str], arch: str | None) -> tuple[list[Che
     """``SGLANG_AMPERE_TARGET``: a line when it is set, and the preset the card then launches with."""
     from sglang_ampere import gpus as gpus_mod
 
-    var = gpus_mod.TARGET_VAR
+    var = envvars.TARGET
     try:
         forced = gpus_mod.ampere_target(environ)
     except ValueError as exc:
-        return [Check("target", FAIL, str(exc), f"unset {var}, or set it to ampere")], arch
+        return [fail("target", "bad-target", str(exc), f"unset {var}, or set it to ampere")], arch
     if not forced:
         return [], arch
     if arch is None:
-        return [Check("target", WARN, f"{var}=ampere, but no GPU architecture was decided",
-                      "pass --gpu ARCH to see the preset it selects")], None
+        return [warn("target", "target-undecided", f"{var}=ampere, but no GPU architecture was decided",
+                     "pass --gpu ARCH to see the preset it selects")], None
     stand_in = gpus_mod.preset_arch(arch, environ)
     if stand_in == arch:
-        return [Check("target", OK, f"{var}=ampere: {arch} takes the sm_80/sm_86 path anyway (no change)")], arch
-    return [Check("target", WARN,
-                  f"{var}=ampere is on: this {arch} card takes the sm_80/sm_86 path (preset {stand_in}'s switches, "
-                  f"sglang-ampere's sparse-MLA and indexer kernels built for {arch}, Marlin W8A16/W4A16), "
-                  "to validate the Ampere code; slower than SGLang's own sm_90+ paths",
-                  f"unset {var} to serve with SGLang's own paths on this card")], stand_in
+        return [ok("target", "target-no-change",
+                   f"{var}=ampere: {arch} takes the sm_80/sm_86 path anyway (no change)")], arch
+    return [warn("target", "ampere-target",
+                 f"{var}=ampere is on: this {arch} card takes the sm_80/sm_86 path (preset {stand_in}'s switches, "
+                 f"sglang-ampere's sparse-MLA and indexer kernels built for {arch}, Marlin W8A16/W4A16), "
+                 "to validate the Ampere code; slower than SGLang's own sm_90+ paths",
+                 f"unset {var} to serve with SGLang's own paths on this card")], stand_in
 
 
 def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool | None = None) -> list[Check]:
@@ -310,65 +267,65 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
     checks = []
     for e in preset.env:
         if e.name in environ and environ[e.name] != e.value:
-            checks.append(Check("environment", FAIL,
-                                f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
-                                f"unset {e.name} (launch keeps your value over the preset's)"))
+            checks.append(fail("environment", "env-contradicts-preset",
+                               f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
+                               f"unset {e.name} (launch keeps your value over the preset's)"))
     for e in preset.native_env if native is not False else ():
         if e.name not in environ or environ[e.name] == e.value:
             continue
-        status = FAIL if (e.required and native) else WARN
+        verdict = fail if (e.required and native) else warn
         what = ("launch refuses it with the native FP8/FP4 checkpoint" if e.required else
                 "launch keeps your value over the preset's for the native FP8/FP4 checkpoint")
-        checks.append(Check("environment", status,
-                            f"your {e.name}={environ[e.name]} contradicts preset {arch}'s [native] "
-                            f"{e.value} ({e.reason}); {what}",
-                            f"unset {e.name}" + ("" if native else " if you serve the native checkpoint")))
+        checks.append(verdict("environment", "env-contradicts-native",
+                              f"your {e.name}={environ[e.name]} contradicts preset {arch}'s [native] "
+                              f"{e.value} ({e.reason}); {what}",
+                              f"unset {e.name}" + ("" if native else " if you serve the native checkpoint")))
     if not checks:
-        checks.append(Check("environment", OK, f"no variable contradicts preset {arch}"))
+        checks.append(ok("environment", "env-agrees", f"no variable contradicts preset {arch}"))
     for name, meaning in FORK_VARS.items():
         if name in environ:
-            checks.append(Check("fork-era variable", WARN, f"{name}={environ[name]}: {meaning}"))
+            checks.append(warn("fork-era variable", "fork-variable", f"{name}={environ[name]}: {meaning}"))
     return checks
 
 
 def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: str | None = None) -> list[Check]:
-    from sglang_ampere import warmup
+    from sglang_ampere import jit_cache
 
     checks = []
     nvcc = shutil.which("nvcc", path=environ.get("PATH"))
     if nvcc is None:
-        checks.append(Check("nvcc", FAIL, "nvcc not on PATH; SGLang compiles its Marlin and DeepSeek-V4 "
-                            "kernels with it at start-up, whichever sparse-MLA backend (torch or tilelang) "
-                            "is chosen",
-                            "install the CUDA toolkit (12.x or 13.x) and put its bin/ on PATH"))
+        checks.append(fail("nvcc", "no-nvcc", "nvcc not on PATH; SGLang compiles its Marlin and DeepSeek-V4 "
+                           "kernels with it at start-up, whichever sparse-MLA backend (torch or tilelang) "
+                           "is chosen",
+                           "install the CUDA toolkit (12.x or 13.x) and put its bin/ on PATH"))
     else:
         try:
             ver = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
             line = next((l for l in ver.splitlines() if "release" in l), ver.strip()[-60:])
         except (OSError, subprocess.TimeoutExpired) as exc:
             line = f"could not run: {exc}"
-        checks.append(Check("nvcc", OK, f"{nvcc}: {line.strip()}"))
+        checks.append(ok("nvcc", "nvcc", f"{nvcc}: {line.strip()}"))
         home = find_cuda_home(environ)
         if home is None:
-            checks.append(Check("CUDA_HOME", FAIL, "no CUDA toolkit root with lib64/libcudart.so found",
-                                "export CUDA_HOME=/usr/local/cuda-XX.Y (the toolkit root, not a wrapper's folder)"))
+            checks.append(fail("CUDA_HOME", "no-cuda-home", "no CUDA toolkit root with lib64/libcudart.so found",
+                               "export CUDA_HOME=/usr/local/cuda-XX.Y (the toolkit root, not a wrapper's folder)"))
         elif not (environ.get("CUDA_HOME") or environ.get("CUDA_PATH")) and \
                 os.path.dirname(os.path.dirname(nvcc)) != home:
-            checks.append(Check("CUDA_HOME", WARN,
-                                f"nvcc on PATH is not inside the toolkit ({home}); SGLang's JIT link step "
-                                "would look in the wrong folder", f"export CUDA_HOME={home}"))
+            checks.append(warn("CUDA_HOME", "cuda-home-mismatch",
+                               f"nvcc on PATH is not inside the toolkit ({home}); SGLang's JIT link step "
+                               "would look in the wrong folder", f"export CUDA_HOME={home}"))
         else:
-            checks.append(Check("CUDA_HOME", OK, home))
+            checks.append(ok("CUDA_HOME", "cuda-home", home))
         if home is not None:
             checks += check_cuda_headers(home, environ)
     if arch is not None:
-        notes = warmup.cold_cache_notes(arch, environ, checkpoint)
-        if notes:
-            checks.append(Check("jit cache", WARN, notes[0].removeprefix("note: ")))
+        cold = jit_cache.cold_cache_notes(arch, environ, checkpoint)
+        if cold:   # launch notes it; here it is worth a warning
+            checks.append(Check("jit cache", notes.warning(cold[0].code, cold[0].text)))
         else:
             which = f"the {checkpoint}" if checkpoint else "the dsv4_int and native"
-            checks.append(Check("jit cache", OK, f"every JIT kernel {which} path needs is built for {arch} in "
-                                f"{warmup.cache_root(environ)}"))
+            checks.append(ok("jit cache", "jit-warm", f"every JIT kernel {which} path needs is built for {arch} in "
+                             f"{jit_cache.cache_root(environ)}"))
     return checks
 
 
@@ -408,17 +365,17 @@ def check_cuda_headers(home: str, environ: Mapping[str, str]) -> list[Check]:
     for header, needed_by in JIT_HEADERS:
         found = next((d / header for d in dirs if (d / header).is_file()), None)
         if found is not None:
-            checks.append(Check("CUDA headers", OK, f"{header}: {found}"))
+            checks.append(ok("CUDA headers", "header", f"{header}: {found}"))
             continue
         pip_dir = _pip_header_dir(header)
         hint = (f"; this Python's nvidia wheels have it: export NVCC_APPEND_FLAGS='-I{pip_dir}'" if pip_dir
                 else "; or put a folder holding it on nvcc's path with NVCC_APPEND_FLAGS='-I<dir>'")
         package = "cuRAND development headers (e.g. libcurand-dev-XX-Y)" if header == "curand.h" \
             else "CUDA runtime development headers (e.g. cuda-cudart-dev-XX-Y)"
-        checks.append(Check("CUDA headers", FAIL,
-                            f"{header} is not in the CUDA toolkit at {home} (looked in "
-                            f"{', '.join(str(d) for d in dirs)}); needed by {needed_by}",
-                            f"install the toolkit's {package}{hint}"))
+        checks.append(fail("CUDA headers", "header-missing",
+                           f"{header} is not in the CUDA toolkit at {home} (looked in "
+                           f"{', '.join(str(d) for d in dirs)}); needed by {needed_by}",
+                           f"install the toolkit's {package}{hint}"))
     return checks
 
 
@@ -435,33 +392,34 @@ def check_model_dir(path: str, arch: str | None) -> tuple[list[Check], bool | No
     try:
         found = fmt.detect(path)
     except fmt.CheckpointFormatError as exc:
-        return [Check("checkpoint", FAIL, str(exc), "point --model-path at the checkpoint folder")], None, None
+        return [fail("checkpoint", "checkpoint-unreadable", str(exc),
+                     "point --model-path at the checkpoint folder")], None, None
     what = {fmt.DSV4_INT: "dsv4_int (INT4 experts, INT8 dense)",
             fmt.NATIVE: f"native FP8/FP4 (quant_method fp8; routed experts {found.expert_dtype or 'not found'}"
                         f"{' = MXFP4' if found.mxfp4_experts else ''})"}.get(found.kind, f"quant_method "
                                                                                 f"{found.quant_method!r}")
     if arch is None:
-        return [Check("checkpoint", WARN, f"{path}: {what}; no preset decided, so not checked against one",
-                      "pass --gpu ARCH")], None, None
+        return [warn("checkpoint", "checkpoint-unchecked",
+                     f"{path}: {what}; no preset decided, so not checked against one", "pass --gpu ARCH")], None, None
     preset = load_builtin(arch)
     try:
         model = check_model(path, arch, preset)
     except LaunchError as exc:
-        return [Check("checkpoint", FAIL, f"{path}: {what}: {exc}", "see the message: launch refuses this "
-                      "checkpoint on this GPU")], found.kind == fmt.NATIVE, None
+        return [fail("checkpoint", "checkpoint-refused", f"{path}: {what}: {exc}",
+                     "see the message: launch refuses this checkpoint on this GPU")], found.kind == fmt.NATIVE, None
     if model.native_path:
         adds = [" ".join(a.argv()) for a in preset.native_args] + [f"{e.name}={e.value}" for e in preset.native_env]
         detail = (f"{path}: {what}: served without conversion on {arch}; launch adds preset {arch}'s [native] "
                   f"settings: {', '.join(adds)}")
     else:
         detail = f"{path}: {what}: accepted on {arch}"
-    return [Check("checkpoint", OK, detail)], model.native_path, model.served_format
+    return [ok("checkpoint", "checkpoint", detail)], model.native_path, model.served_format
 
 
 def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = None,
-            gpu: str = "auto", probe: dict | None = None, model_path: str | None = None) -> list[Check]:
+            gpu: str = AUTO, probe: dict | None = None, model_path: str | None = None) -> list[Check]:
     environ = dict(os.environ if environ is None else environ)
-    checks = [check_sglang_version(), check_entry_point(environ)]
+    checks = [check_sglang_version(environ), check_entry_point(environ)]
     checks += probe_checks(run_probe(environ) if probe is None else probe)
     gpu_checks, arch = check_gpus(environ, smi_output, gpu)
     checks += gpu_checks
@@ -482,8 +440,7 @@ def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
-    parser.add_argument("--gpu", default="auto", metavar="ARCH",
-                        help="preset to check the environment against (default: from nvidia-smi)")
+    add_gpu_flag(parser, AUTO, "preset to check the environment against (default: auto, from nvidia-smi)", auto=True)
     parser.add_argument("--model-path", metavar="DIR",
                         help="also check this checkpoint: its format (dsv4_int or native FP8/FP4) and whether "
                              "launch takes it on this GPU")
@@ -505,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
     checks = collect(gpu=args.gpu, model_path=getattr(args, "model_path", None))
     failed = any(c.status == FAIL for c in checks)
     if args.json:
-        print(json.dumps({"ok": not failed, "checks": [asdict(c) for c in checks]}, indent=2))
+        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
         print(render(checks))
     return 1 if failed else 0

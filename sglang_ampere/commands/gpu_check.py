@@ -65,10 +65,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import __version__, server_probe
+from .. import __version__, envvars, server_probe
 from ..server_probe import LOGPROB_FACTOR, LOGPROB_FLOOR  # noqa: F401  (the rule gpu-check reports)
 
 _kill_group = server_probe.kill_group
+_tail = server_probe.tail
 _free_port = server_probe.free_port
 _logprobs_from_logits = server_probe.logprobs_from_logits
 
@@ -76,7 +77,7 @@ EXIT_NO_GPU = 3
 DEFAULT_BUDGET_S = 645.0           # the one-GPU steps' shares (the native steps add 165 s to 480)
 MIN_STEP_S = 5.0
 PASS, FAIL, TIMEOUT, SKIP = "pass", "fail", "timeout", "skip"
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = server_probe.LOG_TAIL_LINES
 #: Synthetic checkpoint: the release's hidden size and expert / attention shapes, few layers.
 #: 8 experts (topk 6): the expert count is not a shape, and synth's time is mostly expert bytes
 #: (about 1.4 GB and 4 min with 16 experts on a busy 2-core host; half that with 8).
@@ -233,10 +234,6 @@ def write_results(out: Path, meta: dict, results: list[StepResult]) -> tuple[Pat
 
 
 # ----------------------------------------------------------------------------- step helpers
-
-
-def _tail(text: str, n: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-n:])
 
 
 def _log_path(ctx: Context, name: str) -> Path:
@@ -534,14 +531,13 @@ def run(args: argparse.Namespace, environ=None, smi_output: str | None = None, o
         print(f"sglang-ampere gpu-check: no CUDA GPU on this machine ({why}), so nothing was checked. "
               f"Run it on the serving machine. (exit code {EXIT_NO_GPU})", file=out)
         return EXIT_NO_GPU
-    cap = gpus_mod.arch_capability(found[0].arch)
-    if cap >= (9, 0) and gpus_mod.TARGET_VAR not in env:
-        env[gpus_mod.TARGET_VAR] = "ampere"
-        print(f"gpu-check: {found[0].arch} card: setting {gpus_mod.TARGET_VAR}=ampere for every step, so the "
-              f"sm_80/sm_86 path is what gets checked ({gpus_mod.TARGET_VAR}=auto checks SGLang's own)", file=out)
+    if found[0].arch.capability >= (9, 0) and envvars.TARGET not in env:
+        env[envvars.TARGET] = "ampere"
+        print(f"gpu-check: {found[0].arch} card: setting {envvars.TARGET}=ampere for every step, so the "
+              f"sm_80/sm_86 path is what gets checked ({envvars.TARGET}=auto checks SGLang's own)", file=out)
     ctx = Context(out=args.out, gpus=len(found), env=env)
     meta = {"device": gpus_mod.summarize(found), "versions": _versions(),
-            "target": env.get(gpus_mod.TARGET_VAR, "auto"),
+            "target": env.get(envvars.TARGET, "auto"),
             "budget_s": sum(scaled(steps, args.budget_s, len(found)).values()),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cuda_tools import find_tool, read_sass, sass_counts, total
+from ..gpus import add_gpu_flag
 
 #: Largest shared memory one block may use (opt-in), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024}
@@ -56,13 +57,6 @@ class KernelResult:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _arch_num(arch: str) -> int:
-    m = re.fullmatch(r"sm_?(\d\d)", arch)
-    if not m:
-        raise ValueError(f"--arch must look like sm_86 or sm_80, got {arch!r}")
-    return int(m.group(1))
 
 
 def kernel_modules() -> tuple:
@@ -176,7 +170,7 @@ def _line(r: KernelResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", default="sm_86", help="target architecture: sm_86 (default) or sm_80")
+    add_gpu_flag(parser, "sm86", "target architecture: sm86 (default) or sm80")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", default=None, help="directory for the cubins and CUDA sources "
                         "(default: a temporary directory that is removed afterwards)")
@@ -184,9 +178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    arch = _arch_num(args.arch)
+    arch = args.gpu.number
     if arch not in SMEM_LIMIT:
-        print(f"kernel-report: sm_{arch} is not a target of these kernels; use --arch sm_86 or sm_80",
+        print(f"kernel-report: sm_{arch} is not a target of these kernels; use --gpu sm86 or sm80",
               file=sys.stderr)
         return 2
     try:

@@ -31,14 +31,10 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .. import gpus
+from .. import envvars, gpus
 
 #: The folder holding the boot ``sitecustomize.py`` (prepended to ``PYTHONPATH`` by the launcher).
 SITE_DIR = Path(__file__).resolve().parent / "site"
-#: SGLang's switch to its CPU platform (``sglang/srt/platforms/__init__.py`` ``_is_cpu_available``).
-ENGINE_VAR = "SGLANG_USE_CPU_ENGINE"
-
-
 def requested(environ: Mapping[str, str] | None = None) -> bool:
     """``SGLANG_AMPERE_TARGET=cpu`` (set by ``launch --gpu cpu``)."""
     return gpus.cpu_target(environ)
@@ -50,15 +46,15 @@ def problem(environ: Mapping[str, str] | None = None, cuda_available: bool | Non
     env = os.environ if environ is None else environ
     if not requested(env):
         return None
-    if env.get(ENGINE_VAR) != "1":
-        return (f"{gpus.TARGET_VAR}=cpu needs SGLang's CPU engine ({ENGINE_VAR}=1); start the server with "
-                "`sglang-ampere launch --gpu cpu`, which sets both")
+    if env.get(envvars.SGLANG_USE_CPU_ENGINE) != "1":
+        return (f"{envvars.TARGET}=cpu needs SGLang's CPU engine ({envvars.SGLANG_USE_CPU_ENGINE}=1); start the "
+                "server with `sglang-ampere launch --gpu cpu`, which sets both")
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
     if cuda_available:
-        return (f"{gpus.TARGET_VAR}=cpu is for machines without a GPU, but CUDA is available here; unset it "
+        return (f"{envvars.TARGET}=cpu is for machines without a GPU, but CUDA is available here; unset it "
                 "(the CPU stand-ins never replace CUDA kernels)")
     return None
 

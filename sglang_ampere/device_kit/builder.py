@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -26,13 +25,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .. import envvars
 from .manifest import KIT_FORMAT, kernel_sources_digest
 
 MAX_MB = 40.0
 #: The platform the borrowed GPU machine has (Python 3.12, x86_64 Linux).
 WHEEL_PYTHON = "3.12"
 WHEEL_PLATFORM = "manylinux_2_28_x86_64"
-WHEEL_CACHE = Path(os.environ.get("SGLANG_AMPERE_WHEEL_CACHE", "~/.cache/sglang-ampere/wheels")).expanduser()
+WHEEL_CACHE = Path(envvars.get(envvars.WHEEL_CACHE)).expanduser()
 
 
 class KitBuildError(RuntimeError):

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import envvars
 from .manifest import KernelManifest
 
 #: CUfunction_attribute CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES.
@@ -49,7 +50,7 @@ class Driver:
     """The handful of CUDA driver entry points a cubin launch needs, bound with ctypes."""
 
     def __init__(self, library: str | os.PathLike | None = None):
-        path = str(library) if library else os.environ.get("SGLANG_AMPERE_LIBCUDA", "libcuda.so.1")
+        path = str(library) if library else envvars.get(envvars.LIBCUDA)
         self.lib = ctypes.CDLL(path)
         self.path = path
         L, vp, i32, u32 = self.lib, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint

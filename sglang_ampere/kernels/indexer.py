@@ -58,7 +58,7 @@ _F32 = 4
 
 def budget_bytes(budget_mb: float | None = None) -> int:
     """The per-chunk memory budget in bytes (``budget_mb`` or ``SGLANG_AMPERE_INDEXER_BUDGET_MB``)."""
-    return envvars.budget_bytes("SGLANG_AMPERE_INDEXER_BUDGET_MB", budget_mb)
+    return envvars.budget_bytes(envvars.INDEXER_BUDGET_MB, budget_mb)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ _F32 = 4
 
 
 def _budget_bytes(budget_mb: float | None) -> int:
-    return envvars.budget_bytes("SGLANG_AMPERE_TORCH_MLA_BUDGET_MB", budget_mb)
+    return envvars.budget_bytes(envvars.TORCH_MLA_BUDGET_MB, budget_mb)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class Dsv4Int4MoEMethod(FusedMoEMethodBase):
     def __init__(self, quant_config, prefix: str = ""):
         self.quant_config = quant_config
         self.prefix = prefix
-        self.backend = envvars.get("SGLANG_AMPERE_MOE_BACKEND")
+        self.backend = envvars.get(envvars.MOE_BACKEND)
         self.active = "reference"   # decided in process_weights_after_loading
 
     def create_weights(self, layer: torch.nn.Module, num_experts: int, hidden_size: int,

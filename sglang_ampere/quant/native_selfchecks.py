@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import envvars
 from ..checking import CheckFailed, rel_frobenius, require, require_close, require_cuda_sm80
 from .selfchecks import DENSE_SHAPES, DENSE_TOKENS, MOE_TOKENS, ROUTED_SCALING, SWIGLU_LIMIT, TOL, random_moe_input
 
@@ -100,7 +101,7 @@ def make_fp8_layer(n: int, k: int, device: str, gen: torch.Generator):
     forced on as the Ampere path requires), holding random FP8 codes and E8M0-valued block scales."""
     from sglang.srt.layers.linear import ReplicatedLinear
 
-    with _env("SGLANG_FORCE_FP8_MARLIN", "1"), torch.device(device):
+    with _env(envvars.SGLANG_FORCE_FP8_MARLIN, "1"), torch.device(device):
         layer = ReplicatedLinear(k, n, bias=False, quant_config=native_quant_config(), params_dtype=torch.bfloat16,
                                  prefix=f"check.fp8.{n}x{k}")
     method = layer.quant_method

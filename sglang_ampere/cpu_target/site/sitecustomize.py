@@ -12,6 +12,9 @@ import sys
 
 
 def _boot() -> None:
+    # The names are spelled here, not taken from sglang_ampere.envvars (TARGET, SGLANG_USE_CPU_ENGINE):
+    # this file runs at the start of every Python process under the server's PYTHONPATH and imports
+    # the package only when the CPU target is on (tests/test_cpu_target.py checks the two agree).
     if os.environ.get("SGLANG_AMPERE_TARGET") == "cpu" and os.environ.get("SGLANG_USE_CPU_ENGINE") == "1":
         try:
             from sglang_ampere.cpu_target import sgl_kernel_stub
