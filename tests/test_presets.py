@@ -58,7 +58,10 @@ def sglang_read_sites(name: str) -> list[str]:
 
 def package_read_sites(name: str) -> list[str]:
     """Where this package reads `name`, outside the table and the launcher that writes it."""
-    skip = {"sglang_ampere/envvars.py", "sglang_ampere/doctor.py"}   # launch/ is not scanned: it writes them
+    skip = {"sglang_ampere/envvars.py", "sglang_ampere/commands/doctor.py"}   # launch/ is not scanned: it writes them
+    # the name as a string literal, or as the envvars constant that holds it
+    spelled = [rf"['\"]{name}['\"]"] + [rf"\benvvars\.{const}\b" for const, value in vars(envvars).items()
+                                        if const.isupper() and value == name]
     sites = []
     for base in ("sglang_ampere", "patches"):
         for p in (REPO / base).rglob("*.py"):
@@ -66,8 +69,8 @@ def package_read_sites(name: str) -> list[str]:
             if rel in skip:
                 continue
             text = p.read_text(encoding="utf-8")
-            # the name as a string literal, in a module that reads variables (directly or via a constant)
-            if re.search(rf"['\"]{name}['\"]", text) and re.search(r"envvars\.get\(|os\.environ|getenv\(", text):
+            # ... in a module that reads variables (directly or via a constant)
+            if re.search("|".join(spelled), text) and re.search(r"envvars\.get\(|os\.environ|getenv\(", text):
                 sites.append(rel)
     return sites
 
