@@ -1,12 +1,15 @@
-"""``sglang-ampere doctor [--json] [--model-path DIR]``: is this machine ready to serve DeepSeek-V4-Flash?
+"""``sglang-ampere doctor [--json] [--gpu ARCH] [--model-path DIR]``: is this machine ready to serve DeepSeek-V4-Flash?
 
 Checks, each with a fix when it fails:
 
-* the installed SGLang is the pinned release (:data:`sglang_ampere.SGLANG_PIN`);
+* the installed SGLang is the pinned release (:data:`sglang_ampere.SGLANG_PIN`), asked as the plugin
+  asks it (:func:`sglang_ampere.sglang_pin.pin_problem`: ``SGLANG_AMPERE_ALLOW_ANY_SGLANG=1`` makes a
+  mismatch a warning);
 * the plugin's entry point (group ``sglang.srt.plugins``) is discoverable and not filtered out
   by ``SGLANG_PLUGINS``;
-* in a fresh Python process: every hook target of ``patches/`` imports, and after SGLang loads
-  its plugins ``dsv4_int`` is in ``QUANTIZATION_METHODS`` and in the ``--quantization`` choices;
+* in a fresh Python process (:mod:`sglang_ampere.sglang_probe`): every hook target of ``patches/``
+  imports, and after SGLang loads its plugins ``dsv4_int`` is in ``QUANTIZATION_METHODS`` and in
+  the ``--quantization`` choices;
 * the GPUs (name, arch, memory) from ``nvidia-smi``; which preset applies;
 * nvcc, the CUDA toolkit root, the CUDA headers the JIT kernels include (:data:`JIT_HEADERS`)
   and TileLang for the JIT kernels; the JIT cache state. SGLang's own DeepSeek-V4 kernels are
