@@ -78,39 +78,38 @@ class Report:
         tmp.replace(self.out / "kit_result.json")
 
     def check(self, section: str, name: str, fn: Callable[[], str]) -> bool:
-        if self.left() < self.min_left_s:
-            self.data["skipped"].append({"section": section, "name": name, "why": "time budget"})
-            self.write()
+        rec = self._run("checks", section, name, lambda: {"ok": True, "detail": str(fn())}, {"ok": False})
+        if rec is None:
             return False
-        t = time.monotonic()
-        rec = {"section": section, "name": name}
-        try:
-            rec.update(ok=True, detail=str(fn()))
-        except Exception as e:  # every failure is recorded with its traceback; the run goes on
-            rec.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-6000:])
-        rec["s"] = round(time.monotonic() - t, 2)
-        self.data["checks"].append(rec)
         print(f"[{section}] {'PASS' if rec['ok'] else 'FAIL'} {name} ({rec['s']} s): "
               f"{rec.get('detail', rec.get('error'))}", flush=True)
         self.write()
         return rec["ok"]
 
     def timing(self, section: str, name: str, fn: Callable[[], dict]) -> None:
+        rec = self._run("timings", section, name, fn, {})
+        if rec is None:
+            return
+        print(f"[{section}] {name}: " + ", ".join(f"{k} {v}" for k, v in rec.items()
+                                                  if k not in ("section", "name", "traceback")), flush=True)
+        self.write()
+
+    def _run(self, kind: str, section: str, name: str, fn: Callable[[], dict], failed: dict) -> dict | None:
+        """Run ``fn`` and append its record (its fields, or ``failed`` and the error) to ``data[kind]``;
+        None, the check listed as skipped, once the time budget is spent."""
         if self.left() < self.min_left_s:
             self.data["skipped"].append({"section": section, "name": name, "why": "time budget"})
             self.write()
-            return
+            return None
         t = time.monotonic()
         rec = {"section": section, "name": name}
         try:
             rec.update(fn())
-        except Exception as e:
-            rec.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-6000:])
+        except Exception as e:  # every failure is recorded with its traceback; the run goes on
+            rec.update(failed, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-6000:])
         rec["s"] = round(time.monotonic() - t, 2)
-        self.data["timings"].append(rec)
-        print(f"[{section}] {name}: " + ", ".join(f"{k} {v}" for k, v in rec.items()
-                                                  if k not in ("section", "name", "traceback")), flush=True)
-        self.write()
+        self.data[kind].append(rec)
+        return rec
 
     def error(self, section: str, what: str, e: BaseException) -> None:
         self.data["errors"].append({"section": section, "what": what, "error": f"{type(e).__name__}: {e}",
@@ -468,7 +467,33 @@ class MarlinOps:
         self.prep.prepare_fp8_layer_for_marlin(layer, False)      # Fp8LinearMethod: size_k_first = not block_quant
         return original, (layer.weight, layer.weight_scale, layer.workspace)
 
+    def dense_layer(self, fmt: str, n: int, k: int, gen, device):
+        """``(original, marlin, wtype)`` of a random dense layer: ``fmt`` "fp8" (native,
+        :meth:`fp8_layer`) or a dsv4_int strategy, "block" / "channel" (:meth:`dense_weights`)."""
+        if fmt == "fp8":
+            return (*self.fp8_layer(n, k, gen, device), self.types.float8_e4m3fn)
+        return (*self.dense_weights(fmt, n, k, gen, device), self.types.uint8b128)
+
     # -- MoE -----------------------------------------------------------------------------------
+    def moe_layer(self, fmt: str, shape: dict, gen, device) -> SimpleNamespace:
+        """A random MoE layer, ``fmt`` "int4" (dsv4_int W4A16, :meth:`int4_experts`) or "mxfp4"
+        (native, :meth:`mxfp4_experts`): ``original`` ``(w13, s13, w2, s2)``, ``marlin`` (the four
+        :meth:`fused_moe` tensors), ``wtype``, ``dequantize`` (one expert's codes and scales to float)
+        and ``routed_scaling``, the factor :meth:`fused_moe` applies to the sum (dsv4_int's; None for
+        native, whose path folds it into the top-k weights)."""
+        if fmt == "int4":
+            from ..quant import selfchecks as Q
+            from ..quant.int4_reference import dequantize_expert
+
+            original, marlin = self.int4_experts(shape, gen, device)
+            return SimpleNamespace(original=original, marlin=marlin, wtype=self.types.uint4b8,
+                                   dequantize=dequantize_expert, routed_scaling=Q.ROUTED_SCALING)
+        from ..formats import mxfp4_dequantize
+
+        original, marlin = self.mxfp4_experts(shape, gen, device)
+        return SimpleNamespace(original=original, marlin=marlin, wtype=self.types.float4_e2m1f,
+                               dequantize=mxfp4_dequantize, routed_scaling=None)
+
     def moe_align(self, topk_ids, block_size: int, num_experts: int):
         """``moe_align_block_size(..., return_inactive_prefix_count=True)`` of SGLang's
         ``moe_runner/triton_utils/moe_align_block_size.py`` for E + 1 <= 64 buckets: the JIT align."""
@@ -602,15 +627,18 @@ def marlin_section(report: Report, ops: MarlinOps, device, only: str | None, sma
     native_moe_shape = dict(experts=4, hidden=256, inter=128, topk=2) if small else dict(NC.MOE_SHAPE)
     moe_tokens = (1, 5) if small else Q.MOE_TOKENS
 
-    def dense(strategy):
+    def dense(fmt):
         gen = torch.Generator().manual_seed(0)
         worst = 0.0
         for name, n, k in dense_shapes:
-            (q, s), marlin = ops.dense_weights(strategy, n, k, gen, device)
+            original, marlin, wtype = ops.dense_layer(fmt, n, k, gen, device)
             for m in dense_tokens:
                 x = torch.randn(m, k, generator=gen).to(device=device, dtype=torch.bfloat16)
-                got = ops.dense_apply(x, marlin, n, k, ops.types.uint8b128)
-                ref = reference_linear(x, q.to(device), s.to(device), strategy)
+                got = ops.dense_apply(x, marlin, n, k, wtype)
+                if fmt == "fp8":
+                    ref = reference_fp8_linear(x, *original)
+                else:
+                    ref = reference_linear(x, original[0].to(device), original[1].to(device), fmt)
                 require(tuple(got.shape) == tuple(ref.shape) and got.dtype == torch.bfloat16,
                         f"{name} M={m}: {tuple(got.shape)} {got.dtype}")
                 err = rel_frobenius(got, ref)
@@ -618,51 +646,31 @@ def marlin_section(report: Report, ops: MarlinOps, device, only: str | None, sma
                 worst = max(worst, err)
         return f"{len(dense_shapes)} shapes x M{list(dense_tokens)}, worst rel err {worst:.1e}"
 
-    def fp8():
+    def moe(fmt, label, shape):
         gen = torch.Generator().manual_seed(0)
-        worst = 0.0
-        for name, n, k in dense_shapes:
-            (w0, s0), marlin = ops.fp8_layer(n, k, gen, device)
-            for m in dense_tokens:
-                x = torch.randn(m, k, generator=gen).to(device=device, dtype=torch.bfloat16)
-                got = ops.dense_apply(x, marlin, n, k, ops.types.float8_e4m3fn)
-                ref = reference_fp8_linear(x, w0, s0)
-                err = rel_frobenius(got, ref)
-                require_close(f"{name} [{n}x{k}] M={m}", "relative error", err, Q.TOL)
-                worst = max(worst, err)
-        return f"{len(dense_shapes)} shapes x M{list(dense_tokens)}, worst rel err {worst:.1e}"
+        layer = ops.moe_layer(fmt, shape, gen, device)
+        w13, s13, w2, s2 = layer.original
+        if fmt == "int4":
+            weight_scale = 1.0
 
-    def int4_moe():
-        gen = torch.Generator().manual_seed(0)
-        (w13, s13, w2, s2), (m13, ms13, m2, ms2) = ops.int4_experts(moe_shape, gen, device)
+            def reference(x, w, ids):
+                return int4_reference_moe(x, w13, s13, w2, s2, w, ids, Q.SWIGLU_LIMIT, Q.ROUTED_SCALING)
+        else:                                       # native: the routed scaling is in the top-k weights
+            weight_scale = Q.ROUTED_SCALING
+            experts = [(layer.dequantize(w13[e], s13[e]).to(device), layer.dequantize(w2[e], s2[e]).to(device))
+                       for e in range(shape["experts"])]
+
+            def reference(x, w, ids):
+                return reference_moe(x, experts.__getitem__, shape["hidden"], w, ids, Q.SWIGLU_LIMIT, None)
         worst = 0.0
         for m in moe_tokens:
-            x, w, ids = _moe_input(m, moe_shape, gen, device)
-            got = ops.fused_moe(x, m13, ms13, m2, ms2, w, ids, ops.types.uint4b8, Q.SWIGLU_LIMIT, Q.ROUTED_SCALING)
-            ref = int4_reference_moe(x, w13, s13, w2, s2, w, ids, Q.SWIGLU_LIMIT, Q.ROUTED_SCALING)
-            err = rel_frobenius(got, ref)
-            require_close(f"W4A16 MoE M={m}", "relative error", err, Q.TOL)
+            x, w, ids = _moe_input(m, shape, gen, device, weight_scale=weight_scale)
+            got = ops.fused_moe(x, *layer.marlin, w, ids, layer.wtype, Q.SWIGLU_LIMIT, layer.routed_scaling)
+            err = rel_frobenius(got, reference(x, w, ids))
+            require_close(f"{label} MoE M={m}", "relative error", err, Q.TOL)
             worst = max(worst, err)
-        return f"E={moe_shape['experts']} H={moe_shape['hidden']} I={moe_shape['inter']} M{list(moe_tokens)}: " \
+        return f"E={shape['experts']} H={shape['hidden']} I={shape['inter']} M{list(moe_tokens)}: " \
                f"worst rel err {worst:.1e}"
-
-    def mxfp4_moe():
-        from ..formats import mxfp4_dequantize
-
-        gen = torch.Generator().manual_seed(0)
-        (w13, s13, w2, s2), (m13, ms13, m2, ms2) = ops.mxfp4_experts(native_moe_shape, gen, device)
-        experts = [(mxfp4_dequantize(w13[e], s13[e]).to(device), mxfp4_dequantize(w2[e], s2[e]).to(device))
-                   for e in range(native_moe_shape["experts"])]
-        worst = 0.0
-        for m in moe_tokens:
-            x, w, ids = _moe_input(m, native_moe_shape, gen, device, weight_scale=Q.ROUTED_SCALING)
-            got = ops.fused_moe(x, m13, ms13, m2, ms2, w, ids, ops.types.float4_e2m1f, Q.SWIGLU_LIMIT, None)
-            ref = reference_moe(x, experts.__getitem__, native_moe_shape["hidden"], w, ids, Q.SWIGLU_LIMIT, None)
-            err = rel_frobenius(got, ref)
-            require_close(f"MXFP4 MoE M={m}", "relative error", err, Q.TOL)
-            worst = max(worst, err)
-        return f"E={native_moe_shape['experts']} H={native_moe_shape['hidden']} I={native_moe_shape['inter']} " \
-               f"M{list(moe_tokens)}: worst rel err {worst:.1e}"
 
     def align():
         from .standins import AlignStandIn
@@ -691,9 +699,9 @@ def marlin_section(report: Report, ops: MarlinOps, device, only: str | None, sma
         ("MoE align (SGLang JIT moe_align_block_size, inactive-prefix count) vs its contract", align),
         ("dsv4_int W8A16 dense, block (Marlin uint8b128 g128)", lambda: dense("block")),
         ("dsv4_int W8A16 dense, channel (Marlin uint8b128 per-channel)", lambda: dense("channel")),
-        ("dsv4_int W4A16 MoE (Marlin uint4b8 g32)", int4_moe),
-        ("native FP8 W8A16 dense (Marlin float8_e4m3fn g128)", fp8),
-        ("native MXFP4 MoE (Marlin float4_e2m1f + E8M0 g32)", mxfp4_moe),
+        ("dsv4_int W4A16 MoE (Marlin uint4b8 g32)", lambda: moe("int4", "W4A16", moe_shape)),
+        ("native FP8 W8A16 dense (Marlin float8_e4m3fn g128)", lambda: dense("fp8")),
+        ("native MXFP4 MoE (Marlin float4_e2m1f + E8M0 g32)", lambda: moe("mxfp4", "MXFP4", native_moe_shape)),
     ]
     for name, fn in checks:
         if only and only not in name:
@@ -712,12 +720,7 @@ def marlin_timings(report: Report, ops: MarlinOps, device, bandwidth: float, ite
     for name, n, k in (("wq_b", 32768, 1024), ("wo_b", 4096, 8192), ("shared.gate_up", 4096, 4096)):
         for strategy in ("block", "fp8"):
             def one(name=name, n=n, k=k, strategy=strategy):
-                if strategy == "fp8":
-                    _, marlin = ops.fp8_layer(n, k, gen, device)
-                    wtype = ops.types.float8_e4m3fn
-                else:
-                    _, marlin = ops.dense_weights(strategy, n, k, gen, device)
-                    wtype = ops.types.uint8b128
+                _, marlin, wtype = ops.dense_layer(strategy, n, k, gen, device)
                 wb = torch.randn(n, k, device=device, dtype=torch.bfloat16)
                 out = {}
                 for m in (1, 512):
@@ -735,23 +738,15 @@ def marlin_timings(report: Report, ops: MarlinOps, device, bandwidth: float, ite
 
     for fmt, shape in (("int4", dict(Q.MOE_SHAPE)), ("mxfp4", dict(NC.MOE_SHAPE))):
         def moe(fmt=fmt, shape=shape):
-            if fmt == "int4":
-                (w13, s13, w2, s2), marlin = ops.int4_experts(shape, gen, device)
-                from ..quant.int4_reference import dequantize_expert as deq
-
-                wtype, scale = ops.types.uint4b8, Q.ROUTED_SCALING
-            else:
-                from ..formats import mxfp4_dequantize as deq
-
-                (w13, s13, w2, s2), marlin = ops.mxfp4_experts(shape, gen, device)
-                wtype, scale = ops.types.float4_e2m1f, None
+            layer = ops.moe_layer(fmt, shape, gen, device)
+            (w13, s13, w2, s2), deq = layer.original, layer.dequantize
             dense = [(deq(w13[e], s13[e]).to(device, torch.bfloat16), deq(w2[e], s2[e]).to(device, torch.bfloat16))
                      for e in range(shape["experts"])]
             out = {}
             for m in (1, 100):
                 x, w, ids = _moe_input(m, shape, gen, device)
-                ms = time_cuda(lambda x=x, w=w, ids=ids: ops.fused_moe(x, *marlin, w, ids, wtype, Q.SWIGLU_LIMIT,
-                                                                       scale), iters)
+                ms = time_cuda(lambda x=x, w=w, ids=ids: ops.fused_moe(x, *layer.marlin, w, ids, layer.wtype,
+                                                                       Q.SWIGLU_LIMIT, layer.routed_scaling), iters)
 
                 def bf16_loop(x=x, ids=ids):
                     for e in torch.unique(ids).tolist():

@@ -85,10 +85,14 @@ def sglang_kernel(name: str) -> Callable:
         raise CheckFailed(f"cannot load SGLang's {module}.{attr}: {type(exc).__name__}: {exc}") from exc
 
 
-def _gen(seed: int, device) -> torch.Generator:
+def _start(name: str, kernel: Optional[Callable], seed: int) -> tuple[torch.device, Callable, torch.Generator]:
+    """A check's device (:class:`CheckFailed` without CUDA sm_80+), its kernel (``kernel``, or SGLang's
+    ``name``) and its generator on the device, seeded ``seed``."""
+    device = _require_cuda()
+    kernel = kernel or sglang_kernel(name)
     g = torch.Generator(device=device)
     g.manual_seed(seed)
-    return g
+    return device, kernel, g
 
 
 def compare(case: str, got: torch.Tensor, want: torch.Tensor, rel: float, atol=0.0,
@@ -136,9 +140,7 @@ def _positions(tokens: int, g, device, dtype=torch.int64) -> torch.Tensor:
 
 def check_q_norm_rope(tokens: int = 300, kernel=None, seed: int = 31) -> str:
     """Row 3: q RMSNorm + RoPE into bf16 and FP8 outputs, and the eps=None copy + RoPE."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_q_norm_rope")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_q_norm_rope", kernel, seed)
     fc = _freqs_cis(device)
     pos = _positions(tokens, g, device)
     q = (torch.randn(tokens, HEADS, HEAD_DIM, generator=g, device=device) * 0.3).bfloat16()
@@ -155,9 +157,7 @@ def check_q_norm_rope(tokens: int = 300, kernel=None, seed: int = 31) -> str:
 
 def check_rope_inplace(tokens: int = 300, kernel=None, seed: int = 32) -> str:
     """Row 4: RoPE of the q view ``q[..., -64:]`` and a k tensor, forward and inverse."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_rope_inplace")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_rope_inplace", kernel, seed)
     fc = _freqs_cis(device)
     pos = _positions(tokens, g, device, torch.int32)
     q0 = (torch.randn(tokens, HEADS, HEAD_DIM, generator=g, device=device) * 2).bfloat16()
@@ -216,9 +216,7 @@ def _compare_v4_caches(case: str, got: torch.Tensor, want: torch.Tensor, slots: 
 def check_k_norm_rope_flashmla(tokens: int = 300, kernel=None, seed: int = 33) -> str:
     """Row 5: kv RMSNorm + RoPE + FP8 store into the 256-token-page SWA cache (V4 layout), kv a
     strided slice of ``qkv_a`` as the model passes it, some rows without a slot (-1)."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_k_norm_rope_flashmla")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_k_norm_rope_flashmla", kernel, seed)
     fc = _freqs_cis(device)
     pos = _positions(tokens, g, device)
     qkv = (torch.randn(tokens, Q_LORA_RANK + HEAD_DIM, generator=g, device=device) * 2).bfloat16()
@@ -240,9 +238,7 @@ def check_k_norm_rope_flashmla(tokens: int = 300, kernel=None, seed: int = 33) -
 def check_store_cache(tokens: int = 300, kernel=None, seed: int = 34) -> str:
     """fused_store_cache: the compressor's bf16 rows into the c4 (page 64) and c128 (page 2) V4
     caches, and 128-wide keys into the index-K cache (page 64, float32 scales)."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_store_cache")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_store_cache", kernel, seed)
     details = []
     for page_size in (L.C4_PAGE_SIZE, L.C128_PAGE_SIZE):
         rows = (torch.randn(tokens, HEAD_DIM, generator=g, device=device)
@@ -273,9 +269,7 @@ def check_store_cache(tokens: int = 300, kernel=None, seed: int = 34) -> str:
 
 def check_q_indexer(tokens: int = 300, kernel=None, seed: int = 35) -> str:
     """Row 7: indexer q RoPE + Hadamard + FP8, the scale folded into the head weights."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_q_indexer_rope_hadamard_quant")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_q_indexer_rope_hadamard_quant", kernel, seed)
     fc = _freqs_cis(device)
     pos = _positions(tokens, g, device)
     q = (torch.randn(tokens, INDEX_HEADS, INDEX_DIM, generator=g, device=device)
@@ -293,9 +287,7 @@ def check_q_indexer(tokens: int = 300, kernel=None, seed: int = 35) -> str:
 
 def check_hc_split_sinkhorn(tokens: int = 300, kernel=None, seed: int = 36) -> str:
     """Row 8: the mHC Sinkhorn split of ``mixes [T, 1, 24]`` (20 iterations, eps 1e-6)."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("hc_split_sinkhorn")
-    g = _gen(seed, device)
+    device, kernel, g = _start("hc_split_sinkhorn", kernel, seed)
     mix_hc = (2 + HC_MULT) * HC_MULT
     mixes = torch.randn(tokens, 1, mix_hc, generator=g, device=device) * 2
     scale = torch.rand(3, generator=g, device=device) + 0.5
@@ -309,9 +301,7 @@ def check_hc_split_sinkhorn(tokens: int = 300, kernel=None, seed: int = 36) -> s
 
 def check_mhc_combine(tokens: int = 300, kernel=None, seed: int = 37) -> str:
     """Row 9: ``y = sum_k pre_k x_k`` over the float32 ``x_flat [T, 4 * 4096]`` into bf16."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("mhc_combine")
-    g = _gen(seed, device)
+    device, kernel, g = _start("mhc_combine", kernel, seed)
     x = torch.randn(tokens, HC_MULT * HIDDEN, generator=g, device=device)
     pre = torch.rand(tokens, 1, HC_MULT, generator=g, device=device).squeeze(1) + 1e-6
     return compare(f"mhc combine T={tokens}", T.mhc_combine(x, pre, HC_MULT, torch.bfloat16),
@@ -320,9 +310,7 @@ def check_mhc_combine(tokens: int = 300, kernel=None, seed: int = 37) -> str:
 
 def check_hc_head(tokens: int = 300, kernel=None, seed: int = 38) -> str:
     """Row 10: ``hc_head`` of ``x [T, 4, 4096]`` bf16 (RMS-normed mixes, sigmoid gate, sum)."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("fused_hc_head")
-    g = _gen(seed, device)
+    device, kernel, g = _start("fused_hc_head", kernel, seed)
     x = (torch.randn(tokens, HC_MULT, HIDDEN, generator=g, device=device) * 2).bfloat16()
     fn = torch.randn(HC_MULT, HC_MULT * HIDDEN, generator=g, device=device) * 0.02
     scale = torch.rand(1, generator=g, device=device) + 0.5
@@ -333,9 +321,7 @@ def check_hc_head(tokens: int = 300, kernel=None, seed: int = 38) -> str:
 
 def check_silu_and_mul_clamp(tokens: int = 300, kernel=None, seed: int = 39) -> str:
     """Row 11: the shared expert's clamped SwiGLU, ``[T, 2 x 2048]`` bf16, limit 10."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("silu_and_mul_clamp")
-    g = _gen(seed, device)
+    device, kernel, g = _start("silu_and_mul_clamp", kernel, seed)
     gu = (torch.randn(tokens, 2 * SHARED_INTER, generator=g, device=device) * 8).bfloat16()
     out_k = torch.empty(tokens, SHARED_INTER, dtype=torch.bfloat16, device=device)
     out_s = torch.empty_like(out_k)
@@ -348,9 +334,7 @@ def check_silu_and_mul_clamp(tokens: int = 300, kernel=None, seed: int = 39) -> 
 
 def check_compression_metadata(tokens: int = 300, kernel=None, seed: int = 40) -> str:
     """Row 1: c4 / c128 out_loc, positions, lengths and c128 page indices, exactly equal."""
-    device = _require_cuda()
-    kernel = kernel or sglang_kernel("init_compression_metadata")
-    g = _gen(seed, device)
+    device, kernel, g = _start("init_compression_metadata", kernel, seed)
     max_pages, page_size = 40, L.SWA_PAGE_SIZE
     seq_lens = torch.randint(1, max_pages * page_size, (tokens,), generator=g, device=device, dtype=torch.int32)
     seq_lens[: min(tokens, 3)] = torch.tensor([128, 512, 3], device=device, dtype=torch.int32)[: min(tokens, 3)]
