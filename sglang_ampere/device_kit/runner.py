@@ -48,6 +48,8 @@ from types import SimpleNamespace
 from typing import Callable
 from unittest import mock
 
+from .. import envvars
+
 DEFAULT_BUDGET_S = 450.0
 MIN_LEFT_S = 20.0
 SECTIONS = ("tilelang", "tilelang-timing", "marlin", "marlin-timing")
@@ -127,7 +129,7 @@ def environment(dry_run: bool) -> dict:
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
            "torch_cuda": torch.version.cuda, "dry_run": dry_run,
            "dlpack_c_exchange_api": hasattr(torch.Tensor, "__dlpack_c_exchange_api__"),
-           "SGLANG_AMPERE_TARGET": os.environ.get("SGLANG_AMPERE_TARGET")}
+           envvars.TARGET: os.environ.get(envvars.TARGET)}
     if not dry_run:
         props = torch.cuda.get_device_properties(0)
         env.update(device=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)),
@@ -287,7 +289,7 @@ def requested_kernels(arch: int = 90, sms: int = 132) -> list[tuple[str, str, st
     builders pick the kernel; the first kernel call stops the check. About 15 s."""
     from ..kernels import selfchecks as G
 
-    os.environ.setdefault("SGLANG_AMPERE_TARGET", "ampere")
+    os.environ.setdefault(envvars.TARGET, "ampere")
     rec = _Recorder(arch)
     with kit_kernels_in_place(rec, True, sms):
         for name, fn in G.gpu_checks():
@@ -813,7 +815,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.repo is not None and str(args.repo.resolve()) not in sys.path:
         sys.path.insert(0, str(args.repo.resolve()))
-    os.environ.setdefault("SGLANG_AMPERE_TARGET", "ampere")         # plan_for(90) -> the sm_86 plan
+    os.environ.setdefault(envvars.TARGET, "ampere")                 # plan_for(90) -> the sm_86 plan
     import torch
 
     if not hasattr(torch.Tensor, "__dlpack_c_exchange_api__"):
