@@ -154,18 +154,24 @@ def create_flashmla_metadata_hook(original, *args, **kwargs):
     return None
 
 
+def precompile_kernels(module, what: str, instead: str, log) -> int:
+    """``module.precompile(log=log)`` (a TileLang kernel module's build of every kernel serving uses);
+    a failure raised as a RuntimeError naming ``what`` did not build and what to do ``instead``."""
+    try:
+        return module.precompile(log=log)
+    except Exception as e:
+        raise RuntimeError(f"TileLang could not build the {what} ({type(e).__name__}: {e}). {instead}") from e
+
+
 @functools.lru_cache(maxsize=1)
 def precompile_tilelang() -> int:
     """Build every paged TileLang kernel once per process, before CUDA-graph capture."""
     from sglang_ampere.kernels import tilelang_mla
 
-    try:
-        return tilelang_mla.precompile(log=logger.info)
-    except Exception as e:
-        raise RuntimeError(
-            f"TileLang could not build the sparse-MLA kernels ({type(e).__name__}: {e}). Install "
-            "the CUDA toolkit's nvcc (TileLang compiles with it), or run attention on the torch "
-            "fallback: SGLANG_AMPERE_DECODE_BACKEND=torch SGLANG_AMPERE_PREFILL_BACKEND=torch") from e
+    return precompile_kernels(
+        tilelang_mla, "sparse-MLA kernels", "Install the CUDA toolkit's nvcc (TileLang compiles with it), or run "
+        f"attention on the torch fallback: {envvars.DECODE_BACKEND}=torch {envvars.PREFILL_BACKEND}=torch",
+        logger.info)
 
 
 def backend_init_hook(original, self, *args, **kwargs):

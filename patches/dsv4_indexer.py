@@ -33,7 +33,7 @@ import logging
 from sglang_ampere import envvars
 
 from . import Hook
-from .dsv4_attention import BE, needs_ampere_path
+from .dsv4_attention import BE, needs_ampere_path, precompile_kernels
 
 logger = logging.getLogger("sglang_ampere.patches.dsv4_indexer")
 
@@ -85,13 +85,9 @@ def precompile_tilelang() -> int:
     """Build every TileLang indexer kernel serving uses, once per process, before graph capture."""
     from sglang_ampere.kernels import tilelang_indexer
 
-    try:
-        return tilelang_indexer.precompile(log=logger.info)
-    except Exception as e:
-        raise RuntimeError(
-            f"TileLang could not build the indexer kernels ({type(e).__name__}: {e}). Check nvcc and "
-            "CUDA_HOME with `sglang-ampere doctor`, or run the indexer on the bounded torch path: "
-            f"{envvars.INDEXER_BACKEND}=torch") from e
+    return precompile_kernels(
+        tilelang_indexer, "indexer kernels", "Check nvcc and CUDA_HOME with `sglang-ampere doctor`, or run the "
+        f"indexer on the bounded torch path: {envvars.INDEXER_BACKEND}=torch", logger.info)
 
 
 def backend_init_hook(original, self, *args, **kwargs):
