@@ -26,16 +26,9 @@ import sys
 CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
-from sglang_ampere.kernels import indexer as I, kv_layout as L
+from sglang_ampere.kernels import indexer as I, selfchecks as G
 which, rows, entries, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-pages = entries // L.INDEX_PAGE_SIZE
-g = torch.Generator().manual_seed(1)
-pool = L.index_pool(pages)
-L.write_index_keys(pool, torch.arange(pages * 64), torch.randn(pages * 64, 128, generator=g))
-q = torch.randn(rows, 1, 64, 128, generator=g).to(torch.float8_e4m3fn)
-w = torch.rand(rows, 64, generator=g)
-seq = torch.full((rows,), entries, dtype=torch.int32)
-table = torch.arange(pages, dtype=torch.int32).repeat(rows, 1)
+q, pool, w, seq, table = G.indexer_full_case(rows, entries, 1)
 if which == "sglang":
     from sglang.srt.layers.attention.dsv4.indexer import fp8_paged_mqa_logits_torch as fn
 else:

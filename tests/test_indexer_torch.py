@@ -140,16 +140,9 @@ def test_bad_input_is_named(gen, monkeypatch):
 _PEAK = r"""
 import json, sys, torch
 torch.set_num_threads(1)
-from sglang_ampere.kernels import indexer as I, kv_layout as L
+from sglang_ampere.kernels import indexer as I, selfchecks as G
 rows, entries, budget = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-pages = entries // L.INDEX_PAGE_SIZE
-g = torch.Generator().manual_seed(int(sys.argv[4]))
-pool = L.index_pool(pages)
-L.write_index_keys(pool, torch.arange(pages * 64), torch.randn(pages * 64, 128, generator=g))
-q = torch.randn(rows, 1, 64, 128, generator=g).to(torch.float8_e4m3fn)
-w = torch.rand(rows, 64, generator=g)
-seq = torch.full((rows,), entries, dtype=torch.int32)
-table = torch.arange(pages, dtype=torch.int32).repeat(rows, 1)
+q, pool, w, seq, table = G.indexer_full_case(rows, entries, int(sys.argv[4]))
 I.paged_mqa_logits_torch(q[:2], pool, w[:2], seq[:2], table[:2], None, 64, budget_mb=budget)   # warm up
 def rss(key):
     for line in open("/proc/self/status"):

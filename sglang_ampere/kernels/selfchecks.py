@@ -208,6 +208,20 @@ def indexer_case(rows: int, ctx: int, seed: int, device, decode: bool = True, wi
     return q, pool, weight, lens.to(torch.int32), table, None, entries + width_pad, False
 
 
+def indexer_full_case(rows: int, entries: int, seed: int) -> tuple:
+    """``(q, pool, weights, seq_lens, block_table)`` on CPU for the indexer logits' memory and time
+    worst case: ``rows`` query rows each scoring all ``entries`` index entries of one page-table row
+    (``benchmarks/indexer_memory.py`` and the torch path's peak-memory test measure it)."""
+    pages = entries // L.INDEX_PAGE_SIZE
+    g = torch.Generator().manual_seed(seed)
+    pool = L.index_pool(pages)
+    L.write_index_keys(pool, torch.arange(pages * 64), torch.randn(pages * 64, 128, generator=g))
+    q = torch.randn(rows, 1, 64, 128, generator=g).to(torch.float8_e4m3fn)
+    w = torch.rand(rows, 64, generator=g)
+    seq = torch.full((rows,), entries, dtype=torch.int32)
+    return q, pool, w, seq, torch.arange(pages, dtype=torch.int32).repeat(rows, 1)
+
+
 def check_indexer(rows: int, ctx: int, decode: bool = True, width_pad: int = 0, seed: int = 3) -> str:
     device = _require_cuda()
     args = indexer_case(rows, ctx, seed, device, decode, width_pad)
