@@ -8,9 +8,9 @@ SGLang's parser is imported only when a launch parses its server arguments).
 
 from __future__ import annotations
 
-from .launcher import LaunchError, build_plan, dry_run_command, format_plan, main
+from .launcher import LaunchError, LaunchSpec, build_spec, dry_run_command, format_spec, main
 
-__all__ = ["LaunchError", "OWN_ARGV", "build_plan", "dry_run_command", "format_plan", "main"]
+__all__ = ["LaunchError", "LaunchSpec", "OWN_ARGV", "build_spec", "dry_run_command", "format_spec", "main"]
 
 #: ``sglang-ampere launch ...`` hands its whole argument list to :func:`main`, which parses the
 #: launcher's options (and prints ``--help``) and forwards everything else to SGLang.

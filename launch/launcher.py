@@ -1,4 +1,4 @@
-"""``sglang-ampere launch``: the plan (preset + flag translation + checks), then exec of SGLang's server.
+"""``sglang-ampere launch``: the launch spec (preset + flag translation + checks), then exec of SGLang's server.
 
 The pieces, each testable alone:
 
@@ -6,7 +6,7 @@ The pieces, each testable alone:
                     and ``--config`` merge for the server arguments;
 * :mod:`.resolve`   which preset applies, the environment, the server defaults the preset fills;
 * :mod:`.model_dir` the checkpoint folder; :mod:`.topology` pp x tp (x dp) against GPUs x nodes;
-* :mod:`.render`    the ``--dry-run`` text; this module builds the :class:`Plan` and execs.
+* :mod:`.render`    the ``--dry-run`` text; this module builds the :class:`LaunchSpec` and execs.
 
 Precedence (documented in ``--help`` and tested): environment ``--env`` (and ``--nsa-*-backend``)
 > the caller's environment > the preset; server arguments: the user's (command line or ``--config``
@@ -31,20 +31,20 @@ from . import mem_fraction, swa_pool
 from .argv import parse_env_overrides, parse_server_args, split_argv, wants_help
 from .errors import LaunchError
 from .layer_split import VAR as PARTITION_VAR
-from .layer_split import plan_stages
+from .layer_split import split_layers
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
-from .render import dry_run_command, format_plan, shell_command
+from .render import dry_run_command, format_spec, shell_command
 from .resolve import EnvChange, add_cpu_site, add_cpu_threads, fill_server_args, resolve_arch, resolve_env, target_arch
 from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
 from .topology import check_topology, topology_of, with_node_rank
 
-__all__ = ["EnvChange", "LaunchError", "Plan", "build_plan", "dry_run_command", "format_plan", "main",
+__all__ = ["EnvChange", "LaunchError", "LaunchSpec", "build_spec", "dry_run_command", "format_spec", "main",
            "resolve_arch", "shell_command", "split_argv"]
 
 
 @dataclass
-class Plan:
+class LaunchSpec:
     arch: str
     preset: Preset
     gpus: list                         # list[gpus.Gpu] visible on this node
@@ -85,8 +85,8 @@ def _gpu_notes(opts: argparse.Namespace, arch: str, found: list, preset: Preset)
     return notes
 
 
-def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
-               smi_output: str | None = None, python: str | None = None) -> Plan:
+def build_spec(argv: Sequence[str], environ: Mapping[str, str] | None = None,
+               smi_output: str | None = None, python: str | None = None) -> LaunchSpec:
     """Everything ``launch`` decides, without side effects. Raises :class:`LaunchError`."""
     environ = dict(os.environ if environ is None else environ)
     opts, cli = split_argv(argv)
@@ -140,7 +140,7 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                               "--dry-run prints every node's command")
         node_argvs = [base + with_node_rank(cli, r) + preset_args for r in range(topo.nnodes)]
 
-    plan = Plan(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
+    spec = LaunchSpec(arch=arch, preset=preset, gpus=found, env=env, changes=changes, argv=base + cli + preset_args,
                 node_argvs=node_argvs, notes=notes, help_only=help_only, dry_run=opts.dry_run,
                 preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used, swa_args_used=swa_used,
                 mem_args_used=mem_used,
@@ -150,13 +150,13 @@ def build_plan(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                                or server.value("speculative_algorithm")):
         # SGLang's own verdict on every speculative combination and on the native checkpoint's
         # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes start.
-        validate((node_argvs[0] if node_argvs else plan.argv)[3:], env)
+        validate((node_argvs[0] if node_argvs else spec.argv)[3:], env)
         # SGLang only fails later, loading the draft, when mtp.* is not what its algorithm reads.
         check_draft_source(parse_server_args(cli + preset_args), model.config)
     if model is not None and model.served_format is not None:
         # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
-        plan.notes += _jit_cache_notes(card_arch, env, model.served_format)
-    return plan
+        spec.notes += _jit_cache_notes(card_arch, env, model.served_format)
+    return spec
 
 
 def _stage_memory_gib(arch: str, found: list, topo) -> float | None:
@@ -199,7 +199,7 @@ def _fit_pool(final, server, cli, preset_args, used, topo, memory, preset, envir
 def _mem_fraction(final, server, cli, preset_args, used, topo, memory, preset, environ, overrides, was=None):
     """``--mem-fraction-static`` from the memory plan (:mod:`.mem_fraction`): the final arguments, the
     preset's arguments and entries used, and the (flag, value, reason) it added."""
-    staged = plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib)
+    staged = split_layers(final, topo, environ, overrides, memory, preset.min_memory_gib)
     return mem_fraction.apply(final, server, staged, cli, preset_args, used, parse_server_args, was)
 
 
@@ -211,7 +211,7 @@ def _swa_pool(final, server, cli, preset_args, used, topo, memory, preset, envir
     decision = swa_pool.decide(
         final, server.is_given(swa_pool.DEST), model.config if model is not None else None,
         swa_pool.device_memory_gib(final, memory or preset.min_memory_gib),
-        lambda: plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib).pool_tokens, was)
+        lambda: split_layers(final, topo, environ, overrides, memory, preset.min_memory_gib).pool_tokens, was)
     if decision.note:
         notes.append(decision.note)
     if decision.ratio is None:
@@ -230,7 +230,7 @@ def _plan_final(final, topo, memory, preset, environ, overrides, env, changes, n
         env[pp_spec[0]] = pp_spec[1]
         changes.append(EnvChange(pp_spec[0], None, pp_spec[1], "EAGLE with --pp-size > 1",
                                  "SGLang 0.5.23 allows EAGLE (MTP) over pipeline parallelism only with it"))
-    staged = plan_stages(final, topo, environ, overrides, memory, preset.min_memory_gib)
+    staged = split_layers(final, topo, environ, overrides, memory, preset.min_memory_gib)
     notes += staged.notes
     if staged.value is not None:
         env[PARTITION_VAR] = staged.value
@@ -250,17 +250,17 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None,
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     try:
-        plan = build_plan(list(argv), environ)
+        spec = build_spec(list(argv), environ)
     except LaunchError as exc:
         print(f"sglang-ampere launch: error: {exc}", file=stderr)
         return 2
-    text = format_plan(plan)
-    if plan.dry_run:
+    text = format_spec(spec)
+    if spec.dry_run:
         stdout.write(text)
         stdout.flush()
         return 0
-    if not plan.help_only:
+    if not spec.help_only:
         stderr.write(text)
         stderr.flush()
-    execvpe(plan.argv[0], plan.argv, plan.env)
+    execvpe(spec.argv[0], spec.argv, spec.env)
     return 0  # reached only with a stand-in execvpe (tests)

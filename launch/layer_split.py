@@ -30,13 +30,13 @@ DEFAULT_MAX_RUNNING, DEFAULT_MAX_RUNNING_SPEC = 256, 48
 
 
 @dataclass
-class StagePlan:
+class LayerSplit:
     value: str | None = None                 # the split to set (None: nothing to set)
     reason: str = ""
     table: str = ""                          # the plan's table, for --dry-run
     notes: list[str] = field(default_factory=list)
     pool_tokens: int | None = None           # SGLang's KV pool at --mem-fraction-static (tightest stage)
-    plan: object = None                      # the sglang_ampere.memory_plan.Plan (None: none made)
+    memory_plan: plan_mod.MemoryPlan | None = None   # the plan the split comes from (None: none made)
     error: Exception | None = None           # the PlanError that stopped it
 
 
@@ -61,12 +61,12 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
     )
 
 
-def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
-                gpu_memory_gib: float | None, preset_memory_gib: float | None) -> StagePlan:
+def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
+                 gpu_memory_gib: float | None, preset_memory_gib: float | None) -> LayerSplit:
     """What to set for the split, and the table. Never raises: a plan that cannot be made is a note."""
     from sglang_ampere import memory_plan as plan_mod
 
-    out = StagePlan()
+    out = LayerSplit()
     if topo.pp <= 1:
         return out
     mem = gpu_memory_gib or preset_memory_gib
@@ -93,7 +93,7 @@ def plan_stages(server: ServerArgv, topo: Topology, environ: Mapping[str, str], 
         out.notes.append(f"warning: memory plan: {exc}")
         out.error = exc
         return out
-    out.pool_tokens, out.plan = plan.sglang_pool_tokens, plan
+    out.pool_tokens, out.memory_plan = plan.sglang_pool_tokens, plan
     # The plan's own notes become the launcher's warnings below; the table keeps the figures.
     out.table = "".join(ln for ln in plan_mod.format_table(plan).splitlines(True) if not ln.startswith("# note:"))
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB

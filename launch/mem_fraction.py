@@ -1,6 +1,6 @@
 """``--mem-fraction-static`` from the memory plan, per topology; a topology the plan cannot fit is refused.
 
-Where the launcher makes a memory plan (pp > 1 with a card size known, :mod:`.stage_plan`):
+Where the launcher makes a memory plan (pp > 1 with a card size known, :mod:`.layer_split`):
 
 * the plan cannot hold a stage's weights and reserves at all (``plan.CapacityError``): refused,
   with the stage, its numbers and what to change;
@@ -29,15 +29,15 @@ def _fixes(s) -> str:
             f"{s.context_length}), or fewer --max-running-requests (now {s.max_running_requests})")
 
 
-def decide(staged, user_set: bool, was: object = None) -> tuple[str, str] | None:
+def decide(split, user_set: bool, was: object = None) -> tuple[str, str] | None:
     """(value, reason) of ``--mem-fraction-static`` to pass, or None to leave the arguments alone.
-    ``staged``: :func:`.stage_plan.plan_stages`'s result for the final arguments; ``was``: the value before
+    ``split``: :func:`.layer_split.split_layers`'s result for the final arguments; ``was``: the value before
     the launcher changed any argument (the preset's), for the reason. Raises :class:`LaunchError`."""
     from sglang_ampere import memory_plan as plan_mod
 
-    if isinstance(staged.error, plan_mod.CapacityError):
-        raise LaunchError(f"the memory plan cannot fit this topology: {staged.error}")
-    plan = staged.plan
+    if isinstance(split.error, plan_mod.CapacityError):
+        raise LaunchError(f"the memory plan cannot fit this topology: {split.error}")
+    plan = split.memory_plan
     if plan is None or user_set:
         return None
     s = plan.settings

@@ -13,7 +13,7 @@ from .model_dir import below_sm90
 from .resolve import ampere_target_line
 
 if TYPE_CHECKING:
-    from .launcher import Plan
+    from .launcher import LaunchSpec
     from .resolve import EnvChange
 
 PREFILL_VAR = "SGLANG_AMPERE_PREFILL_BACKEND"
@@ -28,55 +28,56 @@ def shell_command(argv: Sequence[str], env_changes: Sequence[EnvChange] = ()) ->
     return " \\\n  ".join(lines)
 
 
-def _setting(plan: Plan, var: str) -> str:
-    return plan.env.get(var, envvars.VARS[var].default)
+def _setting(spec: LaunchSpec, var: str) -> str:
+    return spec.env.get(var, envvars.VARS[var].default)
 
 
-def format_plan(plan: Plan) -> str:
+def format_spec(spec: LaunchSpec) -> str:
+    """The ``--dry-run`` text (also written to stderr before the exec)."""
     out = []
-    gpu_txt = gpus_mod.summarize(plan.gpus) if plan.gpus else "no GPU detected"
-    desc = f" ({plan.preset.description})" if plan.preset.description else ""
-    out.append(f"# sglang-ampere launch: preset {plan.preset.source}{desc}")
+    gpu_txt = gpus_mod.summarize(spec.gpus) if spec.gpus else "no GPU detected"
+    desc = f" ({spec.preset.description})" if spec.preset.description else ""
+    out.append(f"# sglang-ampere launch: preset {spec.preset.source}{desc}")
     out.append(f"# GPUs on this node: {gpu_txt}")
-    target = ampere_target_line(plan.card_arch or plan.arch, plan.arch)
+    target = ampere_target_line(spec.card_arch or spec.arch, spec.arch)
     if target:
         out.append(f"# {target}")
-    if plan.changes:
+    if spec.changes:
         out.append("# environment changes (variable=value  [source] reason):")
-        for c in plan.changes:
+        for c in spec.changes:
             was = "unset" if c.old is None else f"was {c.old}"
             out.append(f"#   {c.name}={c.new}  [{c.source}; {was}] {c.reason}")
     else:
         out.append("# environment changes: none")
-    if plan.preset_args_used or plan.preset_args_kept:
+    if spec.preset_args_used or spec.preset_args_kept:
         out.append("# preset server arguments (yours win, on the command line or in --config):")
-        for a in plan.preset_args_used:
-            tag = "[native] " if a in plan.preset.native_args else ""
+        for a in spec.preset_args_used:
+            tag = "[native] " if a in spec.preset.native_args else ""
             out.append(f"#   {' '.join(a.argv())}  {tag}{a.reason}")
-        for a in plan.preset_args_kept:
+        for a in spec.preset_args_kept:
             out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
-    if below_sm90(plan.arch):
-        out.append(f"# sparse MLA below sm_90: prefill={_setting(plan, PREFILL_VAR)} "
-                   f"decode={_setting(plan, DECODE_VAR)} "
+    if below_sm90(spec.arch):
+        out.append(f"# sparse MLA below sm_90: prefill={_setting(spec, PREFILL_VAR)} "
+                   f"decode={_setting(spec, DECODE_VAR)} "
                    "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
-        out.append(f"# C4 indexer below sm_90: {_setting(plan, INDEXER_VAR)} "
+        out.append(f"# C4 indexer below sm_90: {_setting(spec, INDEXER_VAR)} "
                    "(--nsa-indexer-backend {torch,tilelang} to change)")
-    for flag, value, reason in plan.spec_args_used:
+    for flag, value, reason in spec.spec_args_used:
         out.append(f"# speculative: {flag} {value}  {reason}")
-    for flag, value, reason in plan.swa_args_used:
+    for flag, value, reason in spec.swa_args_used:
         out.append(f"# SWA pool: {flag} {value}  {reason}")
-    for flag, value, reason in plan.mem_args_used:
-        out.append(f"# memory plan: {flag} {value}  {reason}")
-    if plan.stage_table:
-        out += [ln if ln.startswith("#") else "# " + ln for ln in plan.stage_table.rstrip("\n").splitlines()]
-    for n in plan.notes:
+    for flag, value, reason in spec.mem_args_used:
+        out.append(f"# memory spec: {flag} {value}  {reason}")
+    if spec.stage_table:
+        out += [ln if ln.startswith("#") else "# " + ln for ln in spec.stage_table.rstrip("\n").splitlines()]
+    for n in spec.notes:
         out.append(f"# {n}")
-    if plan.node_argvs:
-        for r, argv in enumerate(plan.node_argvs):
-            out.append(f"# node {r} of {len(plan.node_argvs)}:")
-            out.append(shell_command(argv, plan.changes))
+    if spec.node_argvs:
+        for r, argv in enumerate(spec.node_argvs):
+            out.append(f"# node {r} of {len(spec.node_argvs)}:")
+            out.append(shell_command(argv, spec.changes))
     else:
-        out.append(shell_command(plan.argv, plan.changes))
+        out.append(shell_command(spec.argv, spec.changes))
     return "\n".join(out) + "\n"
 
 

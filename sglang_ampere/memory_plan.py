@@ -101,16 +101,15 @@ MEM in GiB (what ``nvidia-smi`` reports in MiB / 1024: 24 for an RTX 3090, 80 fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import checkpoint_format, envvars
 from .inventory import DENSE, EXPERT, classify, draft_problem
+from .safetensors_io import DTYPE_SIZES, CheckpointError, list_shards, read_header
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -206,10 +205,6 @@ def _unit(name: str) -> str:
     return "final"                       # norm.weight, hc_head_*
 
 
-_ELEM = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "F16": 2, "BF16": 2,
-         "I32": 4, "F32": 4, "I64": 8, "F64": 8}
-
-
 def held_bytes(name: str, dtype: str, shape: tuple[int, ...], strategy: str) -> int:
     """Bytes SGLang holds for one checkpoint tensor after loading (tp = 1; module docstring)."""
     n = math.prod(shape)
@@ -221,14 +216,14 @@ def held_bytes(name: str, dtype: str, shape: tuple[int, ...], strategy: str) -> 
         if role.part == "scale" and strategy == "block":
             rows = shape[0] * 128                                  # [N/128, K/128] -> [K/128, N]
             return shape[1] * rows * 2 if len(shape) == 2 else n * 2
-        return n * _ELEM[dtype]
+        return n * DTYPE_SIZES[dtype]
     if role is not None and role.role == EXPERT:
-        return n * _ELEM[dtype]
+        return n * DTYPE_SIZES[dtype]
     if name.endswith(".gate.tid2eid"):
         return n * 4
     if ".compressor.norm.weight" in name:
         return n * 4
-    return n * _ELEM[dtype]
+    return n * DTYPE_SIZES[dtype]
 
 
 #: Marlin MXFP4 MoE padding off sm_90 (``Mxfp4MarlinMoEMethod.create_weights``): each rank's expert
@@ -254,7 +249,7 @@ def native_expert_held_bytes(name: str, dtype: str, shape: tuple[int, ...], conf
         rows, cols = p_hidden, cols * p_inter // inter
     else:
         rows, cols = p_inter, cols * p_hidden // hidden
-    return rows * cols * _ELEM[dtype]
+    return rows * cols * DTYPE_SIZES[dtype]
 
 
 def _dense_strategy(config: dict) -> str:
@@ -288,7 +283,6 @@ _MODELS: dict = {}
 
 
 def _load_model(path: Path) -> Model:
-    from .safetensors_io import CheckpointError, list_shards, read_header
 
     cfg_path = path / "config.json"
     try:
@@ -510,11 +504,11 @@ def reserves(model: Model, layers: range, first: bool, last: bool, s: Settings, 
         "nccl": int(NCCL_GIB * GIB) if world > 1 else 0,
         "cuda_graphs": int((CUDA_GRAPH_GIB + (SPEC_GRAPH_GIB if s.speculative != "none" else 0)) * GIB),
         "activations": activation_bytes(cfg, s.chunked_prefill_size, tp),
-        "sparse_mla_budget": s.budget(s.mla_budget_mb, "SGLANG_AMPERE_TORCH_MLA_BUDGET_MB"),
+        "sparse_mla_budget": s.budget(s.mla_budget_mb, envvars.TORCH_MLA_BUDGET_MB),
     }
     if any(model.ratio(i) == 4 for i in layers):
         out["indexer_output"] = s.chunked_prefill_size * (s.context_length // 4) * 4
-        out["indexer_budget"] = s.budget(s.indexer_budget_mb, "SGLANG_AMPERE_INDEXER_BUDGET_MB")
+        out["indexer_budget"] = s.budget(s.indexer_budget_mb, envvars.INDEXER_BUDGET_MB)
     if last:
         vocab = int(cfg["vocab_size"])
         out["logits"] = s.max_running_requests * max(1, _draft_tokens(s)) * (vocab // tp) * 4 * 2
@@ -645,7 +639,7 @@ def best_partition(model: Model, pp: int, tp: int, world: int, mem: int, s: Sett
 
 
 @dataclass
-class Plan:
+class MemoryPlan:
     gpus: int
     mem_gib: float
     nodes: int
@@ -682,7 +676,7 @@ class Plan:
             "speculative": s.speculative, "context_length": s.context_length,
             "max_running_requests": s.max_running_requests, "chunked_prefill_size": s.chunked_prefill_size,
             "mem_fraction_static": s.mem_fraction_static, "swa_full_tokens_ratio": s.swa_ratio,
-            "partition": self.partition, "SGLANG_PP_LAYER_PARTITION": self.partition_env,
+            "partition": self.partition, envvars.SGLANG_PP_LAYER_PARTITION: self.partition_env,
             "rope_rows_per_kind": self.rope_rows,
             "default_partition": self.default_partition,
             "min_free_bytes": min(r.free_bytes for r in self.ranks),
@@ -698,13 +692,6 @@ class Plan:
         }
 
 
-def parse_gpus(text: str) -> tuple[int, float]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+(?:\.\d+)?)\s*(?:G|GB|GiB)?\s*", text)
-    if not m or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
-        raise PlanError(f"--gpus {text!r}: write COUNTxGIB, e.g. 12x24 (twelve 24 GB cards) or 8x80")
-    return int(m.group(1)), float(m.group(2))
-
-
 def _stages(model, partition, pp, tp, world, mem, s):
     out, start = [], 0
     for r, n in enumerate(partition):
@@ -714,7 +701,7 @@ def _stages(model, partition, pp, tp, world, mem, s):
 
 
 def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: int = 1,
-              settings: Settings | None = None, partition: list[int] | None = None) -> Plan:
+              settings: Settings | None = None, partition: list[int] | None = None) -> MemoryPlan:
     """The plan for ``gpus`` GPUs of ``mem_gib`` GiB each, ``pp = gpus / tp``."""
     s = settings or Settings()
     if s.speculative not in SPECULATIVE:
@@ -797,7 +784,7 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
             f"--context-length {s.context_length} x --max-running-requests {s.max_running_requests} = "
             f"{s.context_length * s.max_running_requests} tokens do not fit the {tokens} KV tokens left: at "
             f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
-    return Plan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
+    return MemoryPlan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
                 fmax, fmin, notes, model.kind, rope_rows(model, s), model.config)
 
 
@@ -819,11 +806,11 @@ def min_pool_tokens(s: Settings) -> int:
     return max(_round_up(s.context_length, PAGE_SIZE), (s.max_running_requests + 1) * PAGE_SIZE)
 
 
-def mem_fraction(plan: Plan, min_tokens: int, preferred: float) -> MemFraction:
+def mem_fraction(plan: MemoryPlan, min_tokens: int, preferred: float) -> MemFraction:
     """The ``--mem-fraction-static`` closest to ``preferred`` (the preset's) at which SGLang's KV pool
     (``pre-load free x F - (pre-load free - free after loading)``, the same on every stage, module
     docstring) holds ``min_tokens`` on every stage while every stage keeps its reserves outside the pool
-    (``high``, :attr:`Plan.max_mem_fraction_static`)."""
+    (``high``, :attr:`MemoryPlan.max_mem_fraction_static`)."""
     pre = int(plan.mem_gib * GIB) - int(CUDA_CONTEXT_GIB * GIB)
     need = [r.kv_fixed_bytes + min_tokens * r.kv_bytes_per_token for r in plan.ranks]
     low = max(1 - (r.sglang_avail_bytes - n) / pre for r, n in zip(plan.ranks, need))
@@ -857,7 +844,7 @@ class _KvOf:
 # ----------------------------------------------------------------------------- output
 
 
-def rope_line(plan: Plan) -> str:
+def rope_line(plan: MemoryPlan) -> str:
     """The RoPE tables at the served length and what that frees per stage (patches/dsv4_rope.py)."""
     full = int(plan.model_config["max_position_embeddings"])
     rows = plan.rope_rows
@@ -872,7 +859,7 @@ def _kind_bytes(config: dict, rows: int) -> int:
     return Model(config, {}).rope_kind_bytes(rows)
 
 
-def format_table(plan: Plan) -> str:
+def format_table(plan: MemoryPlan) -> str:
     s = plan.settings
     lines = [
         f"# memory plan (computed on paper from the headers, not measured): {plan.kind} checkpoint, "
@@ -890,7 +877,7 @@ def format_table(plan: Plan) -> str:
     dmin = plan.default_min_free_bytes
     lines += [rope_line(plan)]
     lines += [
-        f"SGLANG_PP_LAYER_PARTITION={plan.partition_env}",
+        f"{envvars.SGLANG_PP_LAYER_PARTITION}={plan.partition_env}",
         f"# smallest free: {min(r.free_bytes for r in plan.ranks) / GIB:.2f} GiB "
         f"(SGLang's default split {','.join(map(str, plan.default_partition))}: {dmin / GIB:.2f} GiB)",
         f"# KV tokens on every stage: {plan.max_total_tokens} (context x concurrency; at "
@@ -902,40 +889,3 @@ def format_table(plan: Plan) -> str:
     ]
     lines += [f"# note: {n}" for n in plan.notes]
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
-                   help="dsv4_int or native FP8/FP4 checkpoint folder (only headers are read)")
-    p.add_argument("--gpus", required=True, metavar="NxMEM", help="GPU count and GiB each, e.g. 12x24 or 8x80")
-    p.add_argument("--nodes", type=int, default=1, metavar="K", help="nodes the GPUs are spread over (default 1)")
-    p.add_argument("--tp-size", type=int, default=1, metavar="T", help="tensor-parallel size; pp = GPUs / T")
-    p.add_argument("--context-length", type=int, default=65536, metavar="L")
-    p.add_argument("--max-running-requests", type=int, default=16, metavar="C")
-    p.add_argument("--chunked-prefill-size", type=int, default=DEFAULT_CHUNKED_PREFILL, metavar="T")
-    p.add_argument("--mem-fraction-static", type=float, default=0.85, metavar="F")
-    p.add_argument("--swa-full-tokens-ratio", type=float, default=DEFAULT_SWA_RATIO, metavar="R")
-    p.add_argument("--speculative", choices=SPECULATIVE, default="none",
-                   help="mtp: EAGLE with the checkpoint's MTP layer (its draft on the last stage)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings(context_length=args.context_length, max_running_requests=args.max_running_requests,
-                    chunked_prefill_size=args.chunked_prefill_size, mem_fraction_static=args.mem_fraction_static,
-                    swa_ratio=args.swa_full_tokens_ratio, speculative=args.speculative)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        gpus, mem = parse_gpus(args.gpus)
-        model = load_model(args.model)
-        plan = make_plan(model, gpus, mem, nodes=args.nodes, tp=args.tp_size, settings=settings_from_args(args))
-    except (PlanError, ValueError) as exc:
-        print(f"sglang-ampere plan: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
-    else:
-        sys.stdout.write(format_table(plan))
-    return 0

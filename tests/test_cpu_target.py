@@ -113,14 +113,14 @@ def test_launch_gpu_cpu_dry_run(tmp_path):
     from sglang_ampere.launch import launcher
 
     model = make_model(tmp_path)
-    plan = launcher.build_plan(["--gpu", "cpu", "--dry-run", "--model-path", str(model)], environ={})
+    plan = launcher.build_spec(["--gpu", "cpu", "--dry-run", "--model-path", str(model)], environ={})
     assert plan.arch == "cpu" and plan.gpus == []
     assert plan.env["SGLANG_USE_CPU_ENGINE"] == "1" and plan.env["SGLANG_AMPERE_TARGET"] == "cpu"
     assert plan.env["PYTHONPATH"].split(os.pathsep)[0] == str(cpu_target.SITE_DIR)
     argv = " ".join(plan.argv)
     assert "--device cpu" in argv and "--dsa-topk-backend torch" in argv and "--disable-cuda-graph" in argv
     # no GPU needed without --dry-run either (it would exec the server)
-    assert launcher.build_plan(["--gpu", "cpu", "--model-path", str(model)], environ={}).arch == "cpu"
+    assert launcher.build_spec(["--gpu", "cpu", "--model-path", str(model)], environ={}).arch == "cpu"
 
 
 def test_launch_gpu_cpu_refuses_a_conflicting_required_setting(tmp_path):
@@ -131,10 +131,10 @@ def test_launch_gpu_cpu_refuses_a_conflicting_required_setting(tmp_path):
 
     model = make_model(tmp_path)
     with pytest.raises(LaunchError, match=r"^--device cuda cannot serve the cpu target: SGLang's CPU engine"):
-        launcher.build_plan(["--gpu", "cpu", "--model-path", str(model), "--", "--device", "cuda"], environ={})
+        launcher.build_spec(["--gpu", "cpu", "--model-path", str(model), "--", "--device", "cuda"], environ={})
     with pytest.raises(LaunchError, match=r"SGLANG_AMPERE_DECODE_BACKEND=tilelang \(from --env\) cannot serve the "
                                           r"cpu target"):
-        launcher.build_plan(["--gpu", "cpu", "--env", "SGLANG_AMPERE_DECODE_BACKEND=tilelang",
+        launcher.build_spec(["--gpu", "cpu", "--env", "SGLANG_AMPERE_DECODE_BACKEND=tilelang",
                              "--model-path", str(model)], environ={})
 
 

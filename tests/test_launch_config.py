@@ -5,7 +5,7 @@ import pytest
 from helpers.launch import smi
 
 from sglang_ampere.launch.argv import dests_of, parse_server_args
-from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
+from sglang_ampere.launch.launcher import LaunchError, build_spec, format_spec
 from sglang_ampere.launch.topology import Topology, check_topology
 
 INDEXER = "SGLANG_AMPERE_INDEXER_BACKEND"
@@ -18,7 +18,7 @@ def yaml_file(tmp_path, text, name="server.yaml"):
 
 
 def plan_for(model, *extra, gpu="sm86", smi_output=""):
-    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
                       environ={"PATH": "/usr/bin"}, smi_output=smi_output)
 
 
@@ -33,7 +33,7 @@ def test_yaml_value_is_never_overridden_by_the_preset(model, tmp_path):
     # ... and SGLang's own merge of the exec'd argv yields the YAML values.
     merged = parse_server_args(plan.argv[3:])
     assert merged.values["context_length"] == 8192 and merged.values["max_running_requests"] == 4
-    assert "#   --context-length: your value kept over the preset's 65536" in format_plan(plan)
+    assert "#   --context-length: your value kept over the preset's 65536" in format_spec(plan)
 
 
 def test_command_line_beats_yaml_and_both_beat_the_preset(model, tmp_path):
@@ -53,7 +53,7 @@ def test_yaml_pp_size_counts_in_the_topology_check(model, tmp_path):
 
 def test_yaml_model_path_and_multi_node(model, tmp_path):
     cfg = yaml_file(tmp_path, f"model-path: {model}\npp-size: 12\nnnodes: 3\ndist-init-addr: 10.0.0.1:5000\n")
-    plan = build_plan(["--gpu", "sm86", "--dry-run", "--config", str(cfg), "--num-gpus", "4"],
+    plan = build_spec(["--gpu", "sm86", "--dry-run", "--config", str(cfg), "--num-gpus", "4"],
                       environ={}, smi_output="")
     assert len(plan.node_argvs) == 3
     for rank, argv in enumerate(plan.node_argvs):
@@ -97,7 +97,7 @@ def test_nsa_indexer_flag_sets_the_variable_and_never_reaches_sglang(model):
     plan = plan_for(model, "--nsa-indexer-backend", "torch")
     assert {c.name: (c.new, c.source) for c in plan.changes}[INDEXER] == ("torch", "--nsa-indexer-backend")
     assert not any(a.startswith("--nsa") for a in plan.argv)
-    assert "# C4 indexer below sm_90: torch" in format_plan(plan)
+    assert "# C4 indexer below sm_90: torch" in format_spec(plan)
     plan = plan_for(model, "--", "--nsa-indexer-backend=torch")
     assert plan.env[INDEXER] == "torch" and not any(a.startswith("--nsa") for a in plan.argv)
 
@@ -114,6 +114,6 @@ def test_nsa_indexer_flag_conflicts_and_choices(model):
 
 
 def test_hack_variable_does_not_touch_the_indexer(model):
-    plan = build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(model)],
+    plan = build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(model)],
                       environ={"SGLANG_HACK_FLASHMLA_BACKEND": "torch"}, smi_output="")
     assert INDEXER not in plan.env

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglang_ampere.launch.launcher import build_plan
+from sglang_ampere.launch.launcher import build_spec
 from sglang_ampere.launch.resolve import THREADS_BIND_VAR, EnvChange, add_cpu_threads, cpu_threads_bind
 
 pytest.importorskip("sglang")
@@ -47,7 +47,7 @@ def ckpt(tmp_path_factory):
 
 
 def _plan(ckpt, *args, environ=None):
-    return build_plan(["--gpu", "cpu", "--dry-run", *args, "--", "--model-path", str(ckpt)],
+    return build_spec(["--gpu", "cpu", "--dry-run", *args, "--", "--model-path", str(ckpt)],
                       environ=environ if environ is not None else {"PATH": "/usr/bin"}, smi_output="")
 
 

@@ -5,7 +5,7 @@ import shlex
 import pytest
 from helpers.launch import PY, smi
 
-from sglang_ampere.launch.launcher import build_plan, format_plan, main
+from sglang_ampere.launch.launcher import build_spec, format_spec, main
 
 AMPERE_ENV = [
     ("SGLANG_OPT_DEEPGEMM_HC_PRENORM", "0"),
@@ -36,7 +36,7 @@ EXPECTED = {
 def test_every_preset_env_and_argv_exactly(arch, model, tmp_path):
     env_expected, args_expected = EXPECTED[arch]
     caller = {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
-    plan = build_plan(["--gpu", arch, "--dry-run", "--model-path", str(model), "--pp-size", "12"],
+    plan = build_spec(["--gpu", arch, "--dry-run", "--model-path", str(model), "--pp-size", "12"],
                       environ=caller, smi_output="")
     assert [(c.name, c.new) for c in plan.changes] == env_expected
     assert all(c.old is None and c.source == f"preset {arch}" and c.reason for c in plan.changes)
@@ -45,7 +45,7 @@ def test_every_preset_env_and_argv_exactly(arch, model, tmp_path):
     assert plan.env == {**caller, **dict(env_expected)}
 
     # The printed command is what a shell would run: same assignments, same argv.
-    text = format_plan(plan)
+    text = format_spec(plan)
     command = [line for line in text.splitlines() if not line.startswith("#")]
     words = shlex.split("\n".join(command).replace("\\\n", " "))
     n = len(env_expected)

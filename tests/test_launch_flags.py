@@ -5,14 +5,14 @@ import io
 import pytest
 from helpers.launch import PY, make_model, smi
 
-from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan, main
+from sglang_ampere.launch.launcher import LaunchError, build_spec, format_spec, main
 
 PREFILL, DECODE = "SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND"
 
 
 def plan_for(model, *extra, environ=None, gpu="sm86", smi_output=""):
     environ = {"PATH": "/usr/bin"} if environ is None else environ
-    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
                       environ=environ, smi_output=smi_output)
 
 
@@ -39,7 +39,7 @@ def test_nsa_flags_after_double_dash_are_taken_too(model):
 
 def test_nsa_flag_bad_choice():
     with pytest.raises(SystemExit):     # argparse: invalid choice, lists torch/tilelang
-        build_plan(["--gpu", "sm86", "--dry-run", "--nsa-decode-backend", "flashmla"], environ={}, smi_output="")
+        build_spec(["--gpu", "sm86", "--dry-run", "--nsa-decode-backend", "flashmla"], environ={}, smi_output="")
 
 
 def test_nsa_flag_bad_choice_after_double_dash(model):
@@ -49,7 +49,7 @@ def test_nsa_flag_bad_choice_after_double_dash(model):
 
 def test_hack_flashmla_backend_torch_selects_torch_for_both_phases(model):
     plan = plan_for(model, environ={"SGLANG_HACK_FLASHMLA_BACKEND": "torch"})
-    assert "# sparse MLA below sm_90: prefill=torch decode=torch" in format_plan(plan)
+    assert "# sparse MLA below sm_90: prefill=torch decode=torch" in format_spec(plan)
     assert changes(plan)[PREFILL] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
     assert changes(plan)[DECODE] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
     assert any("SGLANG_HACK_FLASHMLA_BACKEND=torch: SGLang 0.5.23 reads it only on ROCm" in n for n in plan.notes)
@@ -64,7 +64,7 @@ def test_hack_via_env_flag_and_nsa_flag_wins_over_it(model):
 def test_hack_other_values_do_nothing_and_say_so(model):
     plan = plan_for(model, environ={"SGLANG_HACK_FLASHMLA_BACKEND": "aiter_sparse"})
     assert PREFILL not in plan.env and DECODE not in plan.env      # package defaults (tilelang) apply
-    assert "# sparse MLA below sm_90: prefill=tilelang decode=tilelang" in format_plan(plan)
+    assert "# sparse MLA below sm_90: prefill=tilelang decode=tilelang" in format_spec(plan)
     assert any("does nothing here; use --nsa-prefill-backend" in n for n in plan.notes)
 
 
@@ -113,7 +113,7 @@ def test_user_server_args_beat_preset_args(model):
     plan = plan_for(model, "--context-length", "8192", "--mem-fraction-static=0.8")
     assert plan.argv.count("--context-length") == 1 and plan.argv[plan.argv.index("--context-length") + 1] == "8192"
     assert "--mem-fraction-static=0.8" in plan.argv and "--mem-fraction-static" not in plan.argv
-    text = format_plan(plan)
+    text = format_spec(plan)
     assert "#   --context-length: your value kept over the preset's 65536" in text
     assert "#   --mem-fraction-static: your value kept over the preset's 0.85" in text
     assert "#   --context-length 65536" not in text
@@ -161,7 +161,7 @@ def test_unknown_gpu_lists_known(model, bad):
 
 def test_detected_arch_without_preset(model):
     with pytest.raises(LaunchError, match="sm100 .* has no preset"):
-        build_plan(["--model-path", str(model)], environ={},
+        build_spec(["--model-path", str(model)], environ={},
                    smi_output="0, NVIDIA B200, 10.0, 183359, GPU-aaaa\n")
 
 
@@ -173,12 +173,12 @@ def test_bad_env_flag(model, bad):
 
 def test_no_gpu_auto_is_an_error(model):
     with pytest.raises(LaunchError, match=r"no GPU detected.*--gpu sm86 --dry-run"):
-        build_plan(["--model-path", str(model)], environ={}, smi_output="")
+        build_spec(["--model-path", str(model)], environ={}, smi_output="")
 
 
 def test_explicit_gpu_without_gpu_needs_dry_run(model):
     with pytest.raises(LaunchError, match="only works with --dry-run"):
-        build_plan(["--gpu", "sm86", "--model-path", str(model)], environ={}, smi_output="")
+        build_spec(["--gpu", "sm86", "--model-path", str(model)], environ={}, smi_output="")
 
 
 def test_gpu_flag_differing_from_detected_is_noted(model):
@@ -188,7 +188,7 @@ def test_gpu_flag_differing_from_detected_is_noted(model):
 
 def test_missing_model_path_flag():
     with pytest.raises(LaunchError, match="pass --model-path DIR.*sglang-ampere convert"):
-        build_plan(["--gpu", "sm86", "--dry-run"], environ={}, smi_output="")
+        build_spec(["--gpu", "sm86", "--dry-run"], environ={}, smi_output="")
 
 
 def test_model_path_missing_dir(tmp_path):
@@ -239,7 +239,7 @@ def test_errors_print_and_exit_2(model):
 
 
 def test_model_alias_and_equals_form(model):
-    plan = build_plan(["--gpu", "sm86", "--dry-run", f"--model={model}"], environ={}, smi_output="")
+    plan = build_spec(["--gpu", "sm86", "--dry-run", f"--model={model}"], environ={}, smi_output="")
     assert plan.argv[3] == f"--model={model}"
     with pytest.raises(LaunchError, match="no such directory"):
-        build_plan(["--gpu", "sm86", "--dry-run", "--model", str(model) + "-nope"], environ={}, smi_output="")
+        build_spec(["--gpu", "sm86", "--dry-run", "--model", str(model) + "-nope"], environ={}, smi_output="")

@@ -12,7 +12,7 @@ from helpers.headers_only import write_headers_only
 
 from sglang_ampere import memory_plan as plan_mod
 from sglang_ampere.launch.errors import LaunchError
-from sglang_ampere.launch.launcher import build_plan, format_plan
+from sglang_ampere.launch.launcher import build_spec, format_spec
 
 pytest.importorskip("sglang")
 
@@ -30,7 +30,7 @@ def caller(tmp_path):
 
 
 def _plan(real, caller, *args):
-    return build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
+    return build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
 
 
 def _value(argv, flag):
@@ -65,12 +65,12 @@ def test_tp4_pp2_on_24gb_gets_a_fraction_that_fits(real, caller):
     swa = plan_mod.swa_pool_rule(final.sglang_pool_tokens, float(_value(plan.argv, "--swa-full-tokens-ratio")),
                                  4096, 65536)
     assert swa.ok, swa                                             # and the SWA rule holds on that pool
-    line = next(ln for ln in format_plan(plan).splitlines() if ln.startswith(f"# memory plan: {FLAG} {value}"))
+    line = next(ln for ln in format_spec(plan).splitlines() if ln.startswith(f"# memory plan: {FLAG} {value}"))
     assert "instead of 0.85" in line and "65536 tokens" in line
     # negative control: pp 12 fits at the preset's value, which is kept without a word
     twelve = _plan(real, caller, "--pp-size", "12")
     assert _value(twelve.argv, FLAG) == "0.85" and not twelve.mem_args_used
-    assert "# memory plan:" not in format_plan(twelve)
+    assert "# memory plan:" not in format_spec(twelve)
 
 
 def test_the_users_fraction_is_kept(real, caller):

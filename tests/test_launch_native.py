@@ -7,7 +7,7 @@ import shutil
 import pytest
 from helpers.launch import make_model, make_native_shard, smi
 
-from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
+from sglang_ampere.launch.launcher import LaunchError, build_spec, format_spec
 from sglang_ampere.launch.presets import load_builtin
 
 NATIVE_ARG = ["--moe-runner-backend", "marlin", "--moe-a2a-backend", "none"]
@@ -15,7 +15,7 @@ NATIVE_ARG = ["--moe-runner-backend", "marlin", "--moe-a2a-backend", "none"]
 
 def plan_for(model, *extra, environ=None, gpu="sm86", smi_output=""):
     environ = {"PATH": "/usr/bin"} if environ is None else environ
-    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
                       environ=environ, smi_output=smi_output)
 
 
@@ -33,7 +33,7 @@ def test_native_checkpoint_accepted_below_sm90_with_the_native_table(synth_ckpt,
     assert native_changes(plan) == {e.name: e.value for e in preset.native_env}
     assert plan.argv[-4:] == NATIVE_ARG
     assert {a.flag for a in plan.preset_args_used} >= {a.flag for a in preset.native_args}
-    text = format_plan(plan)
+    text = format_spec(plan)
     assert "#   --moe-runner-backend marlin  [native] " in text
     assert "#   --context-length 65536  the" in text or "#   --context-length 131072  the" in text
     assert "SGLANG_FORCE_FP8_MARLIN=1 \\" in text and "[preset " + arch + " [native]; unset]" in text
@@ -57,7 +57,7 @@ def test_native_on_sm90_plus_is_sglangs_own_path(synth_ckpt, arch):
 
 
 def test_ampere_target_on_hopper_takes_the_native_table(synth_ckpt):
-    plan = build_plan(["--dry-run", "--model-path", str(synth_ckpt)], smi_output=smi("h100_80gb_hbm3_x8"),
+    plan = build_spec(["--dry-run", "--model-path", str(synth_ckpt)], smi_output=smi("h100_80gb_hbm3_x8"),
                       environ={"PATH": "/usr/bin", "SGLANG_AMPERE_TARGET": "ampere"})
     assert plan.arch == "sm80" and plan.card_arch == "sm90" and plan.native_path
     assert plan.argv[-4:] == NATIVE_ARG and native_changes(plan)["SGLANG_FORCE_FP8_MARLIN"] == "1"

@@ -13,7 +13,7 @@ from helpers.headers_only import write_headers_only
 
 from sglang_ampere.checking import require
 from sglang_ampere.launch.errors import LaunchError
-from sglang_ampere.launch.launcher import build_plan, format_plan
+from sglang_ampere.launch.launcher import build_spec, format_spec
 from sglang_ampere.launch.speculative import validate
 
 pytest.importorskip("sglang")
@@ -32,7 +32,7 @@ def caller(tmp_path):
 
 
 def _plan(real, caller, *args):
-    return build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
+    return build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
 
 
 def test_pp12_sets_the_partition_plan_computes(real, caller, capsys):
@@ -45,7 +45,7 @@ def test_pp12_sets_the_partition_plan_computes(real, caller, capsys):
     require(change is not None and change.new == doc["SGLANG_PP_LAYER_PARTITION"],
             f"launch set {change}, plan says {doc['SGLANG_PP_LAYER_PARTITION']}")
     require(plan.env["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env carries it")
-    text = format_plan(plan)
+    text = format_spec(plan)
     require("# stage  layers" in text and text.count("\n#    ") >= 12, "the dry run shows the per-stage table")
     require("SGLANG_PP_LAYER_PARTITION=" + change.new + " \\" in text, "the command sets it")
 
@@ -72,7 +72,7 @@ def test_warns_when_context_times_concurrency_does_not_fit(real, caller):
 @pytest.mark.parametrize("arch", ARCHES)
 def test_every_preset_argv_passes_sglangs_own_validation(real, caller, arch, pp, spec):
     args = ["--gpu", arch, "--dry-run", "--model-path", str(real), "--pp-size", str(pp), "--speculative", spec]
-    plan = build_plan(args, environ=caller, smi_output="")
+    plan = build_spec(args, environ=caller, smi_output="")
     validate(plan.argv[3:], plan.env)       # raises LaunchError with SGLang's reason if refused
     algo = "--speculative-algorithm" in plan.argv
     require(algo == (spec == "mtp"), f"{arch} pp {pp} {spec}: argv {plan.argv}")
@@ -101,14 +101,14 @@ def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real, caller):
 
 
 def test_tp_times_pp_over_nodes(real, caller):
-    plan = build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(real), "--tp-size", "4", "--pp-size", "2",
+    plan = build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(real), "--tp-size", "4", "--pp-size", "2",
                        "--nnodes", "2", "--dist-init-addr", "10.0.0.1:5000", "--num-gpus", "4"],
                       environ=caller, smi_output="")
     # 22,21 since the RoPE tables are counted at the served length (patches/dsv4_rope.py): stage 0
     # holds both RoPE kinds, which cost 768 MiB there at 1M rows and 48 MiB at 65,536
     require(plan.env.get("SGLANG_PP_LAYER_PARTITION") == "22,21", f"split {plan.env.get('SGLANG_PP_LAYER_PARTITION')}")
     require("tp 4 x pp 2 over 2 nodes" in plan.stage_table, plan.stage_table)
-    text = format_plan(plan)
+    text = format_spec(plan)
     require(text.count("SGLANG_PP_LAYER_PARTITION=22,21 \\") == 2, "both nodes' commands carry the split")
     require(any("does not fit" in n for n in plan.notes), "TP4 x PP2 on 24 GB cannot hold 65536 x 16")
 

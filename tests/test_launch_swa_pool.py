@@ -15,7 +15,7 @@ from helpers.headers_only import write_headers_only
 
 from sglang_ampere import memory_plan as plan_mod
 from sglang_ampere.launch.errors import LaunchError
-from sglang_ampere.launch.launcher import build_plan, format_plan, main
+from sglang_ampere.launch.launcher import build_spec, format_spec, main
 
 pytest.importorskip("sglang")
 
@@ -33,7 +33,7 @@ def caller(tmp_path):
 
 
 def _plan(real, caller, *args, gpu="sm86"):
-    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
 
 
 def _value(argv, flag):
@@ -56,13 +56,13 @@ def test_preset_ratio_is_raised_to_meet_the_rule(real, caller):
     rule = _pool_of(plan.argv, 4096)
     assert rule.ok and rule.pool == rule.need == 4608
     assert FLAG not in {a.flag for a in plan.preset_args_used}
-    text = format_plan(plan)
+    text = format_spec(plan)
     line = next(ln for ln in text.splitlines() if ln.startswith(f"# SWA pool: {FLAG} 0.5625"))
     assert "the preset's 0.05" in line and "floor_256(0.05 x 8192) = 256" in line and "= 4608" in line
     # negative control: a pool that meets the rule keeps the preset's ratio and says nothing
     big = _plan(real, caller, "--max-total-tokens", "131072")
     assert _value(big.argv, FLAG) == "0.05" and not big.swa_args_used
-    assert "# SWA pool:" not in format_plan(big)
+    assert "# SWA pool:" not in format_spec(big)
 
 
 def test_sglang_default_ratio_and_chunk_size_are_sglangs(real, caller):

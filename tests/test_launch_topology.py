@@ -6,12 +6,12 @@ import shlex
 import pytest
 from helpers.launch import PY, smi
 
-from sglang_ampere.launch.launcher import LaunchError, build_plan, main
+from sglang_ampere.launch.launcher import LaunchError, build_spec, main
 
 
 def plan(model, *args, smi_output=None, dry=True, gpu="sm86"):
     argv = ["--gpu", gpu] + (["--dry-run"] if dry else []) + ["--model-path", str(model), *args]
-    return build_plan(argv, environ={"PATH": "/usr/bin"},
+    return build_spec(argv, environ={"PATH": "/usr/bin"},
                       smi_output=smi("rtx3090_x12") if smi_output is None else smi_output)
 
 
@@ -90,7 +90,7 @@ def test_num_gpus_overrides_detection(model):
 def test_three_nodes_of_four_dry_run_prints_every_node(model, capsys):
     args = ["--gpu", "sm86", "--dry-run", "--model-path", str(model), "--pp-size", "12", "--nnodes", "3",
             "--dist-init-addr", "10.0.0.1:5000", "--num-gpus", "4"]
-    p = build_plan(args, environ={}, smi_output="")
+    p = build_spec(args, environ={}, smi_output="")
     assert len(p.node_argvs) == 3
     for rank, argv in enumerate(p.node_argvs):
         assert argv[:3] == [PY, "-m", "sglang.launch_server"]
@@ -107,7 +107,7 @@ def test_three_nodes_of_four_dry_run_prints_every_node(model, capsys):
 
 
 def test_given_node_rank_dry_run_still_shows_all_nodes(model):
-    p = build_plan(["--gpu", "sm86", "--dry-run", "--model-path", str(model), "--pp-size", "12", "--nnodes", "3",
+    p = build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(model), "--pp-size", "12", "--nnodes", "3",
                     "--node-rank=1", "--dist-init-addr", "h:1", "--num-gpus", "4"], environ={}, smi_output="")
     assert [a for argv in p.node_argvs for a in argv if a.startswith("--node-rank")] == \
         ["--node-rank=0", "--node-rank=1", "--node-rank=2"]
