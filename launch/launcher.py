@@ -6,7 +6,8 @@ The pieces, each testable alone:
                     and ``--config`` merge for the server arguments;
 * :mod:`.resolve`   which preset applies, the environment, the server defaults the preset fills;
 * :mod:`.model_dir` the checkpoint folder; :mod:`.topology` pp x tp (x dp) against GPUs x nodes;
-* :mod:`.render`    the ``--dry-run`` text; this module builds the :class:`LaunchSpec` and execs.
+* :mod:`.spec`      the :class:`~.spec.LaunchSpec`, what this module decides;
+* :mod:`.render`    the ``--dry-run`` text; this module builds the spec and execs.
 
 Precedence (documented in ``--help`` and tested): environment ``--env`` (and ``--nsa-*-backend``)
 > the caller's environment > the preset; server arguments: the user's (command line or ``--config``
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from sglang_ampere import gpus as gpus_mod
@@ -36,33 +36,12 @@ from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_spec, shell_command
 from .resolve import EnvChange, add_cpu_site, add_cpu_threads, fill_server_args, resolve_arch, resolve_env, target_arch
+from .spec import LaunchSpec
 from .speculative import check_draft_source, pp_spec_env, speculative_args, validate
 from .topology import check_topology, topology_of, with_node_rank
 
 __all__ = ["EnvChange", "LaunchError", "LaunchSpec", "build_spec", "dry_run_command", "format_spec", "main",
            "resolve_arch", "shell_command", "split_argv"]
-
-
-@dataclass
-class LaunchSpec:
-    arch: str
-    preset: Preset
-    gpus: list                         # list[gpus.Gpu] visible on this node
-    env: dict[str, str]                # the full environment SGLang gets
-    changes: list[EnvChange]           # what differs from the caller's environment
-    argv: list[str]                    # python -m sglang.launch_server ...
-    node_argvs: list[list[str]] = field(default_factory=list)   # --dry-run with --nnodes N
-    notes: list[str] = field(default_factory=list)
-    help_only: bool = False
-    dry_run: bool = False
-    preset_args_used: list = field(default_factory=list)     # ArgEntry added to argv
-    preset_args_kept: list = field(default_factory=list)     # ArgEntry the user's value overrode
-    spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
-    swa_args_used: list = field(default_factory=list)        # (flag, value, reason) from the SWA pool rule
-    mem_args_used: list = field(default_factory=list)        # (flag, value, reason) from the memory plan
-    stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
-    card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
-    native_path: bool = False          # the native FP8/FP4 checkpoint below sm_90: the preset's [native] added
 
 
 def _load_preset(opts: argparse.Namespace, arch: str) -> Preset:

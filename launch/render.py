@@ -13,8 +13,8 @@ from .model_dir import below_sm90
 from .resolve import ampere_target_line
 
 if TYPE_CHECKING:
-    from .launcher import LaunchSpec
     from .resolve import EnvChange
+    from .spec import LaunchSpec
 
 PREFILL_VAR = "SGLANG_AMPERE_PREFILL_BACKEND"
 DECODE_VAR = "SGLANG_AMPERE_DECODE_BACKEND"

@@ -1,7 +1,8 @@
 """Every module of the package imports, and the package's import graph has no cycle.
 
-The graph is built from the source with ``ast`` (module-level and function-level imports alike,
-``if TYPE_CHECKING:`` blocks excepted), over the layout ``pyproject.toml`` ships (``patches/``,
+The graph is built from the source with ``ast`` (module-level, function-level and
+``if TYPE_CHECKING:`` imports alike: a cycle only type checkers follow is still two modules that
+each need the other), over the layout ``pyproject.toml`` ships (``patches/``,
 ``launch/`` and ``env/`` are subpackages of ``sglang_ampere``). Importing ``a.b.c`` also runs
 the ``__init__`` of ``a.b``, so that counts as an edge too (except to the importer's own
 ancestors, which Python has always imported first).
@@ -38,31 +39,21 @@ def package_modules() -> dict[str, Path]:
     return out
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(tree: ast.AST):
-    """Import nodes, skipping ``if TYPE_CHECKING:`` bodies."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        stack.extend(ast.iter_child_nodes(node))
+    """Every import node of a module, wherever it sits (``if TYPE_CHECKING:`` bodies included)."""
+    return (node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)))
 
 
-def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+def import_graph(modules: dict[str, Path], sources: dict[str, str] | None = None) -> dict[str, set[str]]:
+    """module -> the package modules it imports. ``sources``: module -> source text, instead of
+    reading ``modules``' files (for the finder's own check)."""
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         is_pkg = path.stem == "__init__"
         package = mod if is_pkg else mod.rpartition(".")[0]
         targets = []
-        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+        text = sources[mod] if sources is not None else path.read_text(encoding="utf-8")
+        for node in _imports(ast.parse(text)):
             if isinstance(node, ast.Import):
                 targets += [a.name for a in node.names]
                 continue
@@ -114,6 +105,20 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_finder_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_a_type_checking_import_closes_a_cycle():
+    """The shape launch/render.py once had: render imports the launcher only for a type, the
+    launcher imports render. Without the ``if TYPE_CHECKING:`` import there is no cycle."""
+    modules = {"pkg": Path("pkg/__init__.py"), "pkg.launcher": Path("pkg/launcher.py"),
+               "pkg.render": Path("pkg/render.py")}
+    render = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .launcher import Spec\n"
+    sources = {"pkg": "", "pkg.launcher": "from .render import format_spec\n", "pkg.render": render}
+    graph = import_graph(modules, sources)
+    assert graph["pkg.render"] == {"pkg.launcher"}, graph
+    assert find_cycle(graph) == ["pkg.launcher", "pkg.render", "pkg.launcher"]
+    sources["pkg.render"] = "from typing import TYPE_CHECKING\n"
+    assert find_cycle(import_graph(modules, sources)) is None
 
 
 def test_no_import_cycle_in_the_package():
