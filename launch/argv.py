@@ -156,6 +156,16 @@ class ServerArgv:
     def is_given(self, dest: str) -> bool:
         return dest in self.given
 
+    def with_args(self, args: Sequence[str]) -> ServerArgv:
+        """These arguments with ``args`` (the launcher's: the preset's, ``--speculative``'s, the
+        memory plan's) after them, as SGLang's parser would read the whole command line: each
+        dest ``args`` sets takes its value there (:func:`values_of`, the parser already built) and
+        counts as given. The user's command line and ``--config`` are not read again; ``args``
+        only set dests the user did not (the launcher adds nothing the user set)."""
+        added = values_of(args)
+        return ServerArgv(cli=self.cli + tuple(args), values={**self.values, **added},
+                          given=self.given | frozenset(added), config_file=self.config_file)
+
 
 class _ServerArgParser(argparse.ArgumentParser):
     """SGLang's parser, with its usage errors raised as :class:`LaunchError` instead of exiting."""

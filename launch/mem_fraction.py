@@ -18,7 +18,6 @@ Computed on paper from the checkpoint headers (``sglang-ampere plan``), not meas
 
 from __future__ import annotations
 
-from .argv import ServerArgv, with_arg
 from .errors import LaunchError
 
 FLAG, DEST = "--mem-fraction-static", "mem_fraction_static"
@@ -60,15 +59,3 @@ def decide(split, user_set: bool, was: object = None) -> tuple[str, str] | None:
     first = was if was is not None else f"{s.mem_fraction_static:g}"
     return value, (f"memory plan for {where} (computed from the headers, not measured): instead of "
                    f"{first}, {why}; usable range {mf.low:.3f}-{mf.high:.3f}")
-
-
-def apply(final: ServerArgv, server: ServerArgv, staged, cli: list[str], preset_args: list[str], used: list,
-          reparse, was: object = None) -> tuple[ServerArgv, list[str], list, list]:
-    """:func:`decide`, applied: (final arguments, preset arguments, preset entries used,
-    [(flag, value, reason)] added). ``reparse``: SGLang's parser for ``cli + preset_args``."""
-    decision = decide(staged, server.is_given(DEST), was)
-    if decision is None:
-        return final, preset_args, used, []
-    value, reason = decision
-    args = with_arg(preset_args, FLAG, value)
-    return reparse(cli + args), args, [a for a in used if a.flag != FLAG], [(FLAG, value, reason)]

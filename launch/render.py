@@ -67,7 +67,7 @@ def format_spec(spec: LaunchSpec) -> str:
     for flag, value, reason in spec.swa_args_used:
         out.append(f"# SWA pool: {flag} {value}  {reason}")
     for flag, value, reason in spec.mem_args_used:
-        out.append(f"# memory spec: {flag} {value}  {reason}")
+        out.append(f"# memory plan: {flag} {value}  {reason}")
     if spec.stage_table:
         out += [ln if ln.startswith("#") else "# " + ln for ln in spec.stage_table.rstrip("\n").splitlines()]
     for n in spec.notes:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .argv import ServerArgv, with_arg
+from .argv import ServerArgv
 from .errors import LaunchError
 
 FLAG, DEST = "--swa-full-tokens-ratio", "swa_full_tokens_ratio"
@@ -115,11 +115,6 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
     return SwaDecision(ratio=f"{best:g}", reason=(
         f"{was} gives {rule.formula()} ({where}); {stall}. {best:g} gives an SWA pool of {after} tokens "
         "(the smallest ratio that meets the rule)"))
-
-
-def with_ratio(args: list[str], ratio: str) -> list[str]:
-    """``args`` (the preset's and --speculative's arguments) without any ratio, plus ``FLAG ratio``."""
-    return with_arg(args, FLAG, ratio)
 
 
 def device_memory_gib(final: ServerArgv, gpu_gib: float | None) -> float | None:
