@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Optional, Sequence
 
-import torch
-
 from .formats.blocks import block_scale_shape
 from .formats.constants import INT4_GROUP, MXFP4_GROUP
 
@@ -39,14 +37,6 @@ DENSE_INT8_DTYPES = {"block": "I8", "channel": "U8"}
 SCALE_DTYPE = "BF16"
 #: A dense layer kept unquantized (``--keep-bf16``) or read as float by the serving config.
 FLOAT_DTYPES = ("BF16", "F16", "F32")
-
-
-#: safetensors dtype string -> torch dtype, for every dtype either checkpoint holds.
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "I8": torch.int8, "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64,
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E8M0": torch.float8_e8m0fnu,
-}
 
 
 # --- scale shapes ------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Read safetensors headers (names, dtypes, shapes, offsets) without reading tensor data.
+"""The safetensors format: headers (read and checked, or built), shard listing, the dtype table
+and tensor reads.
 
 A safetensors file is: 8 bytes little-endian header length ``L``, ``L`` bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the
@@ -17,13 +18,19 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: safetensors dtype string -> bytes per element.
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+#: safetensors dtype string -> (bytes per element, name of the torch dtype).
+_DTYPES = {
+    "BOOL": (1, "bool"), "U8": (1, "uint8"), "I8": (1, "int8"),
+    "F8_E4M3": (1, "float8_e4m3fn"), "F8_E5M2": (1, "float8_e5m2"), "F8_E8M0": (1, "float8_e8m0fnu"),
+    "I16": (2, "int16"), "U16": (2, "uint16"), "F16": (2, "float16"), "BF16": (2, "bfloat16"),
+    "I32": (4, "int32"), "U32": (4, "uint32"), "F32": (4, "float32"),
+    "I64": (8, "int64"), "U64": (8, "uint64"), "F64": (8, "float64"),
 }
+#: safetensors dtype string -> bytes per element.
+DTYPE_SIZES = {k: size for k, (size, _) in _DTYPES.items()}
+#: safetensors dtype string -> torch dtype name (names, so that this module imports without torch:
+#: the launcher and the memory plan read headers only); :func:`torch_dtype` gives the dtype.
+TORCH_DTYPE_NAMES = {k: name for k, (_, name) in _DTYPES.items()}
 #: Refuse absurd header lengths instead of allocating them (real headers are < 10 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -64,6 +71,7 @@ class ShardHeader:
     mtime_ns: int = 0
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    data_start: int = 0    # absolute file offset of the data section (8 + the JSON header's length)
 
     @property
     def name(self) -> str:
@@ -74,6 +82,40 @@ class ShardHeader:
         data: size, header SHA-256 and modification time (a re-downloaded or edited shard gets
         a new one; ``cp -a``/``mv`` keep it)."""
         return {"size": self.file_size, "header_sha256": self.header_sha256, "mtime_ns": self.mtime_ns}
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    """A tensor to be written: what :func:`build_header` lays out."""
+
+    name: str
+    dtype: str                 # safetensors dtype string
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+def build_header(tensors: list[OutTensor], metadata: dict | None = None) -> bytes:
+    """The 8-byte length + JSON header of a file holding ``tensors`` in this order.
+
+    Deterministic (same inputs, same bytes); the JSON is space-padded to a multiple of 8 bytes
+    so the data section is aligned, as the reference writer does.
+    """
+    obj: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    off = 0
+    for t in tensors:
+        obj[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
+        off += t.nbytes
+    raw = json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def file_size(tensors: list[OutTensor], metadata: dict | None = None) -> int:
+    """The size of the file :func:`build_header` heads: header plus every tensor's bytes."""
+    return len(build_header(tensors, metadata)) + sum(t.nbytes for t in tensors)
 
 
 def _bad(path: Path, problem: str) -> CheckpointError:
@@ -108,7 +150,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     data_start = 8 + hlen
     meta = obj.pop("__metadata__", {}) or {}
     hdr = ShardHeader(
-        path, size, hashlib.sha256(head + raw).hexdigest(), st.st_mtime_ns, {}, meta if isinstance(meta, dict) else {}
+        path, size, hashlib.sha256(head + raw).hexdigest(), st.st_mtime_ns, {}, meta if isinstance(meta, dict) else {},
+        data_start,
     )
     spans = []
     for name, info in obj.items():
@@ -154,6 +197,24 @@ def read_tensor_bytes(path: Path, info: TensorInfo, f=None) -> bytearray:
         if own:
             f.close()
     return buf
+
+
+def torch_dtype(dtype: str):
+    """The ``torch.dtype`` of a safetensors dtype string (``KeyError`` for one not in the table)."""
+    import torch
+
+    return getattr(torch, TORCH_DTYPE_NAMES[dtype])
+
+
+def read_tensor(path: Path, info: TensorInfo, f=None, dtype=None):
+    """One tensor as a CPU ``torch.Tensor`` of its header's shape, holding its bytes (no copy):
+    of its header's dtype, or viewed as ``dtype`` (a ``torch.dtype`` of the same element size).
+    ``f``, an open file of ``path``, is read from instead of opening it again."""
+    import torch
+
+    buf = read_tensor_bytes(path, info, f)
+    t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
+    return t.view(torch_dtype(info.dtype) if dtype is None else dtype).reshape(info.shape)
 
 
 def list_shards(src: Path) -> list[Path]:

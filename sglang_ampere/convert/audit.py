@@ -21,7 +21,15 @@ from pathlib import Path
 
 from .. import QUANT_METHOD, rules
 from ..inventory import EXPERT, PRESERVED, classify, native_inventory
-from ..safetensors_io import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header, read_tensor_bytes
+from ..safetensors_io import (
+    CheckpointError,
+    ShardHeader,
+    TensorInfo,
+    list_shards,
+    read_header,
+    read_tensor,
+    read_tensor_bytes,
+)
 from ..schema import ROUTED_EXPERTS_INT4, ROUTED_EXPERTS_KEY, SchemaError, parse_quantization_config
 from .jobs import K_COPY, K_DENSE, K_EXPERT, K_KEEP, make_plan, read_config
 from .options import Options
@@ -224,11 +232,7 @@ def audit_converted(path: Path, config: dict, headers: dict[str, ShardHeader]) -
 # Fidelity against the native source
 
 def _load(path: Path, shard: str, info: TensorInfo):
-    import torch
-
-    buf = read_tensor_bytes(path / shard, info)
-    t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
-    return t.view(rules.TORCH_DTYPES[info.dtype]).reshape(info.shape)
+    return read_tensor(path / shard, info)
 
 
 def _sample(names: list[str], n: int) -> list[str]:

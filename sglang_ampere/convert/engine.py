@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import rules
 from ..formats.errors import FormatError
-from ..safetensors_io import CheckpointError, read_tensor_bytes
+from ..safetensors_io import CheckpointError, read_tensor, torch_dtype
 from .config import dsv4_int_config, dumps, index_json, index_sha256, provenance
 from .jobs import K_COPY, K_DENSE, K_EXPERT, K_KEEP, Plan, ShardPlan, make_plan
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest
@@ -111,9 +110,7 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
         return files[shard]
 
     def tensor(info, shard, dtype):
-        buf = read_tensor_bytes(src / shard, info, fh(shard))
-        t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
-        return t.view(dtype).reshape(info.shape)
+        return read_tensor(src / shard, info, fh(shard), dtype)
 
     def put(writer, name, t):
         writer.write(name, t.contiguous().cpu().view(torch.uint8).numpy())
@@ -150,7 +147,7 @@ def convert_shard(src: Path, dst: Path, sp: ShardPlan, options: Options, device:
                 acc[3] += st.noise_mse
             else:  # K_DENSE / K_KEEP
                 wt = tensor(w, job.weight_shard, torch.float8_e4m3fn).to(device)
-                sdt = rules.TORCH_DTYPES[job.scale.dtype]
+                sdt = torch_dtype(job.scale.dtype)
                 sc = tensor(job.scale, job.scale_shard, sdt).to(device)
                 mode = "bf16" if job.kind == K_KEEP else options.dense_mode
                 sn: list = []

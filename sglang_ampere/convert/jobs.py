@@ -21,9 +21,8 @@ from pathlib import Path
 
 from .. import QUANT_METHOD, rules
 from ..inventory import EXPERT, PRESERVED, classify
-from ..safetensors_io import CheckpointError, ShardHeader, TensorInfo, list_shards, read_header
+from ..safetensors_io import CheckpointError, OutTensor, ShardHeader, TensorInfo, file_size, list_shards, read_header
 from .options import Options
-from .safetensors_out import OutTensor, file_size
 
 #: The dtype rules live in :mod:`sglang_ampere.rules`; re-exported for the converter's readers.
 PRESERVED_DTYPES = rules.PRESERVED_DTYPES

@@ -9,46 +9,12 @@ name and a crash leaves only the temporary file (removed by the next run).
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..safetensors_io import DTYPE_SIZES
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    name: str
-    dtype: str                 # safetensors dtype string
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-
-
-def build_header(tensors: list[OutTensor], metadata: dict | None = None) -> bytes:
-    """The 8-byte length + JSON header of a file holding ``tensors`` in this order.
-
-    Deterministic (same inputs, same bytes); the JSON is space-padded to a multiple of 8 bytes
-    so the data section is aligned, as the reference writer does.
-    """
-    obj: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
-    off = 0
-    for t in tensors:
-        obj[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
-        off += t.nbytes
-    raw = json.dumps(obj, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
-
-
-def file_size(tensors: list[OutTensor], metadata: dict | None = None) -> int:
-    return len(build_header(tensors, metadata)) + sum(t.nbytes for t in tensors)
+from ..safetensors_io import OutTensor, build_header
 
 
 def temp_path(final: Path) -> Path:

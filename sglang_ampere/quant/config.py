@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
@@ -29,6 +29,7 @@ from sglang.srt.layers.quantization.base_config import QuantizationConfig, Quant
 
 from .. import QUANT_METHOD, rules
 from ..formats.constants import INT4_GROUP
+from ..safetensors_io import CheckpointError, list_shards, read_header
 from ..schema import Dsv4IntSchema, parse_quantization_config
 
 logger = logging.getLogger("sglang_ampere")
@@ -45,23 +46,23 @@ class Dsv4IntError(ValueError):
 
 def read_safetensors_index(model_dir: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     """dtype and shape of every tensor in a local checkpoint, from the safetensors headers
-    only (8 + header bytes per shard; no tensor data is read)."""
+    only (:func:`~sglang_ampere.safetensors_io.read_header`; no tensor data is read): the shards
+    of ``model.safetensors.index.json``, or every ``*.safetensors`` file without one."""
     index_file = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index_file):
         with open(index_file) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+            shards = [Path(model_dir, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
     else:
-        shards = sorted(p for p in os.listdir(model_dir) if p.endswith(".safetensors"))
+        shards = list_shards(Path(model_dir))
     if not shards:
         raise Dsv4IntError(f"no *.safetensors files in {model_dir}; dsv4_int needs the checkpoint on local disk")
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for shard in shards:
-        with open(os.path.join(model_dir, shard), "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                out[name] = (meta["dtype"], tuple(meta["shape"]))
+        try:
+            tensors = read_header(shard).tensors
+        except CheckpointError as e:
+            raise Dsv4IntError(str(e)) from e
+        out.update((name, (info.dtype, info.shape)) for name, info in tensors.items())
     return out
 
 

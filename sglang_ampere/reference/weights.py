@@ -42,7 +42,15 @@ from ..formats import (
     uint8_channel_dequantize,
 )
 from ..inventory import DENSE, EXPERT, classify
-from ..safetensors_io import CheckpointError, TensorInfo, list_shards, read_header, read_tensor_bytes
+from ..safetensors_io import (
+    TORCH_DTYPE_NAMES,
+    CheckpointError,
+    TensorInfo,
+    list_shards,
+    read_header,
+    read_tensor,
+    torch_dtype,
+)
 from ..schema import SchemaError, parse_quantization_config
 
 
@@ -76,7 +84,7 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
     )
 
 
-_DTYPE_NAMES = {v: k for k, v in rules.TORCH_DTYPES.items()}
+_DTYPE_NAMES = {torch_dtype(k): k for k in TORCH_DTYPE_NAMES}
 
 
 def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> torch.Tensor:
@@ -93,21 +101,18 @@ def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> to
             return w.float()  # a dense layer kept in BF16
         raise FormatError(name, f"{wd} {role.role} weight without its .scale")
     sd, ss = _DTYPE_NAMES.get(s.dtype, str(s.dtype)), tuple(s.shape)
+    if kind == NATIVE:      # MXFP4 experts, FP8 dense
+        problem, dequantize = ((rules.native_expert_problem, mxfp4_dequantize) if role.role == EXPERT
+                               else (rules.native_dense_problem, fp8_block_dequantize))
+        bad = problem(wd, ws, sd, ss, name)
+        if bad:
+            raise FormatError(name, f"{bad[0]}: {bad[1]}")
+        return dequantize(w, s, name)
     if role.role == EXPERT:
-        if kind == NATIVE:
-            bad = rules.native_expert_problem(wd, ws, sd, ss, name)
-            if bad:
-                raise FormatError(name, f"{bad[0]}: {bad[1]}")
-            return mxfp4_dequantize(w, s, name)
         bad = rules.expert_problem(wd, ws, (sd, ss))
         if bad:
             raise FormatError(name, bad)
         return int4_group_dequantize(w, s, name)
-    if kind == NATIVE:
-        bad = rules.native_dense_problem(wd, ws, sd, ss, name)
-        if bad:
-            raise FormatError(name, f"{bad[0]}: {bad[1]}")
-        return fp8_block_dequantize(w, s, name)
     strategy = rules.dense_int8_strategy(wd, ws, (sd, ss))
     if strategy == "block":
         return int8_block_dequantize(w, s, name)
@@ -190,11 +195,9 @@ class Checkpoint:
         for p, infos in by_file.items():
             with open(p, "rb") as f:
                 for info in sorted(infos, key=lambda i: i.begin):
-                    buf = read_tensor_bytes(p, info, f)
+                    out[info.name] = read_tensor(p, info, f)
                     with self._lock:
-                        self.bytes_read += len(buf)
-                    t = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0, dtype=torch.uint8)
-                    out[info.name] = t.view(rules.TORCH_DTYPES[info.dtype]).reshape(info.shape)
+                        self.bytes_read += info.nbytes
         return out
 
     def part(self, prefix: str) -> Weights:
