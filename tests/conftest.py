@@ -54,3 +54,13 @@ def native(tmp_path_factory):
     from helpers.convert import fresh_seed, make_native
 
     return make_native(tmp_path_factory.mktemp("native"), fresh_seed())
+
+
+@pytest.fixture(scope="module")
+def converted(native, tmp_path_factory):
+    """``native`` converted with the default options (block INT8, mse), once per test module."""
+    from helpers.convert import cli
+
+    dst = tmp_path_factory.mktemp("converted") / "dsv4_int"
+    assert cli("convert", native, dst, "--quiet") == 0
+    return dst

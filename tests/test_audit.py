@@ -2,7 +2,6 @@
 converted checks with a non-zero exit listing problems, and --against SNR."""
 
 import json
-import struct
 import time
 
 import pytest
@@ -10,15 +9,8 @@ from helpers.convert import cli, copy_ckpt, first_name, mutate_shard, shard_of
 
 from sglang_ampere.convert.audit import audit
 from sglang_ampere.inventory import native_inventory
-from sglang_ampere.safetensors_io import DTYPE_SIZES
+from sglang_ampere.safetensors_io import OutTensor, build_header, file_size
 from sglang_ampere.synth import REAL, make_config, plan_shards
-
-
-@pytest.fixture(scope="module")
-def converted(native, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("audit_out") / "dsv4_int"
-    assert cli("convert", native, dst, "--quiet") == 0
-    return dst
 
 
 def _sparse_real_checkpoint(root):
@@ -35,19 +27,12 @@ def _sparse_real_checkpoint(root):
             specs.append(s)
             if s.role != "preserved":
                 specs.append(inv[s.name[: -len("weight")] + "scale"])
-        obj, off = {"__metadata__": {"format": "pt"}}, 0
-        for s in specs:
-            n = DTYPE_SIZES[s.dtype]
-            for d in s.shape:
-                n *= d
-            obj[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [off, off + n]}
-            off += n
-        raw = json.dumps(obj).encode()
+        shard = [OutTensor(s.name, s.dtype, s.shape) for s in specs]
         path = root / f"model-{i + 1:05d}-of-00046.safetensors"
         with open(path, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            f.truncate(8 + len(raw) + off)
-        total += off
+            f.write(build_header(shard))
+            f.truncate(file_size(shard))
+        total += sum(t.nbytes for t in shard)
     return root, inv, total
 
 
@@ -178,11 +163,8 @@ def _native_with_unknown_tensors(root, count):
     """A native-looking checkpoint whose one shard holds ``count`` tensors the model does not have."""
     root.mkdir()
     (root / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "fp8"}}))
-    obj = {"__metadata__": {"format": "pt"}}
-    for i in range(count):
-        obj[f"not_a_tensor.{i}.weight"] = {"dtype": "BF16", "shape": [1], "data_offsets": [2 * i, 2 * i + 2]}
-    raw = json.dumps(obj).encode()
-    (root / "model-00001-of-00001.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(2 * count))
+    header = build_header([OutTensor(f"not_a_tensor.{i}.weight", "BF16", (1,)) for i in range(count)])
+    (root / "model-00001-of-00001.safetensors").write_bytes(header + bytes(2 * count))
     return root
 
 

@@ -4,9 +4,8 @@ index with the true total_size, exact bytes per the rules, copied files, SNR san
 import json
 import math
 
-import pytest
 import torch
-from helpers.convert import cli, files_of, header_of
+from helpers.convert import cli, files_of
 from helpers.dsv4int import published_quant_config
 from safetensors.torch import load_file
 
@@ -24,16 +23,10 @@ from sglang_ampere.formats import (
     uint8_channel_dequantize,
 )
 from sglang_ampere.inventory import DENSE, EXPERT, classify, native_inventory
+from sglang_ampere.safetensors_io import read_header
 
 # The published schema, written from the format reference independently of convert/config.py.
 published = published_quant_config
-
-
-@pytest.fixture(scope="module")
-def block(native, tmp_path_factory):
-    dst = tmp_path_factory.mktemp("block") / "dsv4_int"
-    assert cli("convert", native, dst, "--quiet") == 0
-    return dst
 
 
 def _all(ckpt):
@@ -43,9 +36,9 @@ def _all(ckpt):
     return out
 
 
-def test_config_is_the_published_schema_plus_allowed_keys(native, block):
+def test_config_is_the_published_schema_plus_allowed_keys(native, converted):
     src_cfg = json.loads((native / "config.json").read_text())
-    cfg = json.loads((block / "config.json").read_text())
+    cfg = json.loads((converted / "config.json").read_text())
     qc = dict(cfg["quantization_config"])
     assert qc.pop("routed_experts_quant_method") not in (None, "mxfp4")
     assert qc == published("block", "mse")
@@ -58,20 +51,19 @@ def test_config_is_the_published_schema_plus_allowed_keys(native, block):
     assert rest == {k: v for k, v in src_cfg.items() if k not in ("quantization_config", "expert_dtype")}
 
 
-def test_index_and_tensor_inventory(native, block):
-    index = json.loads((block / "model.safetensors.index.json").read_text())
+def test_index_and_tensor_inventory(native, converted):
+    index = json.loads((converted / "model.safetensors.index.json").read_text())
     actual, total = {}, 0
-    for p in sorted(block.glob("*.safetensors")):
-        for n, info in header_of(p).items():
-            if n == "__metadata__":
-                continue
+    for p in sorted(converted.glob("*.safetensors")):
+        for n, info in read_header(p).tensors.items():
             actual[n] = p.name
-            total += info["data_offsets"][1] - info["data_offsets"][0]
+            total += info.nbytes
     assert index["weight_map"] == actual
     assert index["metadata"]["total_size"] == total
-    assert sorted(p.name for p in block.glob("*.safetensors")) == sorted(p.name for p in native.glob("*.safetensors"))
+    assert sorted(p.name for p in converted.glob("*.safetensors")) == sorted(
+        p.name for p in native.glob("*.safetensors"))
     inv = native_inventory(json.loads((native / "config.json").read_text()))
-    headers = {n: i for p in block.glob("*.safetensors") for n, i in header_of(p).items() if n != "__metadata__"}
+    headers = {n: i for p in converted.glob("*.safetensors") for n, i in read_header(p).tensors.items()}
     assert set(headers) == set(inv)
     for n, spec in inv.items():
         h = headers[n]
@@ -81,11 +73,11 @@ def test_index_and_tensor_inventory(native, block):
             want = "I8" if n.endswith(".weight") else "BF16"
         else:
             want = spec.dtype
-        assert (h["dtype"], tuple(h["shape"])) == (want, spec.shape), n
+        assert (h.dtype, h.shape) == (want, spec.shape), n
 
 
-def test_bytes_follow_the_rules_and_preserved_are_identical(native, block):
-    src, out = _all(native), _all(block)
+def test_bytes_follow_the_rules_and_preserved_are_identical(native, converted):
+    src, out = _all(native), _all(converted)
     for n, t in src.items():
         r = classify(n)
         if r.role == EXPERT and r.part == "weight":
@@ -100,8 +92,8 @@ def test_bytes_follow_the_rules_and_preserved_are_identical(native, block):
             assert out[n].dtype == t.dtype and torch.equal(out[n].view(torch.uint8), t.view(torch.uint8)), n
 
 
-def test_dequantized_output_tracks_the_native_values(native, block):
-    src, out = _all(native), _all(block)
+def test_dequantized_output_tracks_the_native_values(native, converted):
+    src, out = _all(native), _all(converted)
     snr = {"expert": [], "dense": []}
     for n, t in src.items():
         r = classify(n)
@@ -119,9 +111,9 @@ def test_dequantized_output_tracks_the_native_values(native, block):
     assert min(snr["dense"]) > 15 and sum(snr["dense"]) / len(snr["dense"]) > 22
 
 
-def test_non_weight_files_are_copied(native, block):
+def test_non_weight_files_are_copied(native, converted):
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "synth.json"):
-        assert (block / name).read_bytes() == (native / name).read_bytes()
+        assert (converted / name).read_bytes() == (native / name).read_bytes()
 
 
 def test_channel_and_keep_bf16(native, tmp_path):
@@ -148,22 +140,22 @@ def test_channel_and_keep_bf16(native, tmp_path):
     assert cli("audit", dst) == 0
 
 
-def test_two_workers_write_the_same_bytes(native, block, tmp_path):
+def test_two_workers_write_the_same_bytes(native, converted, tmp_path):
     dst = tmp_path / "w2"
     s = convert(native, dst, Options(), workers=2, progress=False)
     assert len(s.converted) == 3
-    assert files_of(dst) == files_of(block)        # shards, index, config and manifest alike
+    assert files_of(dst) == files_of(converted)    # shards, index, config and manifest alike
 
 
-def test_torch_expert_kernel_writes_the_same_bytes(native, block, tmp_path):
+def test_torch_expert_kernel_writes_the_same_bytes(native, converted, tmp_path):
     dst = tmp_path / "torch"
     assert cli("convert", native, dst, "--quiet", "--expert-kernel", "torch") == 0
-    assert files_of(dst) == files_of(block)
+    assert files_of(dst) == files_of(converted)
 
 
-def test_plan_sizes_equal_written_sizes(native, block):
+def test_plan_sizes_equal_written_sizes(native, converted):
     from sglang_ampere.convert.jobs import make_plan
 
     plan = make_plan(native, Options())
     for sp in plan.shards:
-        assert sp.out_bytes == (block / sp.name).stat().st_size
+        assert sp.out_bytes == (converted / sp.name).stat().st_size

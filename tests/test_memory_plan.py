@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import struct
 
 import pytest
 from helpers.headers_only import write_headers_only
@@ -24,6 +23,7 @@ from helpers.sglang_cpu import scratch_runtime_context
 
 from sglang_ampere import memory_plan as P
 from sglang_ampere.checking import require
+from sglang_ampere.safetensors_io import DTYPE_SIZES, list_shards, read_header
 from sglang_ampere.synth import SynthSpec
 
 TOPOLOGIES = [(12, 24), (10, 24), (8, 48), (4, 80)]
@@ -45,18 +45,11 @@ def headers(real):
 
 
 def raw_headers(folder):
-    """Every tensor's (dtype, shape) straight from the safetensors headers (no project code)."""
+    """Every tensor's (dtype, shape) as the safetensors headers state it."""
     out = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            hdr = json.loads(fh.read(n))
-        hdr.pop("__metadata__", None)
-        out.update({k: (v["dtype"], tuple(v["shape"])) for k, v in hdr.items()})
+    for f in list_shards(folder):
+        out.update({k: (v.dtype, v.shape) for k, v in read_header(f).tensors.items()})
     return out
-
-
-ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 
 
 def sglang_held(name, dtype, shape, headers):
@@ -73,7 +66,7 @@ def sglang_held(name, dtype, shape, headers):
         return 4 * n
     if name.endswith("compressor.norm.weight"):
         return 4 * n
-    return ELEM[dtype] * n
+    return DTYPE_SIZES[dtype] * n
 
 
 def expected_stage_weights(config, headers, start, stop, first, last, context):
@@ -408,14 +401,14 @@ def test_native_marlin_padding_is_counted(tmp_path):
     require(sum(model.units["layer.0"]) == padded + others,
             f"layer 0 holds {sum(model.units['layer.0'])}, expected {padded + others} (experts padded {padded})")
     plan = P.make_plan(model, 2, 24, tp=2)
-    require(any("Marlin pads each rank's expert width 64 to 128" in n for n in plan.notes), plan.notes)
+    require(any("Marlin pads each rank's expert width 64 to 128" in n for n in map(str, plan.notes)), plan.notes)
 
 
 def test_release_experts_need_no_padding_at_any_tensor_parallel_size(native_real):
     model = P.load_model(native_real)
     for tp in (1, 2, 4, 8):                          # 8 output groups: tp <= 8
         plan = P.make_plan(model, 8 * tp, 80, tp=tp)
-        require(not any("pads each rank" in n for n in plan.notes), f"tp {tp}: {plan.notes}")
+        require(not any("pads each rank" in n for n in map(str, plan.notes)), f"tp {tp}: {plan.notes}")
 
 
 def test_speculative_draft_must_match_what_mtp_holds(real_model):

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ from sglang_ampere.synth import SynthSpec, write_checkpoint
 
 from . import PY, REPO
 
-__all__ = ["PY", "REPO", "SMALL", "cli", "copy_ckpt", "files_of", "first_name", "fresh_seed", "header_of",
-           "make_native", "mutate_shard", "run_cli", "shard_of"]
+__all__ = ["PY", "REPO", "SMALL", "cli", "copy_ckpt", "files_of", "first_name", "fresh_seed", "make_native",
+           "mutate_shard", "run_cli", "shard_of"]
 
 #: Small but odd-ish: 3 layers (SWA, SWA, CSA), 5 experts, MTP, 3 shards.
 SMALL = dict(layers=3, experts=5, topk=2, hidden=256, moe_inter=384, heads=4, q_lora_rank=256,
@@ -74,8 +73,3 @@ def cli(*args: str) -> int:
 def files_of(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
 
-
-def header_of(path: Path) -> dict:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))

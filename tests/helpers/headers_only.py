@@ -1,9 +1,10 @@
 """Headers-only dsv4_int (and native) checkpoints for the memory-plan tests.
 
 :func:`write_headers_only` writes the real DeepSeek-V4-Flash inventory (or any synth size) as
-safetensors shards whose headers are complete and exact but whose data sections are never
-written: each file is extended to its full size with ``truncate``, so it is sparse (a few MB on
-disk for the 157 GiB model) and ``read_header``'s size checks pass.
+safetensors shards whose headers (:func:`~sglang_ampere.safetensors_io.build_header`) are complete
+and exact but whose data sections are never written: each file is extended to its full size with
+``truncate``, so it is sparse (a few MB on disk for the 157 GiB model) and ``read_header``'s size
+checks pass.
 
 The native -> dsv4_int dtype/shape rule is written out here, from the published schema
 (reference dsv4-flash-format.md section 7), not imported from the converter, so the plan is
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from pathlib import Path
 
 from sglang_ampere.inventory import DENSE, EXPERT, native_inventory
+from sglang_ampere.safetensors_io import OutTensor, build_header, file_size
 from sglang_ampere.schema import make_quantization_config
 from sglang_ampere.synth import REAL, SynthSpec, make_config
-
-ELEM = {"BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E8M0": 1}
 
 
 def dsv4_int_tensors(config: dict, strategy: str = "block") -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -86,20 +85,12 @@ def write_headers_only(out: Path, spec: SynthSpec = REAL, strategy: str = "block
     weight_map, total = {}, 0
     for i, key in enumerate(order):
         fname = f"model-{i + 1:05d}-of-{len(order):05d}.safetensors"
-        header, offset = {}, 0
-        for name in groups[key]:
-            dtype, shape = tensors[name]
-            nbytes = math.prod(shape) * ELEM[dtype]
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-            weight_map[name] = fname
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
+        shard = [OutTensor(name, *tensors[name]) for name in groups[key]]
+        weight_map.update((name, fname) for name in groups[key])
         with open(out / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            f.truncate(8 + len(raw) + offset)
-        total += offset
+            f.write(build_header(shard))
+            f.truncate(file_size(shard))
+        total += sum(t.nbytes for t in shard)
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     (out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}))

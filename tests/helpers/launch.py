@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import stat
-import struct
 from pathlib import Path
+
+from sglang_ampere.safetensors_io import OutTensor, build_header
 
 from . import PY, REPO
 
@@ -32,14 +33,11 @@ def make_model(root: Path, quant_method: str | None = "dsv4_int", name: str = "m
 
 def make_native_shard(root: Path, expert_dtype: str, name: str = "native") -> Path:
     """A native (quant_method fp8) model folder whose one shard holds a single routed-expert
-    weight of ``expert_dtype`` (a safetensors file written by hand: 8-byte header length, JSON, data)."""
+    weight of ``expert_dtype``, a ``[2, 4]`` tensor of non-zero bytes."""
     d = make_model(root, "fp8", name)
-    nbytes = 8 * {"BF16": 2, "F16": 2, "F32": 4}.get(expert_dtype, 1)         # a [2, 4] tensor
-    header = {"layers.0.ffn.experts.0.w1.weight": {"dtype": expert_dtype, "shape": [2, 4],
-                                                   "data_offsets": [0, nbytes]}}
-    raw = json.dumps(header).encode()
-    data = bytes(i % 251 + 1 for i in range(nbytes))
-    (d / "model-00001-of-00001.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    weight = OutTensor("layers.0.ffn.experts.0.w1.weight", expert_dtype, (2, 4))
+    data = bytes(i % 251 + 1 for i in range(weight.nbytes))
+    (d / "model-00001-of-00001.safetensors").write_bytes(build_header([weight]) + data)
     return d
 
 
