@@ -42,10 +42,10 @@ from sglang_ampere.convert.engine import convert  # noqa: E402
 from sglang_ampere.convert.options import Options  # noqa: E402
 from sglang_ampere.inventory import native_inventory  # noqa: E402
 from sglang_ampere.reference.weights import Checkpoint  # noqa: E402
+from sglang_ampere.safetensors_io import DTYPE_SIZES  # noqa: E402
 from sglang_ampere.synth import REAL, SynthSpec, make_config, write_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-_SIZES = {"I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E8M0": 1, "BF16": 2, "F32": 4, "I64": 8}
 
 
 def drop_cache(folder: Path) -> None:
@@ -86,7 +86,7 @@ def dsv4_int_bytes(config: dict, prefix: str) -> int:
         elif s.role == "dense":
             total += n * (2 if name.endswith(".scale") else 1)  # INT8 + BF16 block scales
         else:
-            total += n * _SIZES[s.dtype]
+            total += n * DTYPE_SIZES[s.dtype]
     return total
 
 
