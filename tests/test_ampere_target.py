@@ -16,7 +16,7 @@ from sglang_ampere import envvars, gpus
 from sglang_ampere.commands import doctor
 from sglang_ampere.kernels import tilelang_indexer as TI
 from sglang_ampere.kernels import tilelang_mla as M
-from sglang_ampere.launch.launcher import LaunchError, build_plan, format_plan
+from sglang_ampere.launch.launcher import LaunchError, build_spec, format_spec
 from sglang_ampere.patches import dsv4_attention as D
 from sglang_ampere.patches import dsv4_indexer as X
 
@@ -35,18 +35,16 @@ AMPERE_SWITCHES = {"SGLANG_OPT_DEEPGEMM_HC_PRENORM": "0", "SGLANG_OPT_USE_TOPK_V
     ((9, 0), False, True), ((10, 0), False, True), ((12, 0), False, True),
 ])
 def test_one_decision(cap, off, on):
-    if gpus.takes_ampere_path(cap, {}) is not off or gpus.takes_ampere_path(cap, {VAR: "auto"}) is not off:
-        raise AssertionError(f"sm{cap}: default should be {off}")
-    if gpus.takes_ampere_path(cap, ON) is not on:
-        raise AssertionError(f"sm{cap} under {VAR}=ampere should be {on}")
+    assert gpus.takes_ampere_path(cap, {}) is off and gpus.takes_ampere_path(cap, {VAR: "auto"}) is off, (
+        f"sm{cap}: default should be {off}")
+    assert gpus.takes_ampere_path(cap, ON) is on, f"sm{cap} under {VAR}=ampere should be {on}"
 
 
 def test_bad_value_refused_and_declared():
     with pytest.raises(ValueError, match="SGLANG_AMPERE_TARGET='hopper' is not one of auto, ampere, cpu"):
         gpus.takes_ampere_path((9, 0), {VAR: "hopper"})
     var = envvars.VARS[VAR]
-    if (var.default, var.choices) != ("auto", ("auto", "ampere", "cpu")):
-        raise AssertionError(var)
+    assert (var.default, var.choices) == ("auto", ("auto", "ampere", "cpu")), var
     # the CPU target is not the Ampere path on a card: an sm_90 card stays on SGLang's own kernels
     assert not gpus.takes_ampere_path((9, 0), {VAR: "cpu"}) and gpus.preset_arch("sm90", {VAR: "cpu"}) == "sm90"
 
@@ -57,8 +55,7 @@ def test_bad_value_refused_and_declared():
 ])
 def test_preset_arch(card, env, preset):
     got = gpus.preset_arch(card, env)
-    if got != preset:
-        raise AssertionError(f"{card} {env}: {got} != {preset}")
+    assert got == preset, f"{card} {env}: {got} != {preset}"
 
 
 @pytest.fixture
@@ -80,18 +77,15 @@ def test_patches_follow_the_decision(fake_card, monkeypatch, cap, env, expect):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     fake_card(cap)
-    if D.needs_ampere_path() is not expect:
-        raise AssertionError(f"needs_ampere_path on sm{cap} with {env}")
+    assert D.needs_ampere_path() is expect, f"needs_ampere_path on sm{cap} with {env}"
     # The indexer patch asks the same function: its hook reroutes exactly when the decision says so.
     monkeypatch.setattr(X, "indexer_impl", lambda name: (lambda *a, **k: f"ours:{name}"))
     got = X.paged_mqa_logits_hook(lambda *a, **k: "original", "q")
     want = f"ours:{envvars.VARS['SGLANG_AMPERE_INDEXER_BACKEND'].default}" if expect else "original"
-    if got != want:
-        raise AssertionError(f"indexer hook on sm{cap} with {env}: {got} != {want}")
+    assert got == want, f"indexer hook on sm{cap} with {env}: {got} != {want}"
     # The attention patch's AROUND hook on _use_sparse_prefill: False on the Ampere path, else SGLang's.
     got = D.use_sparse_prefill_hook(lambda *a, **k: "original", object())
-    if got != (False if expect else "original"):
-        raise AssertionError(f"_use_sparse_prefill hook on sm{cap} with {env}: {got}")
+    assert got == (False if expect else "original"), f"_use_sparse_prefill hook on sm{cap} with {env}: {got}"
 
 
 #: Largest shared memory per block (opt-in) of the archs newer than sm_89: the sm_86 plans fit all.
@@ -107,16 +101,13 @@ def test_tile_plans_on_newer_arches(mod, monkeypatch):
     monkeypatch.setenv(VAR, "ampere")
     for arch, limit in NEWER_SMEM.items():
         plan = mod.plan_for(arch)
-        if plan != mod.PLANS[86]:
-            raise AssertionError(f"sm_{arch}: {plan} is not the sm_86 plan")
-        if plan.shared_bytes() > limit:
-            raise AssertionError(f"sm_{arch}: plan needs {plan.shared_bytes()} B shared > {limit}")
-        if mod.target_for(arch) != {"kind": "cuda", "arch": f"sm_{arch}"}:
-            raise AssertionError(f"sm_{arch}: built for {mod.target_for(arch)}, not the card's arch")
+        assert plan == mod.PLANS[86], f"sm_{arch}: {plan} is not the sm_86 plan"
+        assert plan.shared_bytes() <= limit, f"sm_{arch}: plan needs {plan.shared_bytes()} B shared > {limit}"
+        assert mod.target_for(arch) == {"kind": "cuda", "arch": f"sm_{arch}"}, (
+            f"sm_{arch}: built for {mod.target_for(arch)}, not the card's arch")
     # The Hopper-only lowerings are switched off in the one pass configuration every build uses.
     for key in ("tl.disable_tma_lower", "tl.disable_warp_specialized", "tl.disable_wgmma"):
-        if mod.PASS_CONFIGS.get(key) is not True:
-            raise AssertionError(f"{mod.__name__}.PASS_CONFIGS lacks {key}")
+        assert mod.PASS_CONFIGS.get(key) is True, f"{mod.__name__}.PASS_CONFIGS lacks {key}"
 
 
 def test_marlin_methods_on_sm90(monkeypatch):
@@ -125,15 +116,14 @@ def test_marlin_methods_on_sm90(monkeypatch):
 
     for cap in ((8, 6), (9, 0), (12, 0)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=cap: c)
-        if not int8_linear.marlin_usable(torch.device("cuda", 0)):
-            raise AssertionError(f"Marlin W8A16 refused on sm{cap}")
+        assert int8_linear.marlin_usable(torch.device("cuda", 0)), f"Marlin W8A16 refused on sm{cap}"
 
 
 # ----------------------------------------------------------------------------- launcher
 
 
 def _plan(model, *extra, environ=None, gpu="sm90", smi_output=""):
-    return build_plan(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model), *extra],
                       environ=environ or {}, smi_output=smi_output, python="python3")
 
 
@@ -142,39 +132,32 @@ def test_dry_run_sm90_with_target(tmp_path):
     off = _plan(model)
     on = _plan(model, environ=dict(ON))
     via_flag = _plan(model, "--env", f"{VAR}=ampere")
-    if off.arch != "sm90" or off.preset.source != "sm90":
-        raise AssertionError((off.arch, off.preset.source))
+    assert off.arch == "sm90" and off.preset.source == "sm90", (off.arch, off.preset.source)
     for plan in (on, via_flag):
-        if (plan.arch, plan.card_arch, plan.preset.source) != ("sm80", "sm90", "sm80"):
-            raise AssertionError((plan.arch, plan.card_arch, plan.preset.source))
+        assert (plan.arch, plan.card_arch, plan.preset.source) == ("sm80", "sm90", "sm80"), (
+            plan.arch, plan.card_arch, plan.preset.source)
         missing = {k: v for k, v in AMPERE_SWITCHES.items() if plan.env.get(k) != v}
-        if missing:
-            raise AssertionError(f"Ampere switches not applied: {missing}")
-        if plan.env.get(VAR) != "ampere":
-            raise AssertionError("the variable must reach SGLang's processes (the patches read it there)")
+        assert not missing, f"Ampere switches not applied: {missing}"
+        assert plan.env.get(VAR) == "ampere", "the variable must reach SGLang's processes (the patches read it there)"
         for flag, value in (("--context-length", "131072"), ("--chunked-prefill-size", "8192")):
             i = plan.argv.index(flag)
-            if plan.argv[i + 1] != value:
-                raise AssertionError(f"{flag} {plan.argv[i + 1]}")
-        text = format_plan(plan)
+            assert plan.argv[i + 1] == value, f"{flag} {plan.argv[i + 1]}"
+        text = format_spec(plan)
         for want in ("SGLANG_AMPERE_TARGET=ampere: this sm90 card takes the sm_80/sm_86 path (preset sm80",
                      "# sparse MLA below sm_90: prefill=tilelang decode=tilelang",
                      "# C4 indexer below sm_90: tilelang"):
-            if want not in text:
-                raise AssertionError(f"{want!r} missing from:\n{text}")
-    text = format_plan(off)
-    if "SGLANG_AMPERE_TARGET" in text or "sparse MLA below sm_90" in text:
-        raise AssertionError(f"the target line appears without the variable:\n{text}")
+            assert want in text, f"{want!r} missing from:\n{text}"
+    text = format_spec(off)
+    assert "SGLANG_AMPERE_TARGET" not in text and "sparse MLA below sm_90" not in text, (
+        f"the target line appears without the variable:\n{text}")
 
 
 def test_dry_run_real_h100_node(tmp_path):
     """Detected H100s (recorded nvidia-smi), --gpu auto: the same switch, no 'mismatch' note."""
     model = make_model(tmp_path)
     plan = _plan(model, "--pp-size", "2", environ=dict(ON), gpu="auto", smi_output=smi("h100_80gb_hbm3_x8"))
-    if (plan.arch, plan.card_arch) != ("sm80", "sm90"):
-        raise AssertionError((plan.arch, plan.card_arch))
-    if any("chosen, but this node has" in n for n in plan.notes):
-        raise AssertionError(plan.notes)
+    assert (plan.arch, plan.card_arch) == ("sm80", "sm90"), (plan.arch, plan.card_arch)
+    assert not any("chosen, but this node has" in str(n) for n in map(str, plan.notes)), plan.notes
 
 
 def test_native_checkpoint_judged_like_ampere(tmp_path):
@@ -182,8 +165,8 @@ def test_native_checkpoint_judged_like_ampere(tmp_path):
     MXFP4 routed experts (here: none in its headers) is refused, as on sm_86; without the target it
     is SGLang's own FP8 path. (The MXFP4 release taking the [native] table: test_launch_native.)"""
     native = make_model(tmp_path, quant_method="fp8", name="native")
-    if _plan(native).native_path:                    # sm90 without the target: SGLang's own FP8 path
-        raise AssertionError("sm_90 without the target added the [native] table")
+    # sm90 without the target: SGLang's own FP8 path
+    assert not _plan(native).native_path, "sm_90 without the target added the [native] table"
     with pytest.raises(LaunchError, match="below sm_90 only MXFP4 experts"):
         _plan(native, environ=dict(ON))
 
@@ -196,10 +179,9 @@ def test_bad_target_value_is_a_launch_error(tmp_path):
 def test_ampere_card_unchanged(tmp_path):
     model = make_model(tmp_path)
     a, b = _plan(model, gpu="sm86"), _plan(model, gpu="sm86", environ=dict(ON))
-    if (b.arch, b.preset.source) != ("sm86", "sm86") or a.argv != b.argv:
-        raise AssertionError((b.arch, b.argv))
-    if "SGLANG_AMPERE_TARGET=ampere: this" in format_plan(b):
-        raise AssertionError("no target line where the card takes the Ampere path anyway")
+    assert (b.arch, b.preset.source) == ("sm86", "sm86") and a.argv == b.argv, (b.arch, b.argv)
+    assert "SGLANG_AMPERE_TARGET=ampere: this" not in format_spec(b), (
+        "no target line where the card takes the Ampere path anyway")
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -207,20 +189,17 @@ def test_ampere_card_unchanged(tmp_path):
 
 def test_doctor_says_when_on():
     checks, preset = doctor.check_target(dict(ON), "sm90")
-    if preset != "sm80" or [c.status for c in checks] != [doctor.WARN] or "is on" not in checks[0].detail:
-        raise AssertionError((preset, checks))
+    assert preset == "sm80" and [c.status for c in checks] == [doctor.WARN] and "is on" in checks[0].detail, (
+        preset, checks)
     checks, preset = doctor.check_target({}, "sm90")
-    if checks or preset != "sm90":
-        raise AssertionError((preset, checks))
+    assert not checks and preset == "sm90", (preset, checks)
     checks, preset = doctor.check_target({VAR: "x"}, "sm90")
-    if [c.status for c in checks] != [doctor.FAIL]:
-        raise AssertionError(checks)
+    assert [c.status for c in checks] == [doctor.FAIL], checks
     # The environment is then checked against the stand-in preset: a contradicting Ampere switch fails.
     env = {**ON, "SGLANG_OPT_USE_TOPK_V2": "1"}
     preset_arch = doctor.check_target(env, "sm90")[1]
     bad = [c for c in doctor.check_env_against_preset(preset_arch, env) if c.status == doctor.FAIL]
-    if preset_arch != "sm80" or not bad or "SGLANG_OPT_USE_TOPK_V2" not in bad[0].detail:
-        raise AssertionError(bad)
+    assert preset_arch == "sm80" and bad and "SGLANG_OPT_USE_TOPK_V2" in bad[0].detail, bad
 
 
 # ----------------------------------------------------------------------------- machine code
@@ -250,10 +229,7 @@ def test_sm90_machine_code_is_the_ampere_path(mod, tmp_path, monkeypatch):
     sass = read_sass(cubin)
     count = {op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HMMA", "HGMMA", "UTMALDG", "UTMASTG",
                                                                   "UBLKCP", "BPT.TRAP", "STSM")}
-    if count["HMMA"] == 0:
-        raise AssertionError(f"{spec.name}: no HMMA on sm_90: {count}")
+    assert count["HMMA"] != 0, f"{spec.name}: no HMMA on sm_90: {count}"
     hopper = {k: v for k, v in count.items() if k in ("HGMMA", "UTMALDG", "UTMASTG", "UBLKCP", "BPT.TRAP") and v}
-    if hopper:
-        raise AssertionError(f"{spec.name}: Hopper-only or trap instructions on sm_90: {hopper}")
-    if count["STSM"] > (2 if mod is M else 0):
-        raise AssertionError(f"{spec.name}: {count['STSM']} STSM")
+    assert not hopper, f"{spec.name}: Hopper-only or trap instructions on sm_90: {hopper}"
+    assert count["STSM"] <= (2 if mod is M else 0), f"{spec.name}: {count['STSM']} STSM"

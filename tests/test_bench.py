@@ -132,13 +132,11 @@ def hf_env(server):
 
 
 def test_parse_lengths():
-    if bench.parse_lengths("1k,16k, 64k,512") != [1000, 16000, 64000, 512]:
-        raise AssertionError(bench.parse_lengths("1k,16k, 64k,512"))
+    assert bench.parse_lengths("1k,16k, 64k,512") == [1000, 16000, 64000, 512], bench.parse_lengths("1k,16k, 64k,512")
     for bad in ("", "x", "0", "1k,-2"):
         with pytest.raises(bench.BenchError):
             bench.parse_lengths(bad)
-    if bench.base_url("http://h:1/v1/") != "http://h:1" or bench.base_url("http://h:1") != "http://h:1":
-        raise AssertionError("base_url")
+    assert bench.base_url("http://h:1/v1/") == "http://h:1" and bench.base_url("http://h:1") == "http://h:1", "base_url"
 
 
 def test_exact_prompt_lengths(tiny):
@@ -148,8 +146,7 @@ def test_exact_prompt_lengths(tiny):
     rng = random.Random(3)
     for n in (1, 7, 64, 1000):
         text = bench.exact_prompt(tok, n, rng)
-        if len(tok.encode(text)) != n:
-            raise AssertionError(f"{n}: {len(tok.encode(text))}")
+        assert len(tok.encode(text)) == n, f"{n}: {len(tok.encode(text))}"
 
 
 def test_markdown_and_json_shape():
@@ -161,11 +158,9 @@ def test_markdown_and_json_shape():
     want = ["| 1K | 1 | 250.0 | 4,000.0 | 31.25 | 32.0 | pass |",
             "| 16K | 2 | - | - | - | - | stalled: no streamed token for the stall timeout; row cancelled |",
             "| 64K | 4 | - | - | - | - | failed: Bad Request: a/b |"]
-    if md[-3:] != want:
-        raise AssertionError("\n".join(md))
+    assert md[-3:] == want, "\n".join(md)
     js = json.loads(json.dumps(report.to_json()))
-    if js["ok"] is not False or [r["result"] for r in js["rows"]] != ["pass", "stalled", "failed"]:
-        raise AssertionError(js)
+    assert js["ok"] is False and [r["result"] for r in js["rows"]] == ["pass", "stalled", "failed"], js
 
 
 # ----------------------------------------------------------------------------- real server
@@ -175,27 +170,24 @@ def test_markdown_and_json_shape():
 def test_bench_against_server(hf_env):
     report = bench.run_bench(hf_env["url"], [64, 300], [1, 2], output_len=24, stall_timeout=30,
                              ignore_eos=False, progress=False, tokenizer=hf_env["tokenizer"])
-    if report.model != MODEL_ID:
-        raise AssertionError(f"model from /v1/models: {report.model}")
-    if [(r.context, r.concurrency, r.result) for r in report.rows] != [
-            (64, 1, "pass"), (64, 2, "pass"), (300, 1, "pass"), (300, 2, "pass")]:
-        raise AssertionError([(r.context, r.concurrency, r.result, r.error) for r in report.rows])
+    assert report.model == MODEL_ID, f"model from /v1/models: {report.model}"
+    assert [(r.context, r.concurrency, r.result) for r in report.rows] == [
+        (64, 1, "pass"), (64, 2, "pass"), (300, 1, "pass"), (300, 2, "pass")], (
+        [(r.context, r.concurrency, r.result, r.error) for r in report.rows])
     for r in report.rows:
         # the server's own count of each prompt: exact lengths in the served model's tokenizer
-        if r.prompt_tokens != [r.context] * r.concurrency or r.output_tokens != [24] * r.concurrency:
-            raise AssertionError(f"{r.context}x{r.concurrency}: prompt {r.prompt_tokens} output {r.output_tokens}")
-        if not (r.ttft_ms > 0 and r.tpot_ms > 0 and 0 < r.ttft_ms < 1000 * r.seconds):
-            raise AssertionError(r)
-        if abs(r.decode_tps * r.tpot_ms - 1000) > 1e-6:
-            raise AssertionError("decode tok/s per stream must be 1000 / TPOT")
+        assert r.prompt_tokens == [r.context] * r.concurrency and r.output_tokens == [24] * r.concurrency, (
+            f"{r.context}x{r.concurrency}: prompt {r.prompt_tokens} output {r.output_tokens}")
+        assert r.ttft_ms > 0 and r.tpot_ms > 0 and 0 < r.ttft_ms < 1000 * r.seconds, r
+        assert abs(r.decode_tps * r.tpot_ms - 1000) <= 1e-6, "decode tok/s per stream must be 1000 / TPOT"
         # the means are over the row's requests: TTFT, prefill tok/s = context / TTFT, TPOT
         each = r.ttft_each_ms
-        if len(each) != r.concurrency or not math.isclose(r.ttft_ms, sum(each) / len(each)):
-            raise AssertionError(f"TTFT mean {r.ttft_ms} of {each}")
-        if not math.isclose(r.prefill_tps, sum(r.context / (t / 1000) for t in each) / len(each)):
-            raise AssertionError(f"prefill tok/s {r.prefill_tps} vs context / TTFT of {each}")
-        if not math.isclose(r.tpot_ms, sum(r.tpot_each_ms) / len(r.tpot_each_ms)):
-            raise AssertionError(f"TPOT mean {r.tpot_ms} of {r.tpot_each_ms}")
+        assert len(each) == r.concurrency and math.isclose(r.ttft_ms, sum(each) / len(each)), (
+            f"TTFT mean {r.ttft_ms} of {each}")
+        assert math.isclose(r.prefill_tps, sum(r.context / (t / 1000) for t in each) / len(each)), (
+            f"prefill tok/s {r.prefill_tps} vs context / TTFT of {each}")
+        assert math.isclose(r.tpot_ms, sum(r.tpot_each_ms) / len(r.tpot_each_ms)), (
+            f"TPOT mean {r.tpot_ms} of {r.tpot_each_ms}")
 
 
 @pytest.mark.slow
@@ -207,8 +199,8 @@ def test_cli_json_tokenizer_from_the_model_id(hf_env):
            "1", "--output-len", "8", "--json", "--no-ignore-eos", "--stall-timeout", "30"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     js = json.loads(p.stdout) if p.returncode == 0 else {}
-    if p.returncode != 0 or js["ok"] is not True or js["model"] != MODEL_ID or js["rows"][0]["prompt_tokens"] != [32]:
-        raise AssertionError((p.returncode, p.stdout[-2000:], p.stderr[-2000:]))
+    assert (p.returncode == 0 and js["ok"] is True and js["model"] == MODEL_ID
+            and js["rows"][0]["prompt_tokens"] == [32]), (p.returncode, p.stdout[-2000:], p.stderr[-2000:])
 
 
 @pytest.mark.slow
@@ -236,14 +228,11 @@ def test_stalled_row_is_cancelled_and_the_next_row_runs(hf_env):
             t.join(timeout=30)
         os.kill(pid, signal.SIGCONT)
     first, second = report.rows
-    if first.result != bench.STALLED or "stall" not in first.error:
-        raise AssertionError(first)
-    if not stall <= first.seconds < stall + 3.0:      # cut at the timeout, not when the server resumed
-        raise AssertionError(f"the stalled row took {first.seconds:.1f} s; it must end at the {stall} s timeout")
-    if second.result != bench.PASS or second.prompt_tokens != [48]:
-        raise AssertionError(second)
-    if report.ok or "stalled" not in bench.render_markdown(report):
-        raise AssertionError("a stalled row must make the report fail")
+    assert first.result == bench.STALLED and "stall" in first.error, first
+    assert stall <= first.seconds < stall + 3.0, (      # cut at the timeout, not when the server resumed
+        f"the stalled row took {first.seconds:.1f} s; it must end at the {stall} s timeout")
+    assert second.result == bench.PASS and second.prompt_tokens == [48], second
+    assert not report.ok and "stalled" in bench.render_markdown(report), "a stalled row must make the report fail"
 
 
 @pytest.mark.slow
@@ -254,15 +243,14 @@ def test_failed_rows(hf_env, capsys):
     rc = bench.run(args)
     out = capsys.readouterr().out
     rows = [ln for ln in out.splitlines() if ln.startswith("| 16 ") or ln.startswith("| 32 ")]
-    if rc != 1 or len(rows) != 2 or not all("| failed: " in ln for ln in rows):
-        raise AssertionError((rc, out))
+    assert rc == 1 and len(rows) == 2 and all("| failed: " in ln for ln in rows), (rc, out)
 
 
 @pytest.mark.slow
 def test_unreachable_server_exit_2(capsys):
     args = _args(f"http://127.0.0.1:{_free_port()}", "--contexts", "8")
-    if bench.run(args) != 2 or "/v1/models" not in capsys.readouterr().err:
-        raise AssertionError("an unreachable server must be exit 2 with the URL named")
+    assert bench.run(args) == 2 and "/v1/models" in capsys.readouterr().err, (
+        "an unreachable server must be exit 2 with the URL named")
 
 
 def _args(*argv):

@@ -45,29 +45,24 @@ def test_no_gpu_exits_3_at_once(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sglang_ampere", "gpu-check", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=60, env=env)
     took = time.monotonic() - t0
-    if p.returncode != G.EXIT_NO_GPU or "no CUDA GPU on this machine" not in p.stdout:
-        raise AssertionError((p.returncode, p.stdout, p.stderr))
-    if took > 20 or (tmp_path / "o").exists():
-        raise AssertionError(f"must stop at once without writing anything ({took:.1f} s)")
+    assert p.returncode == G.EXIT_NO_GPU and "no CUDA GPU on this machine" in p.stdout, (
+        p.returncode, p.stdout, p.stderr)
+    assert took <= 20 and not (tmp_path / "o").exists(), f"must stop at once without writing anything ({took:.1f} s)"
 
 
 def test_list_prints_steps_and_budgets(capsys):
-    if G.run(_args("--list")) != 0:
-        raise AssertionError("--list exit")
+    assert G.run(_args("--list")) == 0, "--list exit"
     out = capsys.readouterr().out
     steps = G.all_steps()
     for s in steps:
-        if f" {s.name} " not in out:
-            raise AssertionError(f"{s.name} missing from --list:\n{out}")
+        assert f" {s.name} " in out, f"{s.name} missing from --list:\n{out}"
     one = G.scaled(steps, None, 1)
-    if abs(sum(one.values()) - G.DEFAULT_BUDGET_S) > 1e-6 or f"budget {G.DEFAULT_BUDGET_S:.0f} s on one GPU" not in out:
-        raise AssertionError(out)
-    if "serve-pp2" in one or "[2 GPUs]" not in out:
-        raise AssertionError("PP=2 steps must be marked and take no budget on one GPU")
+    assert (abs(sum(one.values()) - G.DEFAULT_BUDGET_S) <= 1e-6
+            and f"budget {G.DEFAULT_BUDGET_S:.0f} s on one GPU" in out), out
+    assert "serve-pp2" not in one and "[2 GPUs]" in out, "PP=2 steps must be marked and take no budget on one GPU"
     capsys.readouterr()
     G.run(_args("--list", "--budget-s", "240"))
-    if "budget 240 s on one GPU, 240 s on two" not in capsys.readouterr().out:
-        raise AssertionError("--budget-s must scale the shares")
+    assert "budget 240 s on one GPU, 240 s on two" in capsys.readouterr().out, "--budget-s must scale the shares"
 
 
 def test_sets_ampere_target_on_hopper(tmp_path, monkeypatch):
@@ -90,20 +85,16 @@ def test_sets_ampere_target_on_hopper(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != VAR}
     rc = G.run(_args("--out", str(tmp_path / "a")), environ=env, smi_output=smi("h100_80gb_hbm3_x8"), out=Out())
     text = "".join(lines)
-    if rc != 0 or seen != {"target": "ampere", "gpus": 8} or f"setting {VAR}=ampere" not in text:
-        raise AssertionError((rc, seen, text))
+    assert rc == 0 and seen == {"target": "ampere", "gpus": 8} and f"setting {VAR}=ampere" in text, (rc, seen, text)
     js = json.loads((tmp_path / "a" / "results.json").read_text())
-    if js["target"] != "ampere" or js["ok"] is not True or "8 x NVIDIA H100 80GB HBM3" not in js["device"]:
-        raise AssertionError(js)
+    assert js["target"] == "ampere" and js["ok"] is True and "8 x NVIDIA H100 80GB HBM3" in js["device"], js
     seen.clear()
     G.run(_args("--out", str(tmp_path / "b")), environ={**env, VAR: "auto"}, smi_output=smi("h100_80gb_hbm3_x8"),
           out=Out())
-    if seen["target"] != "auto":
-        raise AssertionError("a user's own SGLANG_AMPERE_TARGET is kept")
+    assert seen["target"] == "auto", "a user's own SGLANG_AMPERE_TARGET is kept"
     seen.clear()
     G.run(_args("--out", str(tmp_path / "c")), environ=env, smi_output=smi("rtx3090_x4"), out=Out())
-    if seen["target"] is not None:
-        raise AssertionError("an Ampere card needs no target")
+    assert seen["target"] is None, "an Ampere card needs no target"
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -140,21 +131,17 @@ def test_runner_budget_continue_and_skip():
     results = {r.name: r for r in G.run_steps(steps, ctx, 100.0, clock=clock)}
     verdicts = {n: r.verdict for n, r in results.items()}
     want = {"a": "pass", "b": "fail", "c": "skip", "d": "pass", "e": "fail", "f": "pass", "two": "skip", "g": "pass"}
-    if verdicts != want:
-        raise AssertionError(verdicts)
+    assert verdicts == want, verdicts
     # budgets: the 7 one-GPU steps' shares of 100 s (10 each, g 40), each capped by what is left:
     # d overran to t = 73, so e and f still get their 10 s (27 s left) and g the 26 s after f
     got = dict(calls)
-    if got != {"a": 10.0, "b": 10.0, "d": 10.0, "e": 10.0, "f": 10.0, "g": 26.0} or results["g"].budget_s != 40.0:
-        raise AssertionError((calls, results["g"]))
-    if results["b"].log_tail != "line 1\nline 2" or "exit 1" not in results["b"].detail:
-        raise AssertionError(results["b"])
-    if results["c"].detail != "needs b fail" or results["two"].detail != "needs 2 GPUs, 1 visible":
-        raise AssertionError((results["c"].detail, results["two"].detail))
-    if "RuntimeError: bug in a step" not in results["e"].detail or "Traceback" not in results["e"].log_tail:
-        raise AssertionError(results["e"])
-    if G.overall_ok(list(results.values())):
-        raise AssertionError("failures make the run fail")
+    assert (got == {"a": 10.0, "b": 10.0, "d": 10.0, "e": 10.0, "f": 10.0, "g": 26.0}
+            and results["g"].budget_s == 40.0), (calls, results["g"])
+    assert results["b"].log_tail == "line 1\nline 2" and "exit 1" in results["b"].detail, results["b"]
+    assert results["c"].detail == "needs b fail" and results["two"].detail == "needs 2 GPUs, 1 visible", (
+        results["c"].detail, results["two"].detail)
+    assert "RuntimeError: bug in a step" in results["e"].detail and "Traceback" in results["e"].log_tail, results["e"]
+    assert not G.overall_ok(list(results.values())), "failures make the run fail"
 
 
 def test_runner_stops_when_the_budget_is_spent_but_cleans_up():
@@ -170,15 +157,11 @@ def test_runner_stops_when_the_budget_is_spent_but_cleans_up():
              G.Step("stop", 10, "", take(1), always=True)]
     results = G.run_steps(steps, G.Context(out=None), 100.0, clock=clock)
     got = [(r.name, r.verdict) for r in results]
-    if got != [("slow", "pass"), ("next", "skip"), ("stop", "pass")]:
-        raise AssertionError(got)
-    if results[1].detail != "time budget spent (4 s left of 100 s)":
-        raise AssertionError(results[1].detail)
-    if G.overall_ok(results):
-        raise AssertionError("a step the budget did not reach is not a pass")
+    assert got == [("slow", "pass"), ("next", "skip"), ("stop", "pass")], got
+    assert results[1].detail == "time budget spent (4 s left of 100 s)", results[1].detail
+    assert not G.overall_ok(results), "a step the budget did not reach is not a pass"
     only_gpu_skips = [G.StepResult("a", "pass", 1, 1), G.StepResult("b", "skip", 0, 0, "needs 2 GPUs, 1 visible")]
-    if not G.overall_ok(only_gpu_skips):
-        raise AssertionError("skips for a missing second GPU do not fail the run")
+    assert G.overall_ok(only_gpu_skips), "skips for a missing second GPU do not fail the run"
 
 
 def test_run_logged_timeout_and_failure_tail(tmp_path):
@@ -187,23 +170,21 @@ def test_run_logged_timeout_and_failure_tail(tmp_path):
     with pytest.raises(G.StepTimeout) as exc:
         G.run_logged(ctx, "sleepy", [sys.executable, "-c", "import time; print('started', flush=True); "
                                      "time.sleep(60)"], timeout=2)
-    if time.monotonic() - t0 > 15 or "started" not in exc.value.log_tail:
-        raise AssertionError((time.monotonic() - t0, exc.value.log_tail))
+    assert time.monotonic() - t0 <= 15 and "started" in exc.value.log_tail, (time.monotonic() - t0, exc.value.log_tail)
     with pytest.raises(G.StepFailed) as exc:
         G.run_logged(ctx, "bad", [sys.executable, "-c", "import sys\nfor i in range(100): print('line', i)\n"
                                   "sys.exit(4)"], timeout=30)
     tail = exc.value.log_tail.splitlines()
-    if "exit 4" not in exc.value.detail or tail[-1] != "line 99" or len(tail) != G.LOG_TAIL_LINES:
-        raise AssertionError((exc.value.detail, tail[-3:], len(tail)))
-    if G.run_logged(ctx, "good", [sys.executable, "-c", "print('hi')"], timeout=30).splitlines()[-1] != "hi":
-        raise AssertionError("output of a passing command")
+    assert "exit 4" in exc.value.detail and tail[-1] == "line 99" and len(tail) == G.LOG_TAIL_LINES, (
+        exc.value.detail, tail[-3:], len(tail))
+    assert G.run_logged(ctx, "good", [sys.executable, "-c", "print('hi')"], timeout=30).splitlines()[-1] == "hi", (
+        "output of a passing command")
 
 
 def test_logprob_verdict():
     ref = [-3.0, -5.0, -1.0, -7.0]
     mean, worst, bound = G.compare_logprobs([-3.01, -4.98, -1.0, -7.03], ref, floor=0.01)
-    if not (math.isclose(mean, 0.015) and math.isclose(worst, 0.03) and bound == 0.04):
-        raise AssertionError((mean, worst, bound))
+    assert math.isclose(mean, 0.015) and math.isclose(worst, 0.03) and bound == 0.04, (mean, worst, bound)
     with pytest.raises(G.StepFailed, match="diverge"):
         G.compare_logprobs([-3.5, -5.0, -1.0, -7.0], ref, floor=0.01)     # mean 0.125 > 0.04
     with pytest.raises(G.StepFailed, match="diverge"):
@@ -221,10 +202,9 @@ def test_results_and_summary(tmp_path):
                G.StepResult("serve-pp2", "skip", 0.0, 0.0, "needs 2 GPUs, 1 visible")]
     js, md = G.write_results(tmp_path / "out", meta, results)
     data = json.loads(js.read_text())
-    if data["ok"] is not False or [s["verdict"] for s in data["steps"]] != ["pass", "fail", "skip"]:
-        raise AssertionError(data)
-    if data["steps"][1]["log_tail"] != "FAIL sparse_mla | x\n3 passed, 1 failed" or data["target"] != "ampere":
-        raise AssertionError(data["steps"][1])
+    assert data["ok"] is False and [s["verdict"] for s in data["steps"]] == ["pass", "fail", "skip"], data
+    assert data["steps"][1]["log_tail"] == "FAIL sparse_mla | x\n3 passed, 1 failed" and data["target"] == "ampere", (
+        data["steps"][1])
     text = md.read_text()
     for want in ("- verdict: **FAIL**", "- device: 1 x NVIDIA H200 (sm90, 139 GiB)",
                  "- versions: sglang 0.5.23, torch 2.14.1", "- SGLANG_AMPERE_TARGET: ampere",
@@ -232,8 +212,7 @@ def test_results_and_summary(tmp_path):
                  "| selftest | fail | 40.0 | 90 | exit 1; log l |",
                  "| serve-pp2 | skip | 0.0 | 0 | needs 2 GPUs, 1 visible |",
                  "## selftest: fail", "3 passed, 1 failed"):
-        if want not in text:
-            raise AssertionError(f"{want!r} not in:\n{text}")
+        assert want in text, f"{want!r} not in:\n{text}"
 
 
 def test_prompt_for_bench_on_the_synthetic_tokenizer(tmp_path):
@@ -249,26 +228,23 @@ def test_prompt_for_bench_on_the_synthetic_tokenizer(tmp_path):
 
     rng = random.Random(0)
     for n in (256, 1000):
-        if len(tok.encode(bench.exact_prompt(tok, n, rng))) != n:
-            raise AssertionError(n)
-    if max(G._prompt_ids()) >= len(tok) or len(G._prompt_ids()) != G.PROMPT_TOKENS:
-        raise AssertionError("the logprob prompt must use ids the tokenizer has")
+        assert len(tok.encode(bench.exact_prompt(tok, n, rng))) == n, n
+    assert max(G._prompt_ids()) < len(tok) and len(G._prompt_ids()) == G.PROMPT_TOKENS, (
+        "the logprob prompt must use ids the tokenizer has")
 
 
 @pytest.mark.parametrize("pp", [1, 2])
 def test_serve_command_is_accepted_by_launch(tmp_path, pp):
     """The serve steps' launch arguments, through the launcher's own checks (SGLang's parser, the
     topology on two recorded H100s, the Ampere preset under the target gpu-check sets)."""
-    from sglang_ampere.launch.launcher import build_plan
+    from sglang_ampere.launch.launcher import build_spec
 
     model = make_model(tmp_path)
-    plan = build_plan(["--dry-run", *G.launch_args(model, pp, 30000)], environ={VAR: "ampere"},
+    plan = build_spec(["--dry-run", *G.launch_args(model, pp, 30000)], environ={VAR: "ampere"},
                       smi_output=smi("h100_80gb_hbm3_x8"), python="python3")
-    if plan.arch != "sm80" or plan.card_arch != "sm90":
-        raise AssertionError((plan.arch, plan.card_arch))
+    assert plan.arch == "sm80" and plan.card_arch == "sm90", (plan.arch, plan.card_arch)
     argv = plan.argv
-    if argv[argv.index("--pp-size") + 1] != str(pp) or argv[argv.index("--port") + 1] != "30000":
-        raise AssertionError(argv)
+    assert argv[argv.index("--pp-size") + 1] == str(pp) and argv[argv.index("--port") + 1] == "30000", argv
 
 
 # ----------------------------------------------------------------------------- the native checkpoint steps
@@ -278,14 +254,13 @@ def test_native_steps_come_after_the_dsv4_int_server_and_need_what_they_read():
     names = [s.name for s in G.all_steps()]
     native = ["reference-native", "serve-native", "logprobs-native", "stop-native"]
     at = names.index("reference-native")
-    if names[at:at + 4] != native or not names.index("stop-pp1") < at < names.index("serve-pp2"):
-        raise AssertionError(names)      # one GPU: the dsv4_int server is gone before the native one starts
+    # one GPU: the dsv4_int server is gone before the native one starts
+    assert names[at:at + 4] == native and names.index("stop-pp1") < at < names.index("serve-pp2"), names
     steps = {s.name: s for s in G.all_steps()}
-    if steps["serve-native"].needs != ("checkpoint",) or set(steps["logprobs-native"].needs) != {
-            "serve-native", "reference-native"} or not steps["stop-native"].always:
-        raise AssertionError({n: (steps[n].needs, steps[n].always) for n in native})
-    if any(steps[n].min_gpus != 1 for n in native):
-        raise AssertionError("the native steps run on one GPU")
+    assert (steps["serve-native"].needs == ("checkpoint",)
+            and set(steps["logprobs-native"].needs) == {"serve-native", "reference-native"}
+            and steps["stop-native"].always), {n: (steps[n].needs, steps[n].always) for n in native}
+    assert all(steps[n].min_gpus == 1 for n in native), "the native steps run on one GPU"
 
 
 def test_native_reference_and_logprobs_use_the_native_checkpoint(tmp_path, monkeypatch):
@@ -301,12 +276,9 @@ def test_native_reference_and_logprobs_use_the_native_checkpoint(tmp_path, monke
                                           "ref": [-9.0] * (G.PROMPT_TOKENS - 1), "floor": 0.01})
     G.make_reference("-native")(ctx, 30.0)
     evals = [cmd for name, cmd in calls if name == "reference-native"]
-    if len(evals) != 2 or any(cmd[cmd.index("eval") + 1] != str(tmp_path / "native") for cmd in evals):
-        raise AssertionError(calls)
-    if ctx.state["ref-native"] != native_ref or not math.isclose(ctx.state["floor-native"], 0.005):
-        raise AssertionError(ctx.state)
-    if ctx.state["ref"] != [-9.0] * (G.PROMPT_TOKENS - 1):
-        raise AssertionError("the dsv4_int reference must stay as it was")
+    assert len(evals) == 2 and all(cmd[cmd.index("eval") + 1] == str(tmp_path / "native") for cmd in evals), calls
+    assert ctx.state["ref-native"] == native_ref and math.isclose(ctx.state["floor-native"], 0.005), ctx.state
+    assert ctx.state["ref"] == [-9.0] * (G.PROMPT_TOKENS - 1), "the dsv4_int reference must stay as it was"
 
     class Reply:
         def __init__(self, logprobs):
@@ -330,23 +302,20 @@ def test_native_reference_and_logprobs_use_the_native_checkpoint(tmp_path, monke
     monkeypatch.setattr(G.urllib.request, "urlopen", urlopen)
     ctx.state["urlnative"] = "http://127.0.0.1:1"
     served = [x + 0.003 for x in native_ref]
-    if "mean |d logprob| 0.0030" not in G.make_logprobs("native")(ctx, 10.0):
-        raise AssertionError("the native server matches its own reference")
+    assert "mean |d logprob| 0.0030" in G.make_logprobs("native")(ctx, 10.0), (
+        "the native server matches its own reference")
     served = [x + 0.5 for x in native_ref]
     with pytest.raises(G.StepFailed, match="diverge"):
         G.make_logprobs("native")(ctx, 10.0)
-    if sent != ["http://127.0.0.1:1/generate"] * 2:
-        raise AssertionError(sent)
+    assert sent == ["http://127.0.0.1:1/generate"] * 2, sent
 
 
 def test_native_serve_command_is_accepted_by_launch(synth_ckpt):
     """serve-native's launch arguments through the launcher's own checks, with the Ampere target
     gpu-check sets on a Hopper card: the [native] table is added."""
-    from sglang_ampere.launch.launcher import build_plan
+    from sglang_ampere.launch.launcher import build_spec
 
-    plan = build_plan(["--dry-run", *G.launch_args(synth_ckpt, 1, 30000)], environ={VAR: "ampere"},
+    plan = build_spec(["--dry-run", *G.launch_args(synth_ckpt, 1, 30000)], environ={VAR: "ampere"},
                       smi_output=smi("h100_80gb_hbm3_x8"), python="python3")
-    if not plan.native_path or "--moe-runner-backend" not in plan.argv:
-        raise AssertionError(plan.argv)
-    if plan.argv[plan.argv.index("--moe-runner-backend") + 1] != "marlin":
-        raise AssertionError(plan.argv)
+    assert plan.native_path and "--moe-runner-backend" in plan.argv, plan.argv
+    assert plan.argv[plan.argv.index("--moe-runner-backend") + 1] == "marlin", plan.argv

@@ -97,8 +97,7 @@ def serve(pool: int, prompt: int, new: int, chunk: int | None, ignore_eos: bool 
         evicted = max(evicted, (done - W) // P * P)       # maybe_evict_swa, prefix = done
         done += size
         alloc.held = _ceil(done) - evicted
-        if alloc.held > pool:
-            raise AssertionError(f"SGLang admitted more SWA than the pool holds: {alloc.held} > {pool}")
+        assert alloc.held <= pool, f"SGLang admitted more SWA than the pool holds: {alloc.held} > {pool}"
         chunks.append(size)
     return chunks, prompt - done
 

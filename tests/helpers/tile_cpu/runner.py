@@ -10,6 +10,11 @@ disk cache key does not include the shim. Usage::
 The cases are spread over ``--jobs`` child processes (default 2: CI has two cores and each
 build is single-threaded); every child inherits the cache directory.
 
+The cases are judged with plain ``assert`` (and ``checking.require_close`` for the tolerances).
+This script runs under plain ``python``, not pytest, so its asserts are not rewritten: they hold
+because the test starts it without ``-O`` and without ``PYTHONOPTIMIZE``, and ``main`` refuses to
+run under either.
+
 Each case builds its arguments with the kernel module's own argument builder
 (``tilelang_mla.dense_launch``/``paged_launch``/``run``, ``tilelang_indexer.indexer_launch``, the
 functions the CUDA wrappers call), on inputs from ``kernels.selfchecks`` (``device=cpu``) at small
@@ -36,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))         # tests/ (f
 import torch  # noqa: E402
 
 from helpers.tile_cpu import shim  # noqa: E402
-from sglang_ampere.checking import CheckFailed, require, require_close, worst_slice_max_rel  # noqa: E402
+from sglang_ampere.checking import CheckFailed, require_close, worst_slice_max_rel  # noqa: E402
 from sglang_ampere.kernels import indexer as I  # noqa: E402
 from sglang_ampere.kernels import selfchecks as G  # noqa: E402
 from sglang_ampere.kernels import sparse_mla as S  # noqa: E402
@@ -102,8 +107,8 @@ def _lse_error(got: torch.Tensor, want: torch.Tensor, case: str) -> float:
     """max |got - want| over finite entries; +inf (no valid candidate) must match exactly."""
     got, want = got.double(), want.double()
     inf_got, inf_want = torch.isposinf(got), torch.isposinf(want)
-    require(bool((inf_got == inf_want).all()),
-            f"{case}: lse is +inf (nothing valid) for {int(inf_got.sum())} entries, expected {int(inf_want.sum())}")
+    assert bool((inf_got == inf_want).all()), (
+        f"{case}: lse is +inf (nothing valid) for {int(inf_got.sum())} entries, expected {int(inf_want.sum())}")
     fin = ~inf_want
     return float((got[fin] - want[fin]).abs().max()) if bool(fin.any()) else 0.0
 
@@ -142,8 +147,8 @@ def run_paged(case: Case, seed: int) -> dict:
     run_s = time.time() - t0
     got, got_lse = out.unsqueeze(1), lse.unsqueeze(-1)
     want, want_lse = S.sparse_mla_paged_torch(**{**kw, "q": kw["q"].float()})
-    require(got.shape == want.shape and got.dtype == torch.bfloat16,
-            f"{case.name}: output {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} torch.bfloat16")
+    assert got.shape == want.shape and got.dtype == torch.bfloat16, (
+        f"{case.name}: output {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} torch.bfloat16")
     err = worst_slice_max_rel(got, want, dim=2)
     errors = {"max_rel": err}
     lse_err = _lse_error(got_lse, want_lse, case.name)
@@ -164,12 +169,12 @@ def run_indexer(case: Case, seed: int) -> dict:
     kernel(*launch.args)
     run_s = time.time() - t0
     got, want = launch.out, I.paged_mqa_logits_torch(*args)
-    require(got.shape == want.shape and got.dtype == torch.float32,
-            f"{case.name}: logits {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} torch.float32")
-    require(bool(torch.isfinite(got).all()), f"{case.name}: non-finite logits")
+    assert got.shape == want.shape and got.dtype == torch.float32, (
+        f"{case.name}: logits {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} torch.float32")
+    assert bool(torch.isfinite(got).all()), f"{case.name}: non-finite logits"
     past = torch.arange(got.shape[1])[None, :] >= lens[:, None].long()
     stray = int((got[past] != 0).sum())
-    require(stray == 0, f"{case.name}: {stray} nonzero logits past the rows' lengths (must be exactly 0)")
+    assert stray == 0, f"{case.name}: {stray} nonzero logits past the rows' lengths (must be exactly 0)"
     err = worst_slice_max_rel(got, want, dim=0)
     detail = require_close(case.name, "worst-row max rel err", err, G.INDEXER_TOL)
     return dict(errors={"max_rel": err}, detail=detail, compile_s=compile_s, run_s=run_s)
@@ -179,12 +184,13 @@ RUNNERS = {"dense": run_dense, "paged": run_paged, "indexer": run_indexer}
 
 
 def run_case(case: Case, seed: int) -> dict:
-    """``{"ok", "detail" | "failure", ...}``: a failed check is a result, not a crash."""
+    """``{"ok", "detail" | "failure", ...}``: a failed check (this module's ``assert`` or the
+    tolerance check ``require_close``) is a result, not a crash."""
     t0 = time.time()
     try:
         res = RUNNERS[case.family](case, seed)
         res["ok"] = True
-    except CheckFailed as e:
+    except (AssertionError, CheckFailed) as e:
         res = {"ok": False, "failure": str(e)}
     except Exception as e:  # report it; the test shows the traceback
         res = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
@@ -193,9 +199,10 @@ def run_case(case: Case, seed: int) -> dict:
 
 
 def shim_restored() -> dict:
-    """After the blocks: TileLang's own functions, pipeline, wrapper types and GEMM are back, and
-    the same build() lowers with fragments and dynamic shared memory again."""
+    """After the blocks: TileLang's own functions, pipeline, passes, wrapper types and GEMM are
+    back, and the same build() lowers with fragments and dynamic shared memory again."""
     import tilelang.language as T
+    import tilelang.transform as TT
     from tilelang.backend.pass_pipeline.pipeline import get_pipeline
     from tilelang.cpu.pipeline import CPUPassPipelineBody
     from tilelang.jit.adapter.wrapper import TLCPUSourceWrapper
@@ -206,6 +213,7 @@ def shim_restored() -> dict:
         "functions": all(getattr(T, n).__module__.startswith("tilelang.") for n in
                          ("alloc_shared", "alloc_fragment", "reduce_max", "reduce_sum", "infinity")),
         "pipeline": get_pipeline("c")._lower is CPUPassPipelineBody,
+        "passes": all(getattr(TT, n).__module__.startswith("tilelang.") for n in ("FlattenBuffer", "MakePackedAPI")),
         "wrapper_types": "bfloat16" not in TLCPUSourceWrapper._TYPE_MAP,
         "gemm": [e.impl_class.__name__ for e in _GEMM_IMPLS if e.name == "cpu.scalar"] == ["GemmScalar"],
         "scopes": "local.fragment" in script and "shared.dyn" in script,
@@ -258,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="child processes to spread the cases over (default: 2, or 1 on one core)")
     a = p.parse_args(argv)
+    if sys.flags.optimize:        # the judgement above is plain assert: under -O it would pass anything
+        p.error("run without -O / PYTHONOPTIMIZE: the cases are judged with assert")
     reason = shim.unsupported_reason()
     if reason:
         print("RESULT" + json.dumps({"skip": reason}))

@@ -39,6 +39,7 @@ import contextlib
 import importlib
 import shutil
 import struct
+import unittest.mock
 
 TILELANG_VERSION = "0.1.12"
 #: Added to a kernel module's PASS_CONFIGS on the CPU: g++ has no vec_type<half, 4>(float4).
@@ -131,70 +132,29 @@ def _exact_gemm_class():
     return GemmScalar, ExactGemmScalar
 
 
+def _followed_by(make_pass, extra):
+    """``make_pass`` whose pass is followed by the pass ``extra()``."""
+
+    def make(*args, **kwargs):
+        first = make_pass(*args, **kwargs)
+        return lambda mod: extra()(first(mod))
+
+    return make
+
+
 def _cpu_pipeline_with_bf16(mod, target):
-    """TileLang 0.1.12's ``CPUPassPipelineBody`` plus the two bf16 legalisations (marked ``+``)."""
+    """TileLang 0.1.12's own ``CPUPassPipelineBody``, with ``BF16ComputeLegalize`` run after
+    ``FlattenBuffer`` and ``BF16StorageLegalize`` after ``MakePackedAPI``: it looks both passes up
+    in ``tilelang.transform`` as it runs, so they are swapped there for the call."""
     import tilelang
-    from tilelang.backend.pass_pipeline.pipeline_utils import (
-        LayoutVisual,
-        allow_vectorize,
-        should_enable_race_check,
-        should_force_let_inline,
-    )
-    from tvm import s_tir, tirx
+    from tilelang.cpu.pipeline import CPUPassPipelineBody
+    from tvm import tirx
 
     tl = tilelang.transform
-    mod = tirx.transform.BindTarget(target)(mod)
-    mod = tl.MaterializeKernelLaunch(lower_thread_binding=False)(mod)
-    pass_ctx = tl.get_pass_context()
-    if should_force_let_inline():
-        mod = tl.LetInline()(mod)
-    mod = tl.AddWrapperForSingleBufStore()(mod)
-    mod = tl.LegalizeNegativeIndex()(mod)
-    if should_enable_race_check():
-        mod = tl.VerifyParallelLoop()(mod)
-    mod = tl.InjectAssumes()(mod)
-    mod = tl.Simplify()(mod)
-    mod = tl.LayoutReducer()(mod)
-    mod = tl.IfStmtBinding()(mod)
-    mod = tl.Simplify()(mod)
-    mod = tl.LayoutInference()(mod)
-    LayoutVisual(mod)
-    mod = tl.LowerTileOp()(mod)
-    mod = tl.DecoupleTypeCast()(mod)
-    mod = tl.LegalizeVectorizedLoop()(mod)
-    mod = tl.LegalizeSafeMemoryAccess()(mod)
-    mod = tl.LowerAccessPtr()(mod)
-    mod = tl.Simplify()(mod)
-    mod = tl.HoistNonRestrictParams()(mod)
-    mod = tl.PlanAndUpdateBufferAllocationLocation()(mod)
-    mod = tl.HoistGlobalBufferAllocations()(mod)
-    mod = tl.LowerOpaqueBlock()(mod)
-    mod = tl.Simplify()(mod)
-    mod = tirx.transform.NarrowDataType(32)(mod)
-    mod = tl.FlattenBuffer()(mod)
-    mod = tirx.transform.BF16ComputeLegalize()(mod)                               # +
-    mod = tl.ConfigIndexBitwidth()(mod)
-    mod = tirx.transform.Simplify()(mod)
-    mod = tl.VectorizeLoop(enable_vectorize=allow_vectorize(pass_ctx=pass_ctx))(mod)
-    mod = tl.StorageRewrite()(mod)
-    mod = tl.LoopUnswitching()(mod)
-    mod = tl.UnrollLoop()(mod)
-    mod = s_tir.transform.RenormalizeSplitPattern()(mod)
-    mod = tirx.transform.Simplify()(mod)
-    mod = tirx.transform.RemoveNoOp()(mod)
-    mod = s_tir.transform.HoistIfThenElse()(mod)
-    mod = tirx.transform.VerifyMemory()(mod)
-    mod = tirx.transform.AnnotateEntryFunc()(mod)
-    mod = s_tir.transform.InferFragment()(mod)
-    mod = tl.AnnotateDeviceRegions()(mod)
-    mod = tl.SplitHostDevice()(mod)
-    mod = tl.AnnotateReadOnlyParams()(mod)
-    mod = tl.MergeIfStmt()(mod)
-    mod = tl.MakePackedAPI()(mod)
-    mod = tirx.transform.BF16StorageLegalize()(mod)                               # +
-    mod = tl.Simplify()(mod)
-    mod = tl.LowerDeviceKernelLaunch()(mod)
-    return mod
+    after = {"FlattenBuffer": tirx.transform.BF16ComputeLegalize, "MakePackedAPI": tirx.transform.BF16StorageLegalize}
+    with unittest.mock.patch.multiple(tl, **{name: _followed_by(getattr(tl, name), extra)
+                                             for name, extra in after.items()}):
+        return CPUPassPipelineBody(mod, target)
 
 
 @contextlib.contextmanager
