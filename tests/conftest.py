@@ -6,6 +6,11 @@ import sys
 
 import pytest
 
+# pytest rewrites the asserts of test modules and conftest only: registered here, before any test
+# module imports ``helpers``, the helpers' asserts are rewritten too and so still run under
+# ``python -O`` (tests/test_suite_guards.py proves it).
+pytest.register_assert_rewrite("helpers")
+
 # One torch thread for the whole session: on the 2-core CI machine two threads are several
 # times slower than one (OpenMP spinning while subprocesses compete for the cores), and the
 # converter itself runs one thread per worker.
@@ -64,3 +69,12 @@ def converted(native, tmp_path_factory):
     dst = tmp_path_factory.mktemp("converted") / "dsv4_int"
     assert cli("convert", native, dst, "--quiet") == 0
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _sglang_environment_restored():
+    """Fail a test that leaves an ``SGLANG_*`` variable changed (see ``helpers.environment``)."""
+    from helpers.environment import sglang_vars_unchanged
+
+    with sglang_vars_unchanged():
+        yield

@@ -21,6 +21,7 @@ import torch
 pytest.importorskip("sglang")
 
 from helpers.dsv4int import expected_locations, load_real_model, read_checkpoint
+from helpers.environment import sglang_env
 from helpers.sglang_cpu import init_sglang_cpu
 
 pytestmark = pytest.mark.slow
@@ -102,7 +103,6 @@ def load_native(path):
 @pytest.mark.parametrize("fused", [False, True], ids=["separate_wqa_wkv", "fuse_wqa_wkv"])
 def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native_env, synth_ckpt, fused):
     """``separate``: the sm80/sm86 presets' SGLANG_OPT_FUSE_WQA_WKV=0; ``fuse``: SGLang's default."""
-    from sglang.srt.environ import envs
     from sglang.srt.layers.quantization.fp8 import Fp8LinearMethod
     from sglang.srt.layers.quantization.mxfp4_marlin_moe import Mxfp4MarlinMoEMethod
 
@@ -110,12 +110,8 @@ def test_native_checkpoint_loads_exactly_through_the_marlin_method(marlin_native
     from sglang_ampere.quant.native_marlin_moe import REFERENCE, AmpereMxfp4MarlinMoEMethod
 
     assert marlin_native_env.hook_in_effect(dsv4_native.TARGET, dsv4_native.get_quant_method_hook)
-    saved = envs.SGLANG_OPT_FUSE_WQA_WKV.get()
-    envs.SGLANG_OPT_FUSE_WQA_WKV.set(fused)
-    try:
+    with sglang_env(SGLANG_OPT_FUSE_WQA_WKV=fused):
         model = load_native(synth_ckpt)
-    finally:
-        envs.SGLANG_OPT_FUSE_WQA_WKV.set(saved)
     ckpt = read_checkpoint(synth_ckpt)
     config = json.loads((synth_ckpt / "config.json").read_text())
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 pytest.importorskip("sglang")
 
 from helpers.dsv4int import load_real_model, random_dsv4_int, read_checkpoint
+from helpers.environment import sglang_env
 from helpers.sglang_cpu import init_sglang_cpu
 
 TOL = 1e-2
@@ -101,7 +102,6 @@ def _expert_ref(x64, ckpt, layer, e, limit):
 def test_int4_moe_matches_float64(loaded, layer_id):
     """Routed experts through SGLang's DeepseekV2MoE (real gate, HashTopK / TopK, FusedMoE,
     our method, the model's routed scaling): sum_j p_j * SwiGLU-clamped expert, x 1.5 once."""
-    from sglang.srt.environ import envs
 
     strategy, model, ckpt, cfg = loaded
     moe = model.model.layers[layer_id].mlp
@@ -115,13 +115,9 @@ def test_int4_moe_matches_float64(loaded, layer_id):
     x = (20 * torch.randn(n_tok, cfg["hidden_size"], generator=g)).to(torch.bfloat16)
     ids = torch.randint(0, cfg["vocab_size"], (n_tok,), generator=g)
 
-    old = envs.SGLANG_OPT_USE_FUSED_HASH_TOPK.get()
-    envs.SGLANG_OPT_USE_FUSED_HASH_TOPK.set(False)      # the fused kernel is CUDA JIT; torch path on CPU
-    try:
-        with torch.no_grad():
-            out = moe(x, forward_batch=None, input_ids=ids, input_ids_global=ids, skip_shared_experts=True)
-    finally:
-        envs.SGLANG_OPT_USE_FUSED_HASH_TOPK.set(old)
+    # the fused kernel is CUDA JIT; torch path on CPU
+    with sglang_env(SGLANG_OPT_USE_FUSED_HASH_TOPK=False), torch.no_grad():
+        out = moe(x, forward_batch=None, input_ids=ids, input_ids_global=ids, skip_shared_experts=True)
 
     # Independent routing: sqrt(softplus(logits)); hash layers take tid2eid[token],
     # others the top-k of score + bias; weights = selected scores renormalised.

@@ -11,6 +11,7 @@ piece of SGLang's construction/loading assumes an accelerator:
   accelerator device and raises without one.
 * O3 ``SGLANG_OPT_USE_TILELANG_MHC_PRE=0``: ``load_weights`` ends by pre-warming TileLang mHC
   kernels through ``torch.cuda``; the knob's own guard skips that (it only picks forward kernels).
+  It stays set for the rest of the process (``helpers.environment.PROCESS_VARS``).
 
 No SGLang class is mocked.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+
+from .environment import sglang_vars_restored
 
 _READY = False
 
@@ -74,9 +77,10 @@ def scratch_runtime_context():
 
     SGLang's ``use_context`` puts the previous context (the one :func:`init_sglang_cpu`
     published, with its process groups) back by identity when the block ends, so the tests
-    that run afterwards in the same process still find it.
+    that run afterwards in the same process still find it; the ``SGLANG_*`` variables a
+    ``ServerArgs`` exports are undone too.
     """
     from sglang.srt.runtime_context import ParallelContext, RuntimeContext, use_context
 
-    with use_context(RuntimeContext(ParallelContext())) as ctx:
+    with sglang_vars_restored(), use_context(RuntimeContext(ParallelContext())) as ctx:
         yield ctx
