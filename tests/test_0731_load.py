@@ -1,7 +1,7 @@
 """A V4-Flash-0731 checkpoint loads into SGLang 0.5.23's real classes on CPU, drafter included.
 
 * converted (dsv4_int): the target ``DeepseekV4ForCausalLM`` loads every non-``mtp`` tensor
-  exactly (``check_exact`` of test_dsv4_int_load), and the DSpark draft class
+  exactly (``helpers.dsv4int.check_exact``), and the DSpark draft class
   ``DeepseekV4ForCausalLMDSpark`` -- which SGLang picks for a draft whose config has the
   ``dspark_*`` keys -- builds with our per-layer decisions and loads every drafter tensor
   exactly, each at the place written here from the model's structure (not from its loader);
@@ -24,9 +24,8 @@ pytest.importorskip("sglang")
 
 import helpers.dsv4int as dsv4int  # noqa: E402
 from helpers.convert import fresh_seed  # noqa: E402
-from helpers.dsv4int import expected_locations, is_sentinel, load_real_model, read_checkpoint  # noqa: E402
+from helpers.dsv4int import check_exact, expected_locations, is_sentinel, load_real_model, read_checkpoint  # noqa: E402
 from helpers.sglang_cpu import init_sglang_cpu  # noqa: E402
-from test_dsv4_int_load import check_exact  # noqa: E402
 
 from sglang_ampere.synth import SynthSpec, write_checkpoint  # noqa: E402
 

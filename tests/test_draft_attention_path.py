@@ -11,12 +11,10 @@ every backend they build must carry the rebound sparse-MLA call.
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from helpers import run_snippet
+from helpers import run_with_sglang
 
-from sglang_ampere.checking import require
+from sglang_ampere import envvars
 
 _SUBPROCESS = r"""
 import json, types
@@ -51,15 +49,13 @@ print("RESULT" + json.dumps(res))
 
 @pytest.mark.slow
 def test_mtp_draft_backends_are_hooked():
-    pytest.importorskip("sglang")
-    env = {**os.environ, "SGLANG_AMPERE_DECODE_BACKEND": "torch"}
-    res = run_snippet(_SUBPROCESS, env=env)
+    res = run_with_sglang(_SUBPROCESS, {envvars.DECODE_BACKEND: "torch"})
     name, cls, applied, steps, step_classes = res["decode"]
-    require(name == "dsv4" and cls == "DeepseekV4MultiStepBackend" and applied,
-            f"draft decode backend {cls} ({name}) hooked={applied}")
-    require(steps == [True, True, True] and set(step_classes) == {"DeepseekV4AttnBackend"},
-            f"per-step draft backends {step_classes} hooked={steps}")
+    assert name == "dsv4" and cls == "DeepseekV4MultiStepBackend" and applied, (
+        f"draft decode backend {cls} ({name}) hooked={applied}")
+    assert steps == [True, True, True] and set(step_classes) == {"DeepseekV4AttnBackend"}, (
+        f"per-step draft backends {step_classes} hooked={steps}")
     name, cls, applied = res["extend"]
-    require(name == "dsv4" and cls == "DeepseekV4AttnBackend" and applied,
-            f"draft extend backend {cls} hooked={applied}")
-    require(len(res["built"]) == 5, f"every backend ran the (recorded) original __init__: {res['built']}")
+    assert name == "dsv4" and cls == "DeepseekV4AttnBackend" and applied, (
+        f"draft extend backend {cls} hooked={applied}")
+    assert len(res["built"]) == 5, f"every backend ran the (recorded) original __init__: {res['built']}"

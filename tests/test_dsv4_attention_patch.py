@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import types
 
 import pytest
 import torch
-from helpers import run_snippet
+from helpers import decision_fixture, run_with_sglang
 
+from sglang_ampere import envvars
 from sglang_ampere.kernels import kv_layout as L
 from sglang_ampere.kernels import sparse_mla as S
 from sglang_ampere.patches import PATCH_MODULES
 from sglang_ampere.patches import dsv4_attention as D
 
-
-@pytest.fixture
-def ampere(monkeypatch):
-    """Pretend this process runs on an sm_86 GPU."""
-    monkeypatch.setattr(D, "needs_ampere_path", lambda: True)
-
-
-@pytest.fixture
-def hopper(monkeypatch):
-    monkeypatch.setattr(D, "needs_ampere_path", lambda: False)
+ampere = decision_fixture(D, True)
+hopper = decision_fixture(D, False)
 
 
 def _paged_kwargs(T=3, H=4):
@@ -172,9 +164,7 @@ print("RESULT" + json.dumps(res))
 @pytest.mark.slow
 def test_hooks_apply_to_sglang_0_5_23():
     """Register through SGLang's own HookRegistry and call the real (hooked) backend members."""
-    pytest.importorskip("sglang")
-    env = {**os.environ, "SGLANG_AMPERE_DECODE_BACKEND": "torch"}     # no kernel builds here
-    res = run_snippet(_SUBPROCESS, env=env)
+    res = run_with_sglang(_SUBPROCESS, {envvars.DECODE_BACKEND: "torch"})     # no kernel builds here
     assert res["meta"] == "None"
     assert res["sparse"] is False
     # flash_mla cannot load without a driver, so the stand-in module must be in place

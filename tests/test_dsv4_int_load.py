@@ -17,13 +17,7 @@ import torch
 
 pytest.importorskip("sglang")
 
-from helpers.dsv4int import (
-    expected_locations,
-    is_sentinel,
-    load_real_model,
-    random_dsv4_int,
-    read_checkpoint,
-)
+from helpers.dsv4int import check_exact, load_real_model, random_dsv4_int, read_checkpoint
 from helpers.sglang_cpu import init_sglang_cpu
 
 
@@ -54,67 +48,34 @@ def int_ckpt(request, synth_ckpt, tmp_path_factory):
     return strategy, out
 
 
-def check_exact(model, ckpt, config, strategy, fused, nextn, strict_sentinels=True):
-    params = dict(model.named_parameters())
-    covered = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
-    for name, pname, idx, value in expected_locations(ckpt, config, strategy, fused, nextn):
-        assert pname in params, f"{name}: expected parameter {pname} does not exist"
-        got = params[pname].data[idx] if idx else params[pname].data
-        assert tuple(got.shape) == tuple(value.shape), (
-            f"{name} -> {pname}{idx}: shape {tuple(got.shape)} != {tuple(value.shape)}"
-        )
-        if got.dtype != value.dtype:
-            # SGLang keeps some BF16 checkpoint tensors (norms) in float32: a lossless upcast.
-            assert got.dtype == torch.float32 and value.dtype == torch.bfloat16, \
-                f"{name} -> {pname}: dtype {got.dtype} != {value.dtype}"
-            value = value.float()
-        assert torch.equal(got, value), f"{name} -> {pname}{idx}: values differ"
-        covered[pname][idx if idx else ...] = True
-    shared = ("embed_tokens", "lm_head") if nextn else ()
-    for pname, mask in covered.items():
-        if any(s in pname for s in ("attn_mqa.k_scale", "attn_mqa.v_scale") + shared):
-            continue
-        assert bool(mask.all()), f"{pname}: {int((~mask).sum())} of {mask.numel()} elements not from the checkpoint"
-        data = params[pname].data
-        if data.is_floating_point():
-            assert not bool(torch.isnan(data).any()), f"{pname} holds NaN"
-        elif strict_sentinels:
-            assert not bool(is_sentinel(data).any()), f"{pname} still holds sentinel values"
-
-
 @pytest.mark.parametrize("fused", [True, False], ids=["fuse_wqa_wkv", "separate_wqa_wkv"])
 def test_target_and_mtp_load_exactly(sglang_ready, int_ckpt, fused, monkeypatch):
-    from sglang.srt.environ import envs
-
     from sglang_ampere.quant.int4_moe import Dsv4Int4MoEMethod
     from sglang_ampere.quant.int8_linear import Dsv4Int8LinearMethod
 
     strategy, path = int_ckpt
     random = "random" in str(path.parent.name)
-    envs.SGLANG_OPT_FUSE_WQA_WKV.set(fused)
-    try:
-        ckpt = read_checkpoint(path)
-        config = json.loads((path / "config.json").read_text())
-        model, mc = load_real_model(path, draft=False)
-        check_exact(model, ckpt, config, strategy, fused, nextn=False, strict_sentinels=random)
+    monkeypatch.setenv("SGLANG_OPT_FUSE_WQA_WKV", str(fused))      # as SGLang's envs.X.set writes it
+    ckpt = read_checkpoint(path)
+    config = json.loads((path / "config.json").read_text())
+    model, mc = load_real_model(path, draft=False)
+    check_exact(model, ckpt, config, strategy, fused, nextn=False, strict_sentinels=random)
 
-        methods = {
-            type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None
-        }
-        assert {"Dsv4Int8LinearMethod", "Dsv4Int4MoEMethod", "UnquantizedLinearMethod"} <= methods
-        attn = model.model.layers[2].self_attn
-        assert isinstance((attn.wqkv_a if fused else attn.wq_a).quant_method, Dsv4Int8LinearMethod)
-        assert isinstance(attn.indexer.wq_b.quant_method, Dsv4Int8LinearMethod)
-        assert type(attn.indexer.weights_proj.quant_method).__name__ == "UnquantizedLinearMethod"
-        assert attn.wo_a.weight.dtype == torch.bfloat16
-        assert isinstance(model.model.layers[0].mlp.experts.quant_method, Dsv4Int4MoEMethod)
+    methods = {
+        type(m.quant_method).__name__ for m in model.modules() if getattr(m, "quant_method", None) is not None
+    }
+    assert {"Dsv4Int8LinearMethod", "Dsv4Int4MoEMethod", "UnquantizedLinearMethod"} <= methods
+    attn = model.model.layers[2].self_attn
+    assert isinstance((attn.wqkv_a if fused else attn.wq_a).quant_method, Dsv4Int8LinearMethod)
+    assert isinstance(attn.indexer.wq_b.quant_method, Dsv4Int8LinearMethod)
+    assert type(attn.indexer.weights_proj.quant_method).__name__ == "UnquantizedLinearMethod"
+    assert attn.wo_a.weight.dtype == torch.bfloat16
+    assert isinstance(model.model.layers[0].mlp.experts.quant_method, Dsv4Int4MoEMethod)
 
-        draft, _ = load_real_model(path, draft=True)
-        assert type(draft).__name__ == "DeepseekV4ForCausalLMNextN"
-        check_exact(draft, ckpt, config, strategy, fused, nextn=True, strict_sentinels=random)
-        assert isinstance(draft.model.e_proj.quant_method, Dsv4Int8LinearMethod)
-    finally:
-        envs.SGLANG_OPT_FUSE_WQA_WKV.set(True)
+    draft, _ = load_real_model(path, draft=True)
+    assert type(draft).__name__ == "DeepseekV4ForCausalLMNextN"
+    check_exact(draft, ckpt, config, strategy, fused, nextn=True, strict_sentinels=random)
+    assert isinstance(draft.model.e_proj.quant_method, Dsv4Int8LinearMethod)
 
 
 def test_negative_control_a_missing_expert_scale_is_caught(sglang_ready, synth_ckpt, tmp_path):

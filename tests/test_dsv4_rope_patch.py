@@ -8,7 +8,6 @@ YaRN from 1,024 x 4, so both kinds' tables are 4,096 rows unpatched) served at 1
 
 from __future__ import annotations
 
-import json
 import types
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 
 pytest.importorskip("sglang")
 
-from helpers.dsv4int import SMALL_ROPE
+from helpers.dsv4int import SMALL_ROPE, init_model
 from helpers.sglang_cpu import init_sglang_cpu
 
 from sglang_ampere import memory_plan as plan_mod
@@ -35,20 +34,8 @@ def plugin():
 
 
 def _build(path, context_length):
-    from sglang.srt.configs.load_config import LoadConfig
-    from sglang.srt.configs.model_config import ModelConfig
-    from sglang.srt.model_loader.loader import (
-        DefaultModelLoader,
-        _get_quantization_config,
-        _initialize_model,
-        set_default_torch_dtype,
-    )
-
-    mc = ModelConfig(str(path), dtype="bfloat16", context_length=context_length,
-                     model_override_args=json.dumps(SMALL_ROPE))
-    loader = DefaultModelLoader(LoadConfig())
-    with set_default_torch_dtype(mc.dtype), torch.device("cpu"):
-        return _initialize_model(mc, loader.load_config, _get_quantization_config(mc, loader.load_config)), mc
+    model, mc, _ = init_model(path, context_length=context_length)
+    return model, mc
 
 
 def _attention_layers(model):

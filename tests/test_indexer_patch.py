@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from helpers import run_snippet
+from helpers import decision_fixture, run_with_sglang
 
+from sglang_ampere import envvars
 from sglang_ampere.kernels import indexer as I
 from sglang_ampere.kernels import kv_layout as L
 from sglang_ampere.patches import PATCH_MODULES
 from sglang_ampere.patches import dsv4_indexer as X
 
-
-@pytest.fixture
-def ampere(monkeypatch):
-    monkeypatch.setattr(X, "needs_ampere_path", lambda: True)
-
-
-@pytest.fixture
-def hopper(monkeypatch):
-    monkeypatch.setattr(X, "needs_ampere_path", lambda: False)
+ampere = decision_fixture(X, True)
+hopper = decision_fixture(X, False)
 
 
 def _exact_case(gen, rows=5, pages=4):
@@ -139,7 +131,5 @@ print("RESULT" + json.dumps(res))
 @pytest.mark.slow
 def test_hook_applies_to_sglang_0_5_23():
     """Through SGLang's own HookRegistry, the module global forward_c4_indexer looks up changes."""
-    pytest.importorskip("sglang")
-    env = {**os.environ, "SGLANG_AMPERE_INDEXER_BACKEND": "torch"}
-    res = run_snippet(_SUBPROCESS, env=env)
+    res = run_with_sglang(_SUBPROCESS, {envvars.INDEXER_BACKEND: "torch"})
     assert res == {"hopper_bf16_rounded": True, "ampere_ours": True}

@@ -63,13 +63,6 @@ def _float32_output(method, layer, x):
     return reference_fp8_linear(x.float(), layer.weight, layer.weight_scale_inv)
 
 
-@pytest.mark.parametrize("wrong", [_scale_grid_flipped, _one_scale_per_tensor, _float32_output],
-                         ids=["scale-rows-flipped", "one-scale", "float32-out"])
-def test_fp8_linear_check_fails_on_a_wrong_kernel(nc, seed, wrong):
-    with pytest.raises(CheckFailed):
-        nc.check_fp8_marlin_linear(device="cpu", shapes=SMALL_DENSE, tokens=(3,), seed=seed, apply=wrong)
-
-
 def test_moe_check_plumbing(nc, seed):
     detail = nc.check_mxfp4_marlin_moe(device="cpu", shape=SMALL_MOE, tokens=(1, 6), seed=seed)
     assert "(reference)" in detail and "clamp changes the output" in detail
@@ -81,37 +74,46 @@ def _scaled_twice(method, layer, dispatch):
         type(out)(hidden_states=out.hidden_states * 1.5)
 
 
-def _no_clamp(method, layer, dispatch):
+def _reference_combine(layer, dispatch, swiglu_limit, gate_up=lambda w: w):
+    """The float reference MoE on ``dispatch`` as SGLang's combine input; ``gate_up`` maps the
+    w13 weight and its scales."""
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardCombineInput
 
     from sglang_ampere.quant.native_moe import reference_mxfp4_moe
 
     t = dispatch.topk_output
     return StandardCombineInput(hidden_states=reference_mxfp4_moe(
-        dispatch.hidden_states, layer.w13_weight, layer.w13_weight_scale_inv, layer.w2_weight,
-        layer.w2_weight_scale_inv, t.topk_weights, t.topk_ids, None, None))
+        dispatch.hidden_states, gate_up(layer.w13_weight), gate_up(layer.w13_weight_scale_inv), layer.w2_weight,
+        layer.w2_weight_scale_inv, t.topk_weights, t.topk_ids, swiglu_limit, None))
+
+
+def _no_clamp(method, layer, dispatch):
+    return _reference_combine(layer, dispatch, None)
 
 
 def _gate_up_swapped(method, layer, dispatch):
-    from sglang.srt.layers.moe.token_dispatcher.standard import StandardCombineInput
-
-    from sglang_ampere.quant.native_moe import reference_mxfp4_moe
-
     def swap(w):
         half = w.shape[1] // 2
         return torch.cat((w[:, half:], w[:, :half]), dim=1)
 
-    t = dispatch.topk_output
-    return StandardCombineInput(hidden_states=reference_mxfp4_moe(
-        dispatch.hidden_states, swap(layer.w13_weight), swap(layer.w13_weight_scale_inv), layer.w2_weight,
-        layer.w2_weight_scale_inv, t.topk_weights, t.topk_ids, method.runner.config.swiglu_limit, None))
+    return _reference_combine(layer, dispatch, method.runner.config.swiglu_limit, swap)
 
 
-@pytest.mark.parametrize("wrong", [_scaled_twice, _no_clamp, _gate_up_swapped],
-                         ids=["routed-scaling-twice", "no-swiglu-clamp", "gate-up-swapped"])
-def test_moe_check_fails_on_a_wrong_kernel(nc, seed, wrong):
+#: The small case each check runs on a wrong kernel.
+WRONG_KERNEL_CASE = {"check_fp8_marlin_linear": dict(shapes=SMALL_DENSE, tokens=(3,)),
+                     "check_mxfp4_marlin_moe": dict(shape=SMALL_MOE, tokens=(5,))}
+
+
+@pytest.mark.parametrize("check,wrong", [
+    ("check_fp8_marlin_linear", _scale_grid_flipped), ("check_fp8_marlin_linear", _one_scale_per_tensor),
+    ("check_fp8_marlin_linear", _float32_output), ("check_mxfp4_marlin_moe", _scaled_twice),
+    ("check_mxfp4_marlin_moe", _no_clamp), ("check_mxfp4_marlin_moe", _gate_up_swapped),
+], ids=["fp8-scale-rows-flipped", "fp8-one-scale", "fp8-float32-out", "moe-routed-scaling-twice",
+        "moe-no-swiglu-clamp", "moe-gate-up-swapped"])
+def test_check_fails_on_a_wrong_kernel(nc, seed, check, wrong):
+    """Each check with a deliberately wrong kernel in place of the method's ``apply``."""
     with pytest.raises(CheckFailed):
-        nc.check_mxfp4_marlin_moe(device="cpu", shape=SMALL_MOE, tokens=(5,), seed=seed, apply=wrong)
+        getattr(nc, check)(device="cpu", seed=seed, apply=wrong, **WRONG_KERNEL_CASE[check])
 
 
 def test_moe_check_refuses_inputs_that_do_not_reach_the_clamp(nc, monkeypatch):

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-from helpers.convert import cli, copy_ckpt, fresh_seed, mutate_shard, shard_of
-from helpers.reference import converted, tiny_native
+from helpers.convert import cli, copy_ckpt, mutate_shard, shard_of
+from helpers.reference import converted, tiny_checkpoint, tiny_ids
 from safetensors.torch import load_file
 
 from sglang_ampere.convert.audit import audit
@@ -20,11 +20,8 @@ T = 160
 
 @pytest.fixture(scope="module")
 def ck(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    seed = fresh_seed()
-    native = tiny_native(root, seed)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 300, (T,), generator=g).tolist()
+    root, seed, native = tiny_checkpoint(tmp_path_factory, "eval")
+    ids = tiny_ids(seed, T).tolist()
     (root / "tokens.json").write_text(json.dumps(ids))
     return {
         "root": root,

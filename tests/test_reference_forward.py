@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers.convert import fresh_seed
-from helpers.reference import INDEX_TOPK, WINDOW, converted, tiny_native
+from helpers.reference import INDEX_TOPK, WINDOW, converted, tiny_checkpoint, tiny_ids
 
 from sglang_ampere.formats import fp8_block_dequantize, int4_group_dequantize, int8_block_dequantize, mxfp4_dequantize
 from sglang_ampere.reference.model import ReferenceModel, new_caches
@@ -19,16 +18,13 @@ T = 300
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ref")
-    seed = fresh_seed()
-    native = tiny_native(root, seed)
+    root, seed, native = tiny_checkpoint(tmp_path_factory, "ref")
     return {"seed": seed, "native": native, "int": converted(native, root / "dsv4_int")}
 
 
 @pytest.fixture(scope="module")
 def ids(ckpts):
-    g = torch.Generator().manual_seed(ckpts["seed"])
-    return torch.randint(0, 300, (T,), generator=g)
+    return tiny_ids(ckpts["seed"], T)
 
 
 def test_access_layer_decodes_with_the_formats_codecs(ckpts):

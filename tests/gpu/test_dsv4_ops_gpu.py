@@ -3,18 +3,10 @@ GPU (skipped without CUDA sm_80+ or without SGLang): the checks of kernels/dsv4_
 
 from __future__ import annotations
 
-import pytest
-from helpers.gpu import GPU_MARKS
+from helpers.gpu import GPU_MARKS, checks_test
 
 from sglang_ampere.kernels.dsv4_ops_selfchecks import gpu_checks
 
 pytestmark = GPU_MARKS
 
-CHECKS = gpu_checks()
-
-
-@pytest.mark.parametrize("name,check", CHECKS, ids=[n for n, _ in CHECKS])
-def test_stand_in_matches_sglang_kernel(name, check):
-    pytest.importorskip("sglang")
-    detail = check()
-    print(f"{name}: {detail}")
+test_stand_in_matches_sglang_kernel = checks_test(gpu_checks(), needs="sglang")

@@ -71,8 +71,7 @@ def random_dsv4_int(native: Path, out: Path, strategy: str, seed: int = 0) -> Pa
             for name in f.keys():
                 t = f.get_tensor(name)
                 role = classify(name)
-                if role is None:
-                    raise AssertionError(f"synth wrote an unknown tensor {name}")
+                assert role is not None, f"synth wrote an unknown tensor {name}"
                 if role.role == DENSE and role.part == "weight":
                     n, k = t.shape
                     if strategy == "block":
@@ -228,10 +227,9 @@ def sentinel_fill(model: torch.nn.Module) -> None:
                 p.data.fill_(-128)
             elif p.dtype == torch.uint8:
                 p.data.fill_(0)
-            elif p.dtype == torch.int32:
-                p.data.fill_(torch.iinfo(torch.int32).min)
             else:
-                raise AssertionError(f"no sentinel for {name} {p.dtype}")
+                assert p.dtype == torch.int32, f"no sentinel for {name} {p.dtype}"
+                p.data.fill_(torch.iinfo(torch.int32).min)
 
 
 def is_sentinel(t: torch.Tensor) -> torch.Tensor:
@@ -249,9 +247,42 @@ SMALL_ROPE = {"max_position_embeddings": 4096,
                                "beta_fast": 32, "beta_slow": 1}}
 
 
-def load_real_model(path, draft: bool, sentinels: bool = True, quantization: str | None = "dsv4_int"):
-    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between.
-    ``quantization``: the method SGLang's ModelConfig must have detected (None: any)."""
+def check_exact(model, ckpt, config, strategy, fused, nextn, strict_sentinels=True):
+    """Every checkpoint tensor equals its parameter slice at :func:`expected_locations` (values,
+    shapes; BF16 norms may sit in float32), and every element of every parameter came from the
+    checkpoint: no NaN, and with ``strict_sentinels`` no sentinel value left."""
+    params = dict(model.named_parameters())
+    covered = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
+    for name, pname, idx, value in expected_locations(ckpt, config, strategy, fused, nextn):
+        assert pname in params, f"{name}: expected parameter {pname} does not exist"
+        got = params[pname].data[idx] if idx else params[pname].data
+        assert tuple(got.shape) == tuple(value.shape), (
+            f"{name} -> {pname}{idx}: shape {tuple(got.shape)} != {tuple(value.shape)}"
+        )
+        if got.dtype != value.dtype:
+            # SGLang keeps some BF16 checkpoint tensors (norms) in float32: a lossless upcast.
+            assert got.dtype == torch.float32 and value.dtype == torch.bfloat16, \
+                f"{name} -> {pname}: dtype {got.dtype} != {value.dtype}"
+            value = value.float()
+        assert torch.equal(got, value), f"{name} -> {pname}{idx}: values differ"
+        covered[pname][idx if idx else ...] = True
+    shared = ("embed_tokens", "lm_head") if nextn else ()
+    for pname, mask in covered.items():
+        if any(s in pname for s in ("attn_mqa.k_scale", "attn_mqa.v_scale") + shared):
+            continue
+        assert bool(mask.all()), f"{pname}: {int((~mask).sum())} of {mask.numel()} elements not from the checkpoint"
+        data = params[pname].data
+        if data.is_floating_point():
+            assert not bool(torch.isnan(data).any()), f"{pname} holds NaN"
+        elif strict_sentinels:
+            assert not bool(is_sentinel(data).any()), f"{pname} still holds sentinel values"
+
+
+def init_model(path, draft: bool = False, context_length: int | None = None, quantization: str | None = None):
+    """SGLang's ModelConfig (with the tests' :data:`SMALL_ROPE`) and its model built on the CPU,
+    no weight loaded: the first half of DefaultModelLoader.load_model. Returns
+    ``(model, model config, loader)``. ``quantization``: the method SGLang's ModelConfig must
+    have detected (None: any)."""
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.model_loader.loader import (
@@ -261,19 +292,26 @@ def load_real_model(path, draft: bool, sentinels: bool = True, quantization: str
         set_default_torch_dtype,
     )
 
-    mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft,
+    mc = ModelConfig(str(path), dtype="bfloat16", is_draft_model=draft, context_length=context_length,
                      model_override_args=json.dumps(SMALL_ROPE))
-    if quantization is not None and mc.quantization != quantization:
-        raise AssertionError(f"{path}: SGLang detected quantization {mc.quantization!r}, not {quantization!r}")
+    assert quantization is None or mc.quantization == quantization, (
+        f"{path}: SGLang detected quantization {mc.quantization!r}, not {quantization!r}")
     loader = DefaultModelLoader(LoadConfig())
-    quant_config = _get_quantization_config(mc, loader.load_config)
-    cpu = torch.device("cpu")
+    with set_default_torch_dtype(mc.dtype), torch.device("cpu"):
+        model = _initialize_model(mc, loader.load_config, _get_quantization_config(mc, loader.load_config))
+    return model, mc, loader
+
+
+def load_real_model(path, draft: bool, sentinels: bool = True, quantization: str | None = "dsv4_int"):
+    """SGLang's DefaultModelLoader.load_model, split open only to sentinel-fill in between
+    (``quantization`` as in :func:`init_model`)."""
+    from sglang.srt.model_loader.loader import set_default_torch_dtype
+
+    model, mc, loader = init_model(path, draft, quantization=quantization)
     with set_default_torch_dtype(mc.dtype):
-        with cpu:
-            model = _initialize_model(mc, loader.load_config, quant_config)
         if sentinels:
             sentinel_fill(model)
-        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), cpu)
+        loader.load_weights_and_postprocess(model, loader._get_all_weights(mc, model), torch.device("cpu"))
     return model, mc
 
 
