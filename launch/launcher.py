@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from sglang_ampere import gpus as gpus_mod
+from sglang_ampere.notes import Note, note
 
 from . import mem_fraction, swa_pool
 from .argv import ServerArgv, parse_env_overrides, parse_server_args, split_argv, wants_help, with_arg
@@ -53,16 +54,17 @@ def _load_preset(opts: argparse.Namespace, arch: str) -> Preset:
         raise LaunchError(str(exc)) from exc
 
 
-def _gpu_notes(opts: argparse.Namespace, arch: str, found: list, preset: Preset) -> list[str]:
+def _gpu_notes(opts: argparse.Namespace, arch: str, found: list, preset: Preset) -> list[Note]:
     notes = []
     if opts.gpu != "auto" and found and {g.arch for g in found} != {arch}:
-        notes.append(f"note: --gpu {arch} chosen, but this node has {gpus_mod.summarize(found)}")
+        notes.append(note("launch.gpu-differs", f"--gpu {arch} chosen, but this node has {gpus_mod.summarize(found)}"))
     if preset.min_memory_gib and found:
         small = [g for g in found if g.memory_gib + 1 < preset.min_memory_gib]
         if small:
-            notes.append(f"note: preset {preset.source} assumes {preset.min_memory_gib} GiB cards; "
-                         f"{small[0].name} has {small[0].memory_gib:.0f} GiB (lower --mem-fraction-static "
-                         "or --context-length if loading runs out of memory)")
+            notes.append(note("launch.small-cards",
+                              f"preset {preset.source} assumes {preset.min_memory_gib} GiB cards; "
+                              f"{small[0].name} has {small[0].memory_gib:.0f} GiB (lower --mem-fraction-static "
+                              "or --context-length if loading runs out of memory)"))
     return notes
 
 
@@ -164,7 +166,7 @@ class PoolFit:
     argv: list[str]                 # the launcher's arguments, with the two values it set
     mem: list                       # [(flag, value, reason)] of --mem-fraction-static, when it set it
     swa: list                       # [(flag, value, reason)] of --swa-full-tokens-ratio, when it set it
-    notes: list                     # why the SWA rule was not checked, when it was not
+    notes: list[Note]               # why the SWA rule was not checked, when it was not
 
 
 def _fit_pool(server: ServerArgv, added: list[str], split: Callable[[ServerArgv], LayerSplit],
@@ -217,7 +219,7 @@ def _final_env(final: ServerArgv, topo: Topology, environ: Mapping[str, str], ov
     return out
 
 
-def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None) -> list[str]:
+def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None) -> list[Note]:
     from sglang_ampere import jit_cache as warmup
 
     return warmup.cold_cache_notes(arch, env, checkpoint)

@@ -15,13 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
+from sglang_ampere import envvars
+from sglang_ampere.notes import Note, note, warning
+
 from .argv import ServerArgv
 from .topology import Topology
 
 if TYPE_CHECKING:
     from sglang_ampere import memory_plan as plan_mod
 
-VAR = "SGLANG_PP_LAYER_PARTITION"
+VAR = envvars.SGLANG_PP_LAYER_PARTITION
 #: SGLang 0.5.23's values when the arguments are not given: DeepSeek-V4 sets 256 running
 #: requests (48 with speculative decoding, ``speculative_hook``); the window-cache ratio is
 #: :data:`sglang_ampere.memory_plan.SGLANG_DSV4_SWA_RATIO`. The plan is imported where it is used: the
@@ -34,7 +37,7 @@ class LayerSplit:
     value: str | None = None                 # the split to set (None: nothing to set)
     reason: str = ""
     table: str = ""                          # the plan's table, for --dry-run
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     pool_tokens: int | None = None           # SGLang's KV pool at --mem-fraction-static (tightest stage)
     memory_plan: plan_mod.MemoryPlan | None = None   # the plan the split comes from (None: none made)
     error: Exception | None = None           # the PlanError that stopped it
@@ -63,7 +66,8 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
 
 def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
                  gpu_memory_gib: float | None, preset_memory_gib: float | None) -> LayerSplit:
-    """What to set for the split, and the table. Never raises: a plan that cannot be made is a note."""
+    """What to set for the split, and the table. Never raises: a plan that cannot be made is a
+    warning (code ``split.no-plan``, the exception in :attr:`LayerSplit.error`)."""
     from sglang_ampere import memory_plan as plan_mod
 
     out = LayerSplit()
@@ -72,8 +76,8 @@ def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str],
     mem = gpu_memory_gib or preset_memory_gib
     user = overrides.get(VAR, environ.get(VAR))
     if mem is None:
-        out.notes.append(f"note: no GPU memory known (no GPU here, no card size in the preset): "
-                         f"{VAR} is left to SGLang's even split; `sglang-ampere plan` computes one")
+        out.notes.append(note("split.no-memory", f"no GPU memory known (no GPU here, no card size in the preset): "
+                              f"{VAR} is left to SGLang's even split; `sglang-ampere plan` computes one"))
         return out
     try:
         model = plan_mod.load_model(server.value("model_path"))
@@ -84,18 +88,17 @@ def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str],
             try:
                 partition = [int(x) for x in user.split(",")]
             except ValueError:
-                out.notes.append(f"warning: {VAR}={user!r} is not a comma-separated list of layer counts; "
-                                 "SGLang will refuse it")
+                out.notes.append(warning("split.bad-partition", f"{VAR}={user!r} is not a comma-separated list of "
+                                         "layer counts; SGLang will refuse it"))
                 return out
         plan = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings,
                                   partition=partition)
     except plan_mod.PlanError as exc:
-        out.notes.append(f"warning: memory plan: {exc}")
+        out.notes.append(warning("split.no-plan", f"memory plan: {exc}"))
         out.error = exc
         return out
     out.pool_tokens, out.memory_plan = plan.sglang_pool_tokens, plan
-    # The plan's own notes become the launcher's warnings below; the table keeps the figures.
-    out.table = "".join(ln for ln in plan_mod.format_table(plan).splitlines(True) if not ln.startswith("# note:"))
+    out.table = plan_mod.format_table(plan, notes=False)     # its notes become the warnings below
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
     dflt = plan.default_min_free_bytes / plan_mod.GIB
     if user is None:
@@ -105,13 +108,15 @@ def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str],
     else:
         best = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings)
         better = min(r.free_bytes for r in best.ranks) / plan_mod.GIB
-        out.notes.append(f"note: keeping your {VAR}={user} (smallest free {ours:.2f} GiB per stage; "
-                         f"the plan's {best.partition_env} gives {better:.2f} GiB)")
+        out.notes.append(note("split.user-kept", f"keeping your {VAR}={user} (smallest free {ours:.2f} GiB per "
+                              f"stage; the plan's {best.partition_env} gives {better:.2f} GiB)"))
     if not plan.fits:
         s = plan.settings
-        out.notes.append(
-            f"warning: --context-length {s.context_length} x --max-running-requests {s.max_running_requests} "
+        out.notes.append(warning(
+            plan_mod.KV_DOES_NOT_FIT,
+            f"--context-length {s.context_length} x --max-running-requests {s.max_running_requests} "
             f"does not fit: the KV cache holds {plan.max_total_tokens} tokens on the tightest stage "
-            f"(up to {plan.max_total_tokens // max(1, s.max_running_requests)} per request); lower one of them")
-    out.notes += [f"warning: {n}" for n in plan.notes if "does not fit" not in n and "tokens do not fit" not in n]
+            f"(up to {plan.max_total_tokens // max(1, s.max_running_requests)} per request); lower one of them"))
+    # The plan's other notes, each a warning here: the server is about to start with them.
+    out.notes += [warning(n.code, n.text) for n in plan.notes if n.code != plan_mod.KV_DOES_NOT_FIT]
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 from sglang_ampere import MODEL_ARCHITECTURE, QUANT_METHOD
 from sglang_ampere import checkpoint_format as fmt
 from sglang_ampere.gpus import CPU_ARCH
+from sglang_ampere.notes import Note, note
 
 from .errors import LaunchError
 from .presets import Preset
@@ -31,7 +32,7 @@ def below_sm90(arch: str) -> bool:
 class ModelDir:
     path: str
     format: fmt.CheckpointFormat
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     #: True when the launcher adds the preset's [native] table (native checkpoint below sm_90).
     native_path: bool = False
     #: config.json, for the rules that read it later (the speculative draft source).
@@ -63,13 +64,13 @@ def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
     notes = []
     archs = cfg.get("architectures") or []
     if MODEL_ARCHITECTURE not in archs:
-        notes.append(f"note: {p / 'config.json'} declares architectures={archs}, not {MODEL_ARCHITECTURE}; "
-                     "the presets are tuned for DeepSeek-V4-Flash")
+        notes.append(note("launch.not-v4-flash", f"{p / 'config.json'} declares architectures={archs}, not "
+                          f"{MODEL_ARCHITECTURE}; the presets are tuned for DeepSeek-V4-Flash"))
     if found.kind == fmt.DSV4_INT:
         return ModelDir(str(p), found, notes, config=cfg)
     if found.kind == fmt.NATIVE and not below_sm90(arch):
-        notes.append(f"note: {path} is the native {found.quant_method} checkpoint; on {arch} it runs on SGLang's "
-                     "own kernels (the sglang-ampere kernels are not used)")
+        notes.append(note("launch.native-on-sglang", f"{path} is the native {found.quant_method} checkpoint; on "
+                          f"{arch} it runs on SGLang's own kernels (the sglang-ampere kernels are not used)"))
         return ModelDir(str(p), found, notes, config=cfg)
     convert = f"sglang-ampere convert {shlex.quote(str(p))} DST, then launch with --model-path DST"
     if found.kind == fmt.NATIVE:
@@ -85,10 +86,11 @@ def check_model(path: str | None, arch: str, preset: Preset) -> ModelDir:
                 f"{path} is the native FP8/FP4 checkpoint, and preset {preset.source} has no [native] table "
                 f"(what {arch} needs for it, e.g. --moe-runner-backend marlin). Start your preset with "
                 f'extends = "{arch}" in [preset], or requantize once: {convert}')
-        notes.append(f"note: {path} is the native FP8/FP4 checkpoint, served without conversion on {arch}: routed "
-                     "experts on SGLang's Marlin MXFP4 MoE (W4A16), dense FP8 layers on FP8 Marlin W8A16, wo_a "
-                     f"dequantized to BF16 at load; preset {preset.source}'s [native] settings are added (not yet "
-                     "run on a GPU; `sglang-ampere selftest` checks these kernels on the card)")
+        notes.append(note("launch.native-served",
+                          f"{path} is the native FP8/FP4 checkpoint, served without conversion on {arch}: routed "
+                          "experts on SGLang's Marlin MXFP4 MoE (W4A16), dense FP8 layers on FP8 Marlin W8A16, wo_a "
+                          f"dequantized to BF16 at load; preset {preset.source}'s [native] settings are added (not "
+                          "yet run on a GPU; `sglang-ampere selftest` checks these kernels on the card)"))
         return ModelDir(str(p), found, notes, native_path=True, config=cfg)
     raise LaunchError(
         f"{p / 'config.json'}: quantization_config.quant_method is {found.quant_method!r}, expected "

@@ -15,6 +15,7 @@ from typing import Mapping
 from sglang_ampere import envvars
 from sglang_ampere import gpus as gpus_mod
 from sglang_ampere.envvars import FORK_VARS, HACK_FLASHMLA_VAR
+from sglang_ampere.notes import Note, note
 
 from .argv import NSA_CHOICES, NSA_FLAGS, ServerArgv, values_of
 from .errors import LaunchError
@@ -101,11 +102,11 @@ def preset_arg_entries(preset: Preset, native: bool) -> list[ArgEntry]:
 
 
 def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[str, str],
-                opts: argparse.Namespace, native: bool = False) -> tuple[dict[str, str], list[EnvChange], list[str]]:
+                opts: argparse.Namespace, native: bool = False) -> tuple[dict[str, str], list[EnvChange], list[Note]]:
     """Apply preset < caller < --env, then the sparse-MLA / indexer backend selection.
     ``native``: the checkpoint is the native FP8/FP4 release served below sm_90 (adds ``[native]``)."""
     env = dict(environ)
-    notes: list[str] = []
+    notes: list[Note] = []
     pending: dict[str, tuple[str, str, str]] = {}    # name -> (value, source, reason)
     for e, label in preset_env_entries(preset, native):
         user = overrides.get(e.name, environ.get(e.name))
@@ -115,8 +116,8 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
                               f"{e.reason}. Unset it, or set {e.name}={e.value}")
         if e.name in environ:
             if environ[e.name] != e.value:
-                notes.append(f"note: keeping your {e.name}={environ[e.name]} over {label}'s "
-                             f"{e.value} ({e.reason})")
+                notes.append(note("launch.env-kept", f"keeping your {e.name}={environ[e.name]} over {label}'s "
+                                  f"{e.value} ({e.reason})"))
             continue
         pending[e.name] = (e.value, label, e.reason)
     for k, v in overrides.items():
@@ -151,11 +152,11 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
     for name in FORK_VARS:
         if name in overrides or name in environ:
             value = overrides.get(name, environ.get(name))
-            line = f"note: {name}={value}: {FORK_VARS[name]}"
+            line = f"{name}={value}: {FORK_VARS[name]}"
             if name == HACK_FLASHMLA_VAR and value not in NSA_CHOICES:
-                line = (f"note: {name}={value}: SGLang 0.5.23 reads it only on ROCm, so it does nothing "
+                line = (f"{name}={value}: SGLang 0.5.23 reads it only on ROCm, so it does nothing "
                         "here; use --nsa-prefill-backend/--nsa-decode-backend {torch,tilelang}")
-            notes.append(line)
+            notes.append(note("launch.fork-variable", line))
 
     changes = []
     for name, (value, source, reason) in pending.items():

@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from sglang_ampere.notes import Note, note
+
 from .argv import ServerArgv
 from .errors import LaunchError
 
@@ -37,7 +39,7 @@ FLAG, DEST = "--swa-full-tokens-ratio", "swa_full_tokens_ratio"
 class SwaDecision:
     ratio: str | None = None      # the ratio to pass (None: leave the arguments alone)
     reason: str = ""              # why, for the dry run
-    note: str = ""                # a note when the rule could not be applied
+    note: Note | None = None      # why the rule could not be applied, when it could not
 
 
 def _chunk(final: ServerArgv, mem_gib: float | None) -> tuple[int, str]:
@@ -72,12 +74,13 @@ def decide(final: ServerArgv, user_ratio: bool, config: dict | None, mem_gib: fl
     if limit is None:
         planned = plan_pool_tokens()
         if planned == 0:
-            return SwaDecision(note=(
-                "note: SWA pool rule not checked: the memory plan leaves SGLang no KV pool at this "
-                "--mem-fraction-static (see the plan's warning)"))
+            return SwaDecision(note=note(
+                "launch.swa-rule-no-pool", "SWA pool rule not checked: the memory plan leaves SGLang no KV pool at "
+                "this --mem-fraction-static (see the plan's warning)"))
         if not planned:
-            return SwaDecision(note=(
-                "note: SWA pool rule not checked: --max-total-tokens is unset and no memory plan sizes the pool "
+            return SwaDecision(note=note(
+                "launch.swa-rule-unchecked",
+                "SWA pool rule not checked: --max-total-tokens is unset and no memory plan sizes the pool "
                 "here (SGLang sizes it from GPU memory at start, far above the rule on a card that holds the "
                 f"model); with --max-total-tokens N, launch checks floor_256({ratio:g} x N) >= "
                 f"max(1024, {chunk} + 512)"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from sglang_ampere.notes import Note, note
+
 from .argv import ServerArgv
 from .errors import LaunchError
 
@@ -48,7 +50,7 @@ def topology_of(server: ServerArgv) -> Topology:
     )
 
 
-def check_topology(topo: Topology, local_gpus: int | None) -> list[str]:
+def check_topology(topo: Topology, local_gpus: int | None) -> list[Note]:
     """Notes about the topology; a :class:`LaunchError` with the arithmetic if it cannot work."""
     # `--dp-size N --enable-dp-attention` is the deprecated spelling of --attn-dp-size N
     # (attention DP inside the TP group, no extra GPUs); plain --dp-size N is N replicas.
@@ -69,7 +71,8 @@ def check_topology(topo: Topology, local_gpus: int | None) -> list[str]:
                               f"GPU(s). Lower the sizes, add nodes with --nnodes, or set --num-gpus if "
                               "the other nodes differ")
         if per_node < local_gpus:
-            notes.append(f"note: {arith} = {total}{node_txt} uses {per_node} of the {local_gpus} GPUs on this node")
+            notes.append(note("launch.gpus-unused",
+                              f"{arith} = {total}{node_txt} uses {per_node} of the {local_gpus} GPUs on this node"))
     if topo.nnodes > 1:
         if not topo.dist_init_addr:
             raise LaunchError(f"--nnodes {topo.nnodes} needs --dist-init-addr HOST:PORT "

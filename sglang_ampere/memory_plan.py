@@ -109,6 +109,7 @@ from pathlib import Path
 
 from . import checkpoint_format, envvars
 from .inventory import DENSE, EXPERT, classify, draft_problem
+from .notes import Note, note, warning
 from .safetensors_io import DTYPE_SIZES, CheckpointError, list_shards, read_header
 
 GIB = 1 << 30
@@ -137,6 +138,14 @@ DEFAULT_CHUNKED_PREFILL = 4096
 #: (the only value DeepSeek-V4 accepts), 4 verified tokens (the 3 drafts + the bonus).
 MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4
 SPECULATIVE = ("none", "mtp", "dspark")
+
+
+#: The codes of the plan's notes (:class:`sglang_ampere.notes.Note`), for callers that act on one.
+TP_SPANS_NODES = "plan.tp-spans-nodes"
+NATIVE_EXPERT_PADDING = "plan.native-expert-padding"
+NO_KV_POOL = "plan.no-kv-pool"
+STAGE_HEADROOM = "plan.stage-headroom"
+KV_DOES_NOT_FIT = "plan.kv-does-not-fit"
 
 
 class PlanError(ValueError):
@@ -654,7 +663,7 @@ class MemoryPlan:
     sglang_pool_tokens: int        # what SGLang's sizing gives at --mem-fraction-static
     max_mem_fraction_static: float
     min_mem_fraction_static: float = 0.0
-    notes: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     kind: str = checkpoint_format.DSV4_INT     # the checkpoint's format (checkpoint_format)
     rope_rows: int = 0                         # RoPE rows per kind (served_rope_rows)
     model_config: dict = field(default_factory=dict, repr=False)
@@ -688,7 +697,7 @@ class MemoryPlan:
             "max_mem_fraction_static": round(self.max_mem_fraction_static, 3),
             "min_mem_fraction_static": round(self.min_mem_fraction_static, 3),
             "ranks": [r.to_json() for r in self.ranks],
-            "notes": self.notes,
+            "notes": [n.text for n in self.notes],
         }
 
 
@@ -721,14 +730,14 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     if problem:
         raise PlanError(f"--speculative {s.speculative}: {problem}")
     if tp > gpus // nodes:
-        notes.append(f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP all-reduce over the "
-                     "network is slow")
+        notes.append(warning(TP_SPANS_NODES, f"--tp-size {tp} spans nodes ({gpus // nodes} GPUs per node): TP "
+                             "all-reduce over the network is slow"))
     if model.kind == checkpoint_format.NATIVE:
         inter = int(model.config["moe_intermediate_size"])
         if (inter // tp) % MXFP4_MARLIN_INTER_PAD:
-            notes.append(f"native experts at --tp-size {tp}: Marlin pads each rank's expert width {inter // tp} "
-                         f"to {_round_up(inter // tp, MXFP4_MARLIN_INTER_PAD)}; the weights above count the "
-                         "padding at tp 1 only")
+            notes.append(note(NATIVE_EXPERT_PADDING, f"native experts at --tp-size {tp}: Marlin pads each rank's "
+                              f"expert width {inter // tp} to {_round_up(inter // tp, MXFP4_MARLIN_INTER_PAD)}; the "
+                              "weights above count the padding at tp 1 only"))
     heads = int(model.config["num_attention_heads"])
     if heads % tp or int(model.config["o_groups"]) % tp:
         raise PlanError(f"--tp-size {tp} does not divide the {heads} heads and {model.config['o_groups']} "
@@ -771,19 +780,21 @@ def make_plan(model: Model, gpus: int, mem_gib: float, *, nodes: int = 1, tp: in
     fmin = max((pre - avail + kv.fixed_bytes + (s.max_running_requests + 1) * PAGE_SIZE * kv.bytes_per_token) / pre
                for avail, kv, _ in sg)
     if sglang_tokens == 0:
-        notes.append(f"at --mem-fraction-static {s.mem_fraction_static} SGLang finds no room for a KV pool on the "
-                     f"tightest stage; it needs at least {math.ceil(fmin * 1000) / 1000}")
+        notes.append(warning(NO_KV_POOL, f"at --mem-fraction-static {s.mem_fraction_static} SGLang finds no room "
+                             f"for a KV pool on the tightest stage; it needs at least {math.ceil(fmin * 1000) / 1000}"))
     for r, need in zip(ranks, runtime):
         if r.sglang_headroom_bytes < need:
-            notes.append(
+            notes.append(warning(
+                STAGE_HEADROOM,
                 f"stage {r.rank}: at --mem-fraction-static {s.mem_fraction_static} SGLang's pool leaves "
                 f"{r.sglang_headroom_bytes / GIB:.2f} GiB outside it, less than the {need / GIB:.2f} GiB of "
-                f"activations/graphs/budgets; use --mem-fraction-static {math.floor(fmax * 1000) / 1000} or lower")
+                f"activations/graphs/budgets; use --mem-fraction-static {math.floor(fmax * 1000) / 1000} or lower"))
     if s.context_length * s.max_running_requests > tokens:
-        notes.append(
+        notes.append(warning(
+            KV_DOES_NOT_FIT,
             f"--context-length {s.context_length} x --max-running-requests {s.max_running_requests} = "
             f"{s.context_length * s.max_running_requests} tokens do not fit the {tokens} KV tokens left: at "
-            f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens")
+            f"{s.max_running_requests} requests each can hold {tokens // s.max_running_requests} tokens"))
     return MemoryPlan(gpus, mem_gib, nodes, tp, pp, s, list(partition), dflt, ranks, dmin, tokens, sglang_tokens,
                 fmax, fmin, notes, model.kind, rope_rows(model, s), model.config)
 
@@ -859,7 +870,9 @@ def _kind_bytes(config: dict, rows: int) -> int:
     return Model(config, {}).rope_kind_bytes(rows)
 
 
-def format_table(plan: MemoryPlan) -> str:
+def format_table(plan: MemoryPlan, notes: bool = True) -> str:
+    """The plan as ``sglang-ampere plan`` prints it; ``notes=False``: without its ``# note:`` lines
+    (the launcher prints the notes itself)."""
     s = plan.settings
     lines = [
         f"# memory plan (computed on paper from the headers, not measured): {plan.kind} checkpoint, "
@@ -887,5 +900,6 @@ def format_table(plan: MemoryPlan) -> str:
         f"keep it between {math.ceil(plan.min_mem_fraction_static * 1000) / 1000} (a pool at all) and "
         f"{math.floor(plan.max_mem_fraction_static * 1000) / 1000} (room for the reserves)",
     ]
-    lines += [f"# note: {n}" for n in plan.notes]
+    if notes:
+        lines += [f"# note: {n.text}" for n in plan.notes]      # the table's own heading for every level
     return "\n".join(lines) + "\n"

@@ -84,8 +84,8 @@ def test_aliases_map_to_one_dest():
 
 def test_topology_alone():
     topo = Topology(tp=2, pp=6, dp=1, nnodes=2, node_rank=None, dist_init_addr="h:1")
-    assert check_topology(topo, 8) == ["note: --pp-size 6 x --tp-size 2 = 12 / --nnodes 2 = 6 per node "
-                                       "uses 6 of the 8 GPUs on this node"]
+    assert [str(n) for n in check_topology(topo, 8)] == [
+        "note: --pp-size 6 x --tp-size 2 = 12 / --nnodes 2 = 6 per node uses 6 of the 8 GPUs on this node"]
     with pytest.raises(LaunchError, match="= 12 GPUs / --nnodes 2 = 6 per node, but this node has 4"):
         check_topology(topo, 4)
 

@@ -52,7 +52,8 @@ def test_hack_flashmla_backend_torch_selects_torch_for_both_phases(model):
     assert "# sparse MLA below sm_90: prefill=torch decode=torch" in format_spec(plan)
     assert changes(plan)[PREFILL] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
     assert changes(plan)[DECODE] == ("torch", "SGLANG_HACK_FLASHMLA_BACKEND")
-    assert any("SGLANG_HACK_FLASHMLA_BACKEND=torch: SGLang 0.5.23 reads it only on ROCm" in n for n in plan.notes)
+    assert any("SGLANG_HACK_FLASHMLA_BACKEND=torch: SGLang 0.5.23 reads it only on ROCm" in n
+               for n in map(str, plan.notes))
 
 
 def test_hack_via_env_flag_and_nsa_flag_wins_over_it(model):
@@ -65,7 +66,7 @@ def test_hack_other_values_do_nothing_and_say_so(model):
     plan = plan_for(model, environ={"SGLANG_HACK_FLASHMLA_BACKEND": "aiter_sparse"})
     assert PREFILL not in plan.env and DECODE not in plan.env      # package defaults (tilelang) apply
     assert "# sparse MLA below sm_90: prefill=tilelang decode=tilelang" in format_spec(plan)
-    assert any("does nothing here; use --nsa-prefill-backend" in n for n in plan.notes)
+    assert any("does nothing here; use --nsa-prefill-backend" in n for n in map(str, plan.notes))
 
 
 @pytest.mark.parametrize("name, value, says", [
@@ -76,7 +77,7 @@ def test_hack_other_values_do_nothing_and_say_so(model):
 ])
 def test_fork_variables_get_one_line_each(model, name, value, says):
     plan = plan_for(model, environ={name: value})
-    lines = [n for n in plan.notes if n.startswith(f"note: {name}={value}:")]
+    lines = [n for n in map(str, plan.notes) if n.startswith(f"note: {name}={value}:")]
     assert len(lines) == 1 and says in lines[0] and "\n" not in lines[0]
 
 
@@ -100,7 +101,7 @@ def test_caller_env_beats_preset_and_env_flag_beats_caller(model):
     assert "SGLANG_OPT_USE_TOPK_V2" not in ch and plan.env["SGLANG_OPT_USE_TOPK_V2"] == "1"   # caller > preset
     assert ch["SGLANG_OPT_USE_TILELANG_INDEXER"] == ("0", "--env")                            # --env > caller
     assert DECODE not in ch and plan.env[DECODE] == "torch"                                   # caller > preset
-    assert any("keeping your SGLANG_OPT_USE_TOPK_V2=1 over preset sm86's 0" in n for n in plan.notes)
+    assert any("keeping your SGLANG_OPT_USE_TOPK_V2=1 over preset sm86's 0" in n for n in map(str, plan.notes))
 
 
 def test_env_flag_adds_new_variables_and_allows_empty_and_equals(model):
@@ -183,7 +184,9 @@ def test_explicit_gpu_without_gpu_needs_dry_run(model):
 
 def test_gpu_flag_differing_from_detected_is_noted(model):
     plan = plan_for(model, "--pp-size", "2", smi_output=smi("rtx4090_x2"))
-    assert any("--gpu sm86 chosen, but this node has 2 x NVIDIA GeForce RTX 4090" in n for n in plan.notes)
+    assert any("--gpu sm86 chosen, but this node has 2 x NVIDIA GeForce RTX 4090" in n
+               for n in map(str, plan.notes))
+    assert "launch.gpu-differs" in {n.code for n in plan.notes}, plan.notes
 
 
 def test_missing_model_path_flag():
@@ -227,7 +230,7 @@ def test_native_fp8_without_mxfp4_expert_headers_refused_below_sm90(tmp_path, ar
 def test_native_fp8_passes_through_on_sm90_plus(tmp_path, arch):
     d = make_model(tmp_path, "fp8")
     plan = plan_for(d, gpu=arch)
-    assert any("native fp8 checkpoint" in n for n in plan.notes)
+    assert any("native fp8 checkpoint" in n for n in map(str, plan.notes))
     assert plan.argv[3:5] == ["--model-path", str(d)]
 
 

@@ -76,7 +76,7 @@ def test_tp4_pp2_on_24gb_gets_a_fraction_that_fits(real, caller):
 def test_the_users_fraction_is_kept(real, caller):
     plan = _plan(real, caller, "--tp-size", "4", "--pp-size", "2", FLAG, "0.85")
     assert _value(plan.argv, FLAG) == "0.85" and not plan.mem_args_used
-    assert any("needs at least" in n for n in plan.notes), plan.notes      # the plan's warning stays
+    assert any("needs at least" in n for n in map(str, plan.notes)), plan.notes      # the plan's warning stays
 
 
 def test_a_topology_without_room_for_the_pool_is_refused_per_stage(real, caller):

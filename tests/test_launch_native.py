@@ -37,7 +37,7 @@ def test_native_checkpoint_accepted_below_sm90_with_the_native_table(synth_ckpt,
     assert "#   --moe-runner-backend marlin  [native] " in text
     assert "#   --context-length 65536  the" in text or "#   --context-length 131072  the" in text
     assert "SGLANG_FORCE_FP8_MARLIN=1 \\" in text and "[preset " + arch + " [native]; unset]" in text
-    assert any("native FP8/FP4 checkpoint, served without conversion" in n for n in plan.notes)
+    assert any("native FP8/FP4 checkpoint, served without conversion" in n for n in map(str, plan.notes))
 
 
 def test_dsv4_int_path_gets_no_native_setting(model):
@@ -53,7 +53,7 @@ def test_native_on_sm90_plus_is_sglangs_own_path(synth_ckpt, arch):
     plan = plan_for(synth_ckpt, gpu=arch)
     assert not plan.native_path and not native_changes(plan)
     assert "--moe-runner-backend" not in plan.argv
-    assert any("runs on SGLang's own kernels" in n for n in plan.notes)
+    assert any("runs on SGLang's own kernels" in n for n in map(str, plan.notes))
 
 
 def test_ampere_target_on_hopper_takes_the_native_table(synth_ckpt):
@@ -113,7 +113,7 @@ def test_optional_native_variable_keeps_the_users_value_with_a_note(synth_ckpt):
     plan = plan_for(synth_ckpt, gpu="sm89", environ={"PATH": "/usr/bin", "SGLANG_FORCE_FP8_MARLIN": "0"})
     assert "SGLANG_FORCE_FP8_MARLIN" not in native_changes(plan) and plan.env["SGLANG_FORCE_FP8_MARLIN"] == "0"
     assert any(n.startswith("note: keeping your SGLANG_FORCE_FP8_MARLIN=0 over preset sm89 [native]'s 1")
-               for n in plan.notes)
+               for n in map(str, plan.notes))
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -198,7 +198,7 @@ def test_cold_jit_cache_note_names_what_this_checkpoint_runs(synth_ckpt, model, 
     environ = {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
 
     def cold_note(ckpt, gpu="sm86"):
-        notes = [n for n in plan_for(ckpt, gpu=gpu, environ=dict(environ)).notes if "JIT cache" in n]
+        notes = [str(n) for n in plan_for(ckpt, gpu=gpu, environ=dict(environ)).notes if n.code == "jit.cold-cache"]
         return notes[0] if notes else None
 
     native, dsv4_int = cold_note(synth_ckpt), cold_note(model)

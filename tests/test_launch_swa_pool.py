@@ -112,9 +112,10 @@ def test_no_ratio_can_meet_the_rule(real, caller):
 
 def test_unset_max_total_tokens_uses_the_plan_or_says_why_not(real, caller):
     one = _plan(real, caller)
-    assert any(n.startswith("note: SWA pool rule not checked: --max-total-tokens is unset") for n in one.notes)
+    assert any(n.startswith("note: SWA pool rule not checked: --max-total-tokens is unset")
+               for n in map(str, one.notes))
     twelve = _plan(real, caller, "--pp-size", "12")
-    assert not any("SWA pool rule" in n for n in twelve.notes) and not twelve.swa_args_used
+    assert not any("SWA pool rule" in n for n in map(str, twelve.notes)) and not twelve.swa_args_used
     assert _value(twelve.argv, FLAG) == "0.05"            # the plan's pool is millions of tokens
 
 

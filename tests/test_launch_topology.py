@@ -17,7 +17,7 @@ def plan(model, *args, smi_output=None, dry=True, gpu="sm86"):
 
 def test_one_node_twelve_gpus(model):
     p = plan(model, "--pp-size", "12")
-    assert not any("uses" in n and "GPUs on this node" in n for n in p.notes)
+    assert not any("uses" in n and "GPUs on this node" in n for n in map(str, p.notes))
     assert p.node_argvs == []
 
 
@@ -43,7 +43,8 @@ def test_aliases_are_understood(model):
 
 def test_fewer_gpus_than_present_is_a_note(model):
     p = plan(model, "--pp-size", "8")
-    assert "note: --pp-size 8 x --tp-size 1 = 8 uses 8 of the 12 GPUs on this node" in p.notes
+    assert "note: --pp-size 8 x --tp-size 1 = 8 uses 8 of the 12 GPUs on this node" in map(str, p.notes)
+    assert [n.code for n in p.notes if "GPUs on this node" in n.text] == ["launch.gpus-unused"], p.notes
 
 
 def test_not_divisible_by_nodes(model):
