@@ -21,15 +21,16 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from sglang_ampere import envvars
 from sglang_ampere.gpus import PRESET_TARGETS
 
 from .errors import LaunchError
 
 #: (launcher flag, options attribute, variable it sets) of the fork-era sparse-MLA / indexer flags.
 NSA_FLAGS = (
-    ("--nsa-prefill-backend", "nsa_prefill_backend", "SGLANG_AMPERE_PREFILL_BACKEND"),
-    ("--nsa-decode-backend", "nsa_decode_backend", "SGLANG_AMPERE_DECODE_BACKEND"),
-    ("--nsa-indexer-backend", "nsa_indexer_backend", "SGLANG_AMPERE_INDEXER_BACKEND"),
+    ("--nsa-prefill-backend", "nsa_prefill_backend", envvars.PREFILL_BACKEND),
+    ("--nsa-decode-backend", "nsa_decode_backend", envvars.DECODE_BACKEND),
+    ("--nsa-indexer-backend", "nsa_indexer_backend", envvars.INDEXER_BACKEND),
 )
 NSA_CHOICES = ("torch", "tilelang")
 HELP_FLAGS = ("-h", "--help")
@@ -64,7 +65,8 @@ def make_parser(prog: str = "sglang-ampere launch") -> argparse.ArgumentParser:
             "      --dist-init-addr 10.0.0.1:5000"),
     )
     p.add_argument("--gpu", default="auto", metavar="ARCH",
-                   help=f"auto (read nvidia-smi) or one of {', '.join(PRESET_TARGETS)} (default: auto; cpu: "
+                   help=f"auto (read nvidia-smi) or one of {', '.join(PRESET_TARGETS)} (sm_86 and 86 also "
+                        "work; default: auto; cpu: "
                         "SGLang's CPU engine with sglang-ampere's torch stand-ins, no GPU needed, slow: for tests "
                         "and a first try)")
     p.add_argument("--preset", metavar="FILE", help="use this preset TOML file instead of env/<arch>.toml")

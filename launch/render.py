@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from .resolve import EnvChange
     from .spec import LaunchSpec
 
-PREFILL_VAR = "SGLANG_AMPERE_PREFILL_BACKEND"
-DECODE_VAR = "SGLANG_AMPERE_DECODE_BACKEND"
-INDEXER_VAR = "SGLANG_AMPERE_INDEXER_BACKEND"
-
 
 def shell_command(argv: Sequence[str], env_changes: Sequence[EnvChange] = ()) -> str:
     """A command ready to paste into a POSIX shell (one assignment per line)."""
@@ -57,10 +53,10 @@ def format_spec(spec: LaunchSpec) -> str:
         for a in spec.preset_args_kept:
             out.append(f"#   {a.flag}: your value kept over the preset's {a.value}")
     if below_sm90(spec.arch):
-        out.append(f"# sparse MLA below sm_90: prefill={_setting(spec, PREFILL_VAR)} "
-                   f"decode={_setting(spec, DECODE_VAR)} "
+        out.append(f"# sparse MLA below sm_90: prefill={_setting(spec, envvars.PREFILL_BACKEND)} "
+                   f"decode={_setting(spec, envvars.DECODE_BACKEND)} "
                    "(--nsa-prefill-backend/--nsa-decode-backend {torch,tilelang} to change)")
-        out.append(f"# C4 indexer below sm_90: {_setting(spec, INDEXER_VAR)} "
+        out.append(f"# C4 indexer below sm_90: {_setting(spec, envvars.INDEXER_BACKEND)} "
                    "(--nsa-indexer-backend {torch,tilelang} to change)")
     for flag, value, reason in spec.spec_args_used:
         out.append(f"# speculative: {flag} {value}  {reason}")

@@ -22,7 +22,7 @@ from .errors import LaunchError
 from .presets import KNOWN_ARCHES, ArgEntry, EnvEntry, Preset
 
 #: The fork-era variable translates to these (the sparse-MLA phases, not the indexer).
-HACK_TARGETS = ("SGLANG_AMPERE_PREFILL_BACKEND", "SGLANG_AMPERE_DECODE_BACKEND")
+HACK_TARGETS = (envvars.PREFILL_BACKEND, envvars.DECODE_BACKEND)
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,21 @@ class EnvChange:
 
 def resolve_arch(opts: argparse.Namespace, environ: Mapping[str, str], smi_output: str | None,
                  need_gpu: bool) -> tuple[str, list]:
-    """The preset architecture and the GPUs visible on this node."""
-    gpu = (opts.gpu or "auto").lower()
-    if gpu != "auto" and gpu not in gpus_mod.PRESET_TARGETS:
-        raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(gpus_mod.PRESET_TARGETS)}")
+    """The preset architecture and the GPUs visible on this node. ``opts.gpu``: ``auto`` or any
+    spelling :class:`sglang_ampere.gpus.Arch` reads (``sm86``, ``sm_86``, ``86``)."""
+    gpu = (opts.gpu or gpus_mod.AUTO).strip().lower()
+    if gpu != gpus_mod.AUTO:
+        try:
+            gpu = gpus_mod.Arch.parse(gpu)
+        except ValueError:
+            gpu = None
+        if gpu not in gpus_mod.PRESET_TARGETS:
+            raise LaunchError(f"unknown --gpu {opts.gpu!r}; known: auto, {', '.join(gpus_mod.PRESET_TARGETS)} "
+                              "(also spelled sm_86 or 86)")
     if gpu == gpus_mod.CPU_ARCH:
         return gpu, []            # SGLang's CPU engine: no GPU wanted, none looked for
     found, why_none = gpus_mod.detect_gpus_or_reason(environ, smi_output)
-    if gpu == "auto":
+    if gpu == gpus_mod.AUTO:
         if not found:
             raise LaunchError(f"no GPU detected: {why_none}. On a machine without a GPU, preview the "
                               "command with --gpu sm86 --dry-run (or sm80/sm89/sm90/sm120)")
@@ -181,7 +188,7 @@ def add_cpu_site(env: dict[str, str], changes: list[EnvChange]) -> None:
 
 #: SGLang's CPU engine binds each rank's OpenMP threads to one NUMA node unless this is set, and
 #: refuses more ranks than nodes (``srt/utils/numa_utils.py`` ``init_threads_binding``).
-THREADS_BIND_VAR = "SGLANG_CPU_OMP_THREADS_BIND"
+THREADS_BIND_VAR = envvars.SGLANG_CPU_OMP_THREADS_BIND
 
 
 def numa_nodes() -> int:

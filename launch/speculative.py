@@ -31,11 +31,13 @@ import contextlib
 import os
 from typing import Mapping, Sequence
 
+from sglang_ampere import envvars
+
 from .argv import ServerArgv, quiet_sglang_warnings
 from .errors import LaunchError
 
 CHOICES = ("none", "mtp", "dspark")
-PP_SPEC_VAR = "SGLANG_ENABLE_PP_SPEC"
+PP_SPEC_VAR = envvars.SGLANG_ENABLE_PP_SPEC
 
 
 

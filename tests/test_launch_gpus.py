@@ -5,7 +5,7 @@ import pytest
 from helpers.launch import fake_nvidia_smi, smi
 
 from sglang_ampere import gpus
-from sglang_ampere.launch.launcher import LaunchError, resolve_arch, split_argv
+from sglang_ampere.launch.launcher import LaunchError, build_spec, format_spec, resolve_arch, split_argv
 
 
 @pytest.mark.parametrize("recorded, count, arch, name, mem_gib", [
@@ -56,6 +56,26 @@ def test_mixed_box_resolved_by_gpu_flag_or_visible_devices():
     opts, _ = split_argv([])
     arch, found = resolve_arch(opts, {"CUDA_VISIBLE_DEVICES": "0,2"}, smi("mixed_3090_4090_a6000"), need_gpu=True)
     assert arch == "sm86" and [g.index for g in found] == [0, 2]
+
+
+@pytest.mark.parametrize("spelling", ["sm_86", "86", "8.6", "SM86", " sm86 "])
+def test_gpu_flag_takes_every_arch_spelling(spelling):
+    """``--gpu sm_86`` / ``86`` / ``8.6`` pick the preset ``--gpu sm86`` picks (gpus.Arch)."""
+    opts, _ = split_argv(["--gpu", spelling])
+    arch, found = resolve_arch(opts, {}, smi("mixed_3090_4090_a6000"), need_gpu=True)
+    assert arch == "sm86" and len(found) == 4, (spelling, arch)
+    cpu, _ = split_argv(["--gpu", "CPU"])
+    assert resolve_arch(cpu, {}, "", need_gpu=True) == ("cpu", [])
+
+
+def test_gpu_flag_spellings_give_the_same_launch(model):
+    def dry_run(gpu):
+        spec = build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model)], environ={"PATH": "/usr/bin"},
+                          smi_output="")
+        return spec.arch, spec.argv, spec.env, format_spec(spec)
+
+    assert dry_run("sm_86") == dry_run("86") == dry_run("sm86")
+    assert dry_run("sm_80")[0] == "sm80" and dry_run("120")[0] == "sm120"
 
 
 def test_cuda_visible_devices_like_the_runtime():

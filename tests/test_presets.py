@@ -9,11 +9,10 @@ from helpers import REPO
 
 import sglang_ampere
 from sglang_ampere import envvars
-from sglang_ampere.envvars import FORK_VARS
+from sglang_ampere.envvars import DECODE_BACKEND, FORK_VARS, PREFILL_BACKEND
 from sglang_ampere.envvars import HACK_FLASHMLA_VAR as HACK_VAR
 from sglang_ampere.gpus import PRESET_TARGETS
 from sglang_ampere.launch.presets import load_builtin
-from sglang_ampere.launch.render import DECODE_VAR, PREFILL_VAR
 
 
 def sglang_root() -> Path:
@@ -130,7 +129,7 @@ def test_no_dead_variables(name, arches):
         assert sites, f"{name} is defined in SGLang but never read"
 
 
-@pytest.mark.parametrize("name", [PREFILL_VAR, DECODE_VAR])
+@pytest.mark.parametrize("name", [PREFILL_BACKEND, DECODE_BACKEND])
 def test_variables_the_launcher_writes_are_read(name):
     """--nsa-*-backend and SGLANG_HACK_FLASHMLA_BACKEND become these; the sparse-MLA patch must read them."""
     assert name in envvars.VARS and set(envvars.VARS[name].choices) == {"torch", "tilelang"}
