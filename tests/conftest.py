@@ -54,6 +54,21 @@ def model(tmp_path):
 
 
 @pytest.fixture(scope="module")
+def real_headers(tmp_path_factory):
+    """A headers-only dsv4_int copy of DeepSeek-V4-Flash (the real config and tensor inventory,
+    no data), once per test module: what the launcher's memory-plan tests launch."""
+    from helpers.headers_only import write_headers_only
+
+    return write_headers_only(tmp_path_factory.mktemp("headers_only") / "dsv4_int_real")
+
+
+@pytest.fixture
+def caller_env(tmp_path):
+    """The environment a test's ``launch`` is called from: a PATH and a JIT cache of its own (cold)."""
+    return {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
+
+
+@pytest.fixture(scope="module")
 def native(tmp_path_factory):
     """A fresh small native checkpoint per test module (the converter and audit tests)."""
     from helpers.convert import fresh_seed, make_native

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.headers_only import write_headers_only
+from helpers.launch import dry_run
 
-from sglang_ampere.checking import require
 from sglang_ampere.launch.errors import LaunchError
 from sglang_ampere.launch.launcher import build_spec, format_spec
 from sglang_ampere.launch.speculative import validate
@@ -21,125 +20,113 @@ pytest.importorskip("sglang")
 ARCHES = ("sm80", "sm86", "sm89", "sm90", "sm120")
 
 
-@pytest.fixture(scope="module")
-def real(tmp_path_factory):
-    return write_headers_only(tmp_path_factory.mktemp("launch_plan") / "dsv4_int_real")
-
-
-@pytest.fixture
-def caller(tmp_path):
-    return {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
-
-
-def _plan(real, caller, *args):
-    return build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(real), *args], environ=caller, smi_output="")
-
-
-def test_pp12_sets_the_partition_plan_computes(real, caller, capsys):
+def test_pp12_sets_the_partition_plan_computes(real_headers, caller_env, capsys):
     from sglang_ampere.cli import main
 
-    require(main(["plan", str(real), "--gpus", "12x24", "--json"]) == 0, "plan exits 0")
+    assert main(["plan", str(real_headers), "--gpus", "12x24", "--json"]) == 0, "plan exits 0"
     doc = json.loads(capsys.readouterr().out)
-    plan = _plan(real, caller, "--pp-size", "12")
+    plan = dry_run(real_headers, caller_env, "--pp-size", "12")
     change = {c.name: c for c in plan.changes}.get("SGLANG_PP_LAYER_PARTITION")
-    require(change is not None and change.new == doc["SGLANG_PP_LAYER_PARTITION"],
-            f"launch set {change}, plan says {doc['SGLANG_PP_LAYER_PARTITION']}")
-    require(plan.env["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env carries it")
+    assert change is not None and change.new == doc["SGLANG_PP_LAYER_PARTITION"], (
+        f"launch set {change}, plan says {doc['SGLANG_PP_LAYER_PARTITION']}")
+    assert plan.env["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env carries it"
     text = format_spec(plan)
-    require("# stage  layers" in text and text.count("\n#    ") >= 12, "the dry run shows the per-stage table")
-    require("SGLANG_PP_LAYER_PARTITION=" + change.new + " \\" in text, "the command sets it")
+    assert "# stage  layers" in text and text.count("\n#    ") >= 12, "the dry run shows the per-stage table"
+    assert "SGLANG_PP_LAYER_PARTITION=" + change.new + " \\" in text, "the command sets it"
 
 
-def test_user_partition_is_kept_and_pp1_sets_none(real, caller):
+def test_user_partition_is_kept_and_pp1_sets_none(real_headers, caller_env):
     mine = "4,4,4,4,4,4,4,4,4,3,0,0"
-    plan = _plan(real, {**caller, "SGLANG_PP_LAYER_PARTITION": "3,3,3,3,3,4,4,4,4,4,4,4"}, "--pp-size", "12")
-    require("SGLANG_PP_LAYER_PARTITION" not in {c.name for c in plan.changes}, "the user's split wins")
-    require(any("keeping your SGLANG_PP_LAYER_PARTITION" in n for n in map(str, plan.notes)), f"notes {plan.notes}")
-    require("split.user-kept" in {n.code for n in plan.notes}, f"notes {plan.notes}")
-    plan = _plan(real, caller, "--pp-size", "12", "--env", f"SGLANG_PP_LAYER_PARTITION={mine}")
-    require(plan.env["SGLANG_PP_LAYER_PARTITION"] == mine, "--env wins")
-    one = _plan(real, caller)
-    require("SGLANG_PP_LAYER_PARTITION" not in one.env and not one.stage_table, "pp 1 has no split")
+    plan = dry_run(real_headers, {**caller_env, "SGLANG_PP_LAYER_PARTITION": "3,3,3,3,3,4,4,4,4,4,4,4"},
+                   "--pp-size", "12")
+    assert "SGLANG_PP_LAYER_PARTITION" not in {c.name for c in plan.changes}, "the user's split wins"
+    assert any("keeping your SGLANG_PP_LAYER_PARTITION" in n for n in map(str, plan.notes)), f"notes {plan.notes}"
+    assert "split.user-kept" in {n.code for n in plan.notes}, f"notes {plan.notes}"
+    plan = dry_run(real_headers, caller_env, "--pp-size", "12", "--env", f"SGLANG_PP_LAYER_PARTITION={mine}")
+    assert plan.env["SGLANG_PP_LAYER_PARTITION"] == mine, "--env wins"
+    one = dry_run(real_headers, caller_env)
+    assert "SGLANG_PP_LAYER_PARTITION" not in one.env and not one.stage_table, "pp 1 has no split"
 
 
-def test_warns_when_context_times_concurrency_does_not_fit(real, caller):
-    plan = _plan(real, caller, "--pp-size", "12", "--context-length", "1048576", "--max-running-requests", "256")
-    require(any(n.startswith("warning: --context-length 1048576 x --max-running-requests 256 does not fit")
-                for n in map(str, plan.notes)), f"notes {plan.notes}")
+def test_warns_when_context_times_concurrency_does_not_fit(real_headers, caller_env):
+    plan = dry_run(real_headers, caller_env, "--pp-size", "12", "--context-length", "1048576",
+                   "--max-running-requests", "256")
+    assert any(n.startswith("warning: --context-length 1048576 x --max-running-requests 256 does not fit")
+               for n in map(str, plan.notes)), f"notes {plan.notes}"
     # the plan's own note on the same shortfall is not repeated (the launcher's sentence replaces it)
-    require([n.code for n in plan.notes].count("plan.kv-does-not-fit") == 1, f"notes {plan.notes}")
+    assert [n.code for n in plan.notes].count("plan.kv-does-not-fit") == 1, f"notes {plan.notes}"
 
 
 @pytest.mark.parametrize("spec", ["none", "mtp"])
 @pytest.mark.parametrize("pp", [1, 12])
 @pytest.mark.parametrize("arch", ARCHES)
-def test_every_preset_argv_passes_sglangs_own_validation(real, caller, arch, pp, spec):
-    args = ["--gpu", arch, "--dry-run", "--model-path", str(real), "--pp-size", str(pp), "--speculative", spec]
-    plan = build_spec(args, environ=caller, smi_output="")
+def test_every_preset_argv_passes_sglangs_own_validation(real_headers, caller_env, arch, pp, spec):
+    args = ["--gpu", arch, "--dry-run", "--model-path", str(real_headers), "--pp-size", str(pp), "--speculative", spec]
+    plan = build_spec(args, environ=caller_env, smi_output="")
     validate(plan.argv[3:], plan.env)       # raises LaunchError with SGLang's reason if refused
     algo = "--speculative-algorithm" in plan.argv
-    require(algo == (spec == "mtp"), f"{arch} pp {pp} {spec}: argv {plan.argv}")
-    require((plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1") == (spec == "mtp" and pp > 1),
-            f"{arch} pp {pp} {spec}: SGLANG_ENABLE_PP_SPEC={plan.env.get('SGLANG_ENABLE_PP_SPEC')}")
-    require(("SGLANG_PP_LAYER_PARTITION" in plan.env) == (pp > 1), f"{arch} pp {pp}: partition set iff pp > 1")
+    assert algo == (spec == "mtp"), f"{arch} pp {pp} {spec}: argv {plan.argv}"
+    assert (plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1") == (spec == "mtp" and pp > 1), (
+        f"{arch} pp {pp} {spec}: SGLANG_ENABLE_PP_SPEC={plan.env.get('SGLANG_ENABLE_PP_SPEC')}")
+    assert ("SGLANG_PP_LAYER_PARTITION" in plan.env) == (pp > 1), f"{arch} pp {pp}: partition set iff pp > 1"
 
 
-def test_refused_combinations_get_sglangs_reason_and_the_fix(real, caller):
+def test_refused_combinations_get_sglangs_reason_and_the_fix(real_headers, caller_env):
     with pytest.raises(LaunchError, match=r"refuses this combination: DSpark pipeline parallelism .* To fix: use "
                                           r"--speculative mtp"):
-        _plan(real, caller, "--pp-size", "12", "--speculative", "dspark")
+        dry_run(real_headers, caller_env, "--pp-size", "12", "--speculative", "dspark")
     with pytest.raises(LaunchError, match=r"topk == 1 .* To fix: use --speculative-eagle-topk 1"):
-        _plan(real, caller, "--speculative", "mtp", "--speculative-eagle-topk", "2")
+        dry_run(real_headers, caller_env, "--speculative", "mtp", "--speculative-eagle-topk", "2")
     with pytest.raises(LaunchError, match=r"only supported on prefill nodes.* To fix: set SGLANG_ENABLE_PP_SPEC=1"):
-        _plan(real, {**caller, "SGLANG_ENABLE_PP_SPEC": "0"}, "--pp-size", "12", "--speculative", "mtp")
+        dry_run(real_headers, {**caller_env, "SGLANG_ENABLE_PP_SPEC": "0"}, "--pp-size", "12", "--speculative", "mtp")
     with pytest.raises(LaunchError, match="contradicts"):
-        _plan(real, caller, "--speculative", "mtp", "--speculative-algorithm", "DSPARK")
+        dry_run(real_headers, caller_env, "--speculative", "mtp", "--speculative-algorithm", "DSPARK")
 
 
-def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real, caller):
-    plan = _plan(real, caller, "--pp-size", "12", "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "2",
-                 "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "3")
-    require(plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1", "EAGLE over pp 12 needs SGLANG_ENABLE_PP_SPEC=1")
-    require(plan.argv.count("--speculative-num-steps") == 1 and "2" in plan.argv, "the user's values are kept")
+def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real_headers, caller_env):
+    plan = dry_run(real_headers, caller_env, "--pp-size", "12", "--speculative-algorithm", "EAGLE",
+                   "--speculative-num-steps", "2", "--speculative-eagle-topk", "1",
+                   "--speculative-num-draft-tokens", "3")
+    assert plan.env.get("SGLANG_ENABLE_PP_SPEC") == "1", "EAGLE over pp 12 needs SGLANG_ENABLE_PP_SPEC=1"
+    assert plan.argv.count("--speculative-num-steps") == 1 and "2" in plan.argv, "the user's values are kept"
 
 
-def test_tp_times_pp_over_nodes(real, caller):
-    plan = build_spec(["--gpu", "sm86", "--dry-run", "--model-path", str(real), "--tp-size", "4", "--pp-size", "2",
-                       "--nnodes", "2", "--dist-init-addr", "10.0.0.1:5000", "--num-gpus", "4"],
-                      environ=caller, smi_output="")
+def test_tp_times_pp_over_nodes(real_headers, caller_env):
+    plan = dry_run(real_headers, caller_env, "--tp-size", "4", "--pp-size", "2", "--nnodes", "2",
+                   "--dist-init-addr", "10.0.0.1:5000", "--num-gpus", "4")
     # 22,21 since the RoPE tables are counted at the served length (patches/dsv4_rope.py): stage 0
     # holds both RoPE kinds, which cost 768 MiB there at 1M rows and 48 MiB at 65,536
-    require(plan.env.get("SGLANG_PP_LAYER_PARTITION") == "22,21", f"split {plan.env.get('SGLANG_PP_LAYER_PARTITION')}")
-    require("tp 4 x pp 2 over 2 nodes" in plan.stage_table, plan.stage_table)
+    assert plan.env.get("SGLANG_PP_LAYER_PARTITION") == "22,21", f"split {plan.env.get('SGLANG_PP_LAYER_PARTITION')}"
+    assert "tp 4 x pp 2 over 2 nodes" in plan.stage_table, plan.stage_table
     text = format_spec(plan)
-    require(text.count("SGLANG_PP_LAYER_PARTITION=22,21 \\") == 2, "both nodes' commands carry the split")
-    require(any("does not fit" in n for n in map(str, plan.notes)), "TP4 x PP2 on 24 GB cannot hold 65536 x 16")
+    assert text.count("SGLANG_PP_LAYER_PARTITION=22,21 \\") == 2, "both nodes' commands carry the split"
+    assert any("does not fit" in n for n in map(str, plan.notes)), "TP4 x PP2 on 24 GB cannot hold 65536 x 16"
 
 
-def _as_0731(real, tmp_path):
+def _as_0731(real_headers, tmp_path):
     """The same headers under a config that declares V4-Flash-0731's DSpark drafter."""
     d = tmp_path / "v4_0731"
     d.mkdir()
-    for f in real.iterdir():
+    for f in real_headers.iterdir():
         if f.name != "config.json":
             (d / f.name).symlink_to(f)
-    cfg = json.loads((real / "config.json").read_text())
+    cfg = json.loads((real_headers / "config.json").read_text())
     cfg.update(dspark_block_size=4, dspark_target_layer_ids=[10, 20, 30], dspark_markov_rank=256)
     (d / "config.json").write_text(json.dumps(cfg))
     return d
 
 
-def test_draft_must_match_what_mtp_holds(real, caller, tmp_path):
+def test_draft_must_match_what_mtp_holds(real_headers, caller_env, tmp_path):
     """EAGLE cannot load 0731's DSpark drafter: SGLang's own checks pass it (it fails later, loading the
     draft), so the launcher refuses it. DSpark on V4-Flash, which has no drafter, SGLang refuses itself.
     A draft checkpoint the user names is the user's call."""
-    v0731 = _as_0731(real, tmp_path)
+    v0731 = _as_0731(real_headers, tmp_path)
     with pytest.raises(LaunchError, match=r"EAGLE: this checkpoint \(V4-Flash-0731\) holds a DSpark drafter"):
-        _plan(v0731, caller, "--speculative", "mtp")
+        dry_run(v0731, caller_env, "--speculative", "mtp")
     with pytest.raises(LaunchError, match="DSpark dense speculative decoding requires setting "
                                           "--speculative-draft-model-path"):
-        _plan(real, caller, "--speculative", "dspark")
-    dspark = _plan(v0731, caller, "--speculative", "dspark")
-    require("DSPARK" in dspark.argv, f"argv {dspark.argv}")
-    named = _plan(real, caller, "--speculative", "dspark", "--speculative-draft-model-path", str(v0731))
-    require("DSPARK" in named.argv, "a named draft checkpoint is the user's call")
+        dry_run(real_headers, caller_env, "--speculative", "dspark")
+    dspark = dry_run(v0731, caller_env, "--speculative", "dspark")
+    assert "DSPARK" in dspark.argv, f"argv {dspark.argv}"
+    named = dry_run(real_headers, caller_env, "--speculative", "dspark", "--speculative-draft-model-path", str(v0731))
+    assert "DSPARK" in named.argv, "a named draft checkpoint is the user's call"

@@ -22,7 +22,6 @@ from helpers.headers_only import write_headers_only
 from helpers.sglang_cpu import scratch_runtime_context
 
 from sglang_ampere import memory_plan as P
-from sglang_ampere.checking import require
 from sglang_ampere.safetensors_io import DTYPE_SIZES, list_shards, read_header
 from sglang_ampere.synth import SynthSpec
 
@@ -89,28 +88,28 @@ def expected_stage_weights(config, headers, start, stop, first, last, context):
 def test_stage_weights_match_an_independent_sum_over_the_headers(real, real_model, headers, gpus, mem):
     plan = P.make_plan(real_model, gpus, mem)
     config = json.loads((real / "config.json").read_text())
-    require(sum(plan.partition) == 43 and len(plan.partition) == gpus, f"partition {plan.partition}")
+    assert sum(plan.partition) == 43 and len(plan.partition) == gpus, f"partition {plan.partition}"
     start = 0
     for r in plan.ranks:
         want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1,
                                       plan.settings.context_length)
-        require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
-        require(r.first_layer == start, f"stage {r.rank} starts at {r.first_layer}, expected {start}")
-        require(r.free_bytes == int(mem * 2**30) - r.weight_bytes - r.reserve_bytes - r.kv_fixed_bytes,
-                f"stage {r.rank}: free_bytes is not memory - weights - reserves - fixed KV")
+        assert r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}"
+        assert r.first_layer == start, f"stage {r.rank} starts at {r.first_layer}, expected {start}"
+        assert r.free_bytes == int(mem * 2**30) - r.weight_bytes - r.reserve_bytes - r.kv_fixed_bytes, (
+            f"stage {r.rank}: free_bytes is not memory - weights - reserves - fixed KV")
         start += r.layers
     # Whole model: the header sum over all stages is the model as SGLang holds it (+ RoPE per stage).
-    require(start == 43, "stages must cover the 43 layers")
+    assert start == 43, "stages must cover the 43 layers"
 
 
 def test_table_output_and_refusal_exit_code(real, capsys):
     from sglang_ampere.cli import main
 
-    require(main(["plan", str(real), "--gpus", "12x24"]) == 0, "plan exits 0")
+    assert main(["plan", str(real), "--gpus", "12x24"]) == 0, "plan exits 0"
     out = capsys.readouterr().out
-    require("SGLANG_PP_LAYER_PARTITION=" in out and "not measured" in out, out)
-    require(main(["plan", str(real), "--gpus", "2x24"]) == 2, "an impossible topology exits 2")
-    require("GiB short" in capsys.readouterr().err, "the refusal says by how much")
+    assert "SGLANG_PP_LAYER_PARTITION=" in out and "not measured" in out, out
+    assert main(["plan", str(real), "--gpus", "2x24"]) == 2, "an impossible topology exits 2"
+    assert "GiB short" in capsys.readouterr().err, "the refusal says by how much"
 
 
 @pytest.mark.parametrize("gpus,mem,spec", [(g, m, "none") for g, m in TOPOLOGIES] + [(12, 24, "mtp")],
@@ -121,10 +120,10 @@ def test_partition_is_never_worse_balanced_than_sglangs_default(real_model, gpus
     default = P.make_plan(real_model, gpus, mem, settings=settings, partition=P.default_partition(43, gpus))
     ours = min(r.free_bytes for r in plan.ranks)
     theirs = min(r.free_bytes for r in default.ranks)
-    require(ours >= theirs, f"{gpus}x{mem}: smallest free {ours} < SGLang default's {theirs}")
-    require(theirs == plan.default_min_free_bytes, "default_min_free_bytes disagrees with the default split's stages")
-    require(plan.max_total_tokens >= default.max_total_tokens or ours > theirs,
-            "a better-balanced split must not lose KV tokens unless it gains free memory")
+    assert ours >= theirs, f"{gpus}x{mem}: smallest free {ours} < SGLang default's {theirs}"
+    assert theirs == plan.default_min_free_bytes, "default_min_free_bytes disagrees with the default split's stages"
+    assert plan.max_total_tokens >= default.max_total_tokens or ours > theirs, (
+        "a better-balanced split must not lose KV tokens unless it gains free memory")
 
 
 def test_partition_is_the_exact_optimum_for_three_stages(real_model):
@@ -134,7 +133,7 @@ def test_partition_is_the_exact_optimum_for_three_stages(real_model):
         min(r.free_bytes for r in P._stages(real_model, [a, b - a, 43 - b], 3, 1, 3, mem, s))
         for a, b in itertools.combinations(range(1, 43), 2))
     got = min(r.free_bytes for r in P.make_plan(real_model, 3, 80, settings=s).ranks)
-    require(got == best, f"DP optimum {got} != brute force {best}")
+    assert got == best, f"DP optimum {got} != brute force {best}"
 
 
 def test_12x24_split_and_last_stage_draft(real_model):
@@ -142,13 +141,13 @@ def test_12x24_split_and_last_stage_draft(real_model):
     mtp = P.make_plan(real_model, 12, 24, settings=P.Settings(speculative="mtp"))
     last, last_mtp = base.ranks[-1], mtp.ranks[-1]
     draft = P._share(real_model.units["mtp"], 1) + P._share(real_model.units["embed"], 1)
-    require(last_mtp.weights["draft"] + last_mtp.weights["draft_embed"] == draft,
-            "the MTP draft on pp > 1 holds its layer and its own embedding")
-    require("draft" not in last.weights and mtp.partition[-1] < base.partition[-1],
-            f"the draft's stage gets fewer layers: {base.partition} -> {mtp.partition}")
-    require(all("draft" not in r.weights for r in mtp.ranks[:-1]), "the draft lives on the last stage only")
+    assert last_mtp.weights["draft"] + last_mtp.weights["draft_embed"] == draft, (
+        "the MTP draft on pp > 1 holds its layer and its own embedding")
+    assert "draft" not in last.weights and mtp.partition[-1] < base.partition[-1], (
+        f"the draft's stage gets fewer layers: {base.partition} -> {mtp.partition}")
+    assert all("draft" not in r.weights for r in mtp.ranks[:-1]), "the draft lives on the last stage only"
     one = P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="mtp"))
-    require("draft_embed" not in one.ranks[0].weights, "with pp 1 the draft shares the target's embedding")
+    assert "draft_embed" not in one.ranks[0].weights, "with pp 1 the draft shares the target's embedding"
 
 
 def test_refuses_a_topology_that_cannot_hold_the_weights_and_says_by_how_much(real_model):
@@ -161,26 +160,26 @@ def test_refuses_a_topology_that_cannot_hold_the_weights_and_says_by_how_much(re
 def test_tensor_parallel_splits_what_sglang_splits(real_model):
     one = P.make_plan(real_model, 8, 48)
     tp4 = P.make_plan(real_model, 8, 24, tp=4)
-    require(tp4.pp == 2 and len(tp4.partition) == 2, f"8 GPUs at tp 4 is pp 2, got {tp4.partition}")
+    assert tp4.pp == 2 and len(tp4.partition) == 2, f"8 GPUs at tp 4 is pp 2, got {tp4.partition}"
     layer = real_model.units["layer.10"]
-    require(P._share(layer, 4) == -(-layer[0] // 4) + layer[1] and layer[1] > 0 and layer[0] > 50 * layer[1],
-            "a layer is mostly tp-split (experts, wq_b, wo_a, wo_b, shared expert), a little replicated")
+    assert P._share(layer, 4) == -(-layer[0] // 4) + layer[1] and layer[1] > 0 and layer[0] > 50 * layer[1], (
+        "a layer is mostly tp-split (experts, wq_b, wo_a, wo_b, shared expert), a little replicated")
     per_rank_tp4 = sum(r.weight_bytes for r in tp4.ranks)
-    require(per_rank_tp4 < sum(r.weight_bytes for r in one.ranks) / 3,
-            "tp 4 ranks hold about a quarter of the weights each")
+    assert per_rank_tp4 < sum(r.weight_bytes for r in one.ranks) / 3, (
+        "tp 4 ranks hold about a quarter of the weights each")
 
 
 def test_json_output_through_the_console_script(real, capsys):
     from sglang_ampere.cli import main
 
-    require(main(["plan", str(real), "--gpus", "12x24", "--json"]) == 0, "plan exits 0")
+    assert main(["plan", str(real), "--gpus", "12x24", "--json"]) == 0, "plan exits 0"
     doc = json.loads(capsys.readouterr().out)
-    require(len(doc["partition"]) == 12 and sum(doc["partition"]) == 43, f"partition {doc['partition']}")
-    require(doc["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env string")
+    assert len(doc["partition"]) == 12 and sum(doc["partition"]) == 43, f"partition {doc['partition']}"
+    assert doc["SGLANG_PP_LAYER_PARTITION"] == ",".join(map(str, doc["partition"])), "env string"
     for r, n in zip(doc["ranks"], doc["partition"]):
-        require(set(r) >= {"layers", "weight_bytes", "kv_bytes_per_token", "free_bytes"} and r["layers"] == n,
-                f"rank entry {sorted(r)}")
-    require("not measured" in doc["computed"], "the plan says it is computed, not measured")
+        assert set(r) >= {"layers", "weight_bytes", "kv_bytes_per_token", "free_bytes"} and r["layers"] == n, (
+            f"rank entry {sorted(r)}")
+    assert "not measured" in doc["computed"], "the plan says it is computed, not measured"
 
 
 # ------------------------------------------------------------------------ against SGLang itself
@@ -224,7 +223,7 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
         config = json.loads((real / "config.json").read_text())
         ratio = P.SGLANG_DSV4_SWA_RATIO if swa is None else swa
         got_ratio = get_schedule().swa_full_tokens_ratio
-        require(got_ratio == ratio, f"SGLang's SWA ratio {got_ratio}, expected {ratio}")
+        assert got_ratio == ratio, f"SGLang's SWA ratio {got_ratio}, expected {ratio}"
         for a, b in [(0, 3), (3, 6), (12, 16), (40, 43), (0, 43)]:
             kvc = NS(kv_cache_dtype_str="fp8_e4m3", model_config=mc, layer_info=NS(start_layer=a, end_layer=b),
                      pp_size=pp, pp_group=NS(rank_in_group=0), sliding_window_size=128, page_size=256,
@@ -232,22 +231,23 @@ def test_kv_model_matches_sglangs_pool_configurator(real, sglang_plugin, swa, sp
                      spec_aux_config=None)
             theirs = DSV4PoolConfigurator(kvc)
             ours = P.kv_model(config, range(a, b), swa_ratio=ratio, max_running_requests=16, speculative=spec)
-            require(abs(theirs.bytes_per_full_token - ours.bytes_per_token) < 1e-9,
-                    f"layers {a}-{b}: per token {ours.bytes_per_token} != SGLang {theirs.bytes_per_full_token}")
-            require(abs(theirs.bytes_per_swa_token - ours.bytes_per_swa_token) < 1e-9, f"layers {a}-{b}: SWA")
+            assert abs(theirs.bytes_per_full_token - ours.bytes_per_token) < 1e-9, (
+                f"layers {a}-{b}: per token {ours.bytes_per_token} != SGLang {theirs.bytes_per_full_token}")
+            assert abs(theirs.bytes_per_swa_token - ours.bytes_per_swa_token) < 1e-9, f"layers {a}-{b}: SWA"
             parts = ours.by_type
-            require(abs(sum(parts.values()) - ours.bytes_per_token) < 1e-9, "the per-type parts add up")
+            assert abs(sum(parts.values()) - ours.bytes_per_token) < 1e-9, "the per-type parts add up"
             infl = (b - a + 1) / (b - a) if spec else 1.0
             c128 = infl * theirs._compressed_bytes_per_full_token(128) * theirs.num_layers(128)
             window = ratio * theirs.bytes_per_swa_token
-            require(abs(parts["window"] - window) < 1e-9 and abs(parts["c128"] - c128) < 1e-9,
-                    f"layers {a}-{b}: window / c128 parts against SGLang's")
+            assert abs(parts["window"] - window) < 1e-9 and abs(parts["c128"] - c128) < 1e-9, (
+                f"layers {a}-{b}: window / c128 parts against SGLang's")
             fixed = theirs._get_c128_state_fixed_bytes(16) + theirs._get_swa_fixed_bytes()
-            require(abs(fixed - ours.fixed_bytes) <= 1, f"layers {a}-{b}: fixed {ours.fixed_bytes} != SGLang {fixed}")
+            assert abs(fixed - ours.fixed_bytes) <= 1, f"layers {a}-{b}: fixed {ours.fixed_bytes} != SGLang {fixed}"
             for budget in (1 << 30, 5 << 30):
                 got = theirs.calculate_pool_sizes(budget, 256).max_total_num_tokens
-                require(got == P.pool_tokens(budget, ours), f"layers {a}-{b}: tokens {P.pool_tokens(budget, ours)} "
-                        f"!= SGLang's {got} for a {budget} byte budget")
+                assert got == P.pool_tokens(budget, ours), (
+                    f"layers {a}-{b}: tokens {P.pool_tokens(budget, ours)} != SGLang's {got} for a {budget} "
+                    "byte budget")
 
 
 def _meta_model_bytes(folder, draft: bool):
@@ -297,12 +297,12 @@ def test_load_rules_match_sglangs_module_tree_on_meta(tmp_path, sglang_plugin):
     theirs, rope = _meta_model_bytes(folder, draft=False)
     for unit in [f"layer.{i}" for i in range(5)] + ["embed", "head", "final"]:
         ours = sum(model.units[unit])
-        require(ours == theirs[unit], f"{unit}: plan {ours} != SGLang's parameters {theirs[unit]}")
-    require(rope == 2 * model.rope_kind_bytes(), f"RoPE buffers {rope} != two kinds of {model.rope_kind_bytes()}")
+        assert ours == theirs[unit], f"{unit}: plan {ours} != SGLang's parameters {theirs[unit]}"
+    assert rope == 2 * model.rope_kind_bytes(), f"RoPE buffers {rope} != two kinds of {model.rope_kind_bytes()}"
     draft, draft_rope = _meta_model_bytes(folder, draft=True)
-    require(sum(model.units["mtp"]) == draft["mtp"], f"MTP draft: plan {model.units['mtp']} != SGLang {draft['mtp']}")
-    require(draft["embed"] == sum(model.units["embed"]), "the draft's own embedding is the target's size")
-    require(draft_rope == model.rope_kind_bytes(), "the draft's window-only layer has one RoPE kind")
+    assert sum(model.units["mtp"]) == draft["mtp"], f"MTP draft: plan {model.units['mtp']} != SGLang {draft['mtp']}"
+    assert draft["embed"] == sum(model.units["embed"]), "the draft's own embedding is the target's size"
+    assert draft_rope == model.rope_kind_bytes(), "the draft's window-only layer has one RoPE kind"
 
 
 def test_sglang_pool_budget_follows_sglangs_profile(real, real_model, sglang_plugin, monkeypatch):
@@ -333,11 +333,11 @@ def _check_profile(K, NS, plan, pre, real_model, monkeypatch):
                   post_capture_kv_active=False)
         theirs = K.KVCacheConfigurator._profile_available_bytes(fake, pre / 2**30)
         ours = free_after_load - pre * (1 - 0.85)
-        require(abs(theirs - ours) <= 1, f"stage {r.rank}: budget {ours} != SGLang's {theirs}")
+        assert abs(theirs - ours) <= 1, f"stage {r.rank}: budget {ours} != SGLang's {theirs}"
         kv = P.kv_model(real_model.config, range(r.first_layer, r.first_layer + r.layers), swa_ratio=0.05,
                         max_running_requests=16, speculative=False)
         tokens.append(P.pool_tokens(theirs, kv))
-    require(plan.sglang_pool_tokens == min(tokens), f"SGLang's pool {min(tokens)} != plan {plan.sglang_pool_tokens}")
+    assert plan.sglang_pool_tokens == min(tokens), f"SGLang's pool {min(tokens)} != plan {plan.sglang_pool_tokens}"
 
 
 # ----------------------------------------------------------------------------- the native checkpoint
@@ -353,17 +353,17 @@ def test_native_stage_weights_match_an_independent_sum_over_the_headers(native_r
     """FP8 dense weights keep one byte, their block scales become Marlin's BF16 group scales, wo_a
     BF16, MXFP4 codes and E8M0 scales keep their bytes (the release's widths need no padding)."""
     model = P.load_model(native_real)
-    require(model.kind == "native", f"kind {model.kind}")
+    assert model.kind == "native", f"kind {model.kind}"
     headers = raw_headers(native_real)
-    require({d for d, _ in headers.values()} >= {"F8_E4M3", "F8_E8M0", "I8"}, "native dtypes in the headers")
+    assert {d for d, _ in headers.values()} >= {"F8_E4M3", "F8_E8M0", "I8"}, "native dtypes in the headers"
     config = json.loads((native_real / "config.json").read_text())
     plan = P.make_plan(model, gpus, mem)
-    require(plan.kind == "native" and "native checkpoint" in P.format_table(plan), "the table names the format")
+    assert plan.kind == "native" and "native checkpoint" in P.format_table(plan), "the table names the format"
     start = 0
     for r in plan.ranks:
         want = expected_stage_weights(config, headers, start, start + r.layers, r.rank == 0, r.rank == plan.pp - 1,
                                       plan.settings.context_length)
-        require(r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}")
+        assert r.weight_bytes == want, f"{gpus}x{mem} stage {r.rank}: plan {r.weight_bytes} != headers {want}"
         start += r.layers
 
 
@@ -376,7 +376,7 @@ def test_native_layer_differs_from_dsv4_int_by_the_expert_scales_only(native_rea
     per_layer = experts * 3 * inter * hidden // 32           # scale elements of w1, w2, w3
     for i in (0, 2, 3, 42):
         n, d = sum(native.units[f"layer.{i}"]), sum(real_model.units[f"layer.{i}"])
-        require(d - n == per_layer, f"layer {i}: dsv4_int {d} - native {n} = {d - n}, expected {per_layer}")
+        assert d - n == per_layer, f"layer {i}: dsv4_int {d} - native {n} = {d - n}, expected {per_layer}"
 
 
 def test_native_marlin_padding_is_counted(tmp_path):
@@ -395,20 +395,20 @@ def test_native_marlin_padding_is_counted(tmp_path):
                 padded += 512 * cols                       # hidden rows 384 -> 512
             else:
                 padded += rows * cols * 512 // 384         # hidden columns (codes or scales) 384 -> 512
-    require(padded > unpadded, "the test shape must pad")
+    assert padded > unpadded, "the test shape must pad"
     others = sum(sglang_held(n, d, s, headers) for n, (d, s) in headers.items()
                  if n.startswith("layers.0.") and ".ffn.experts." not in n)
-    require(sum(model.units["layer.0"]) == padded + others,
-            f"layer 0 holds {sum(model.units['layer.0'])}, expected {padded + others} (experts padded {padded})")
+    assert sum(model.units["layer.0"]) == padded + others, (
+        f"layer 0 holds {sum(model.units['layer.0'])}, expected {padded + others} (experts padded {padded})")
     plan = P.make_plan(model, 2, 24, tp=2)
-    require(any("Marlin pads each rank's expert width 64 to 128" in n for n in map(str, plan.notes)), plan.notes)
+    assert any("Marlin pads each rank's expert width 64 to 128" in n for n in map(str, plan.notes)), plan.notes
 
 
 def test_release_experts_need_no_padding_at_any_tensor_parallel_size(native_real):
     model = P.load_model(native_real)
     for tp in (1, 2, 4, 8):                          # 8 output groups: tp <= 8
         plan = P.make_plan(model, 8 * tp, 80, tp=tp)
-        require(not any("pads each rank" in n for n in map(str, plan.notes)), f"tp {tp}: {plan.notes}")
+        assert not any("pads each rank" in n for n in map(str, plan.notes)), f"tp {tp}: {plan.notes}"
 
 
 def test_speculative_draft_must_match_what_mtp_holds(real_model):
@@ -421,7 +421,7 @@ def test_speculative_draft_must_match_what_mtp_holds(real_model):
     with pytest.raises(P.PlanError, match="--speculative dspark: this checkpoint has no DSpark drafter"):
         P.make_plan(real_model, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
     one = P.make_plan(v0731, 4, 80, tp=4, settings=P.Settings(speculative="dspark"))
-    require(one.pp == 1, f"pp {one.pp}")
+    assert one.pp == 1, f"pp {one.pp}"
 
 
 def test_rope_tables_at_the_served_length_and_what_they_free(real_model):
@@ -430,9 +430,9 @@ def test_rope_tables_at_the_served_length_and_what_they_free(real_model):
     1,048,576 positions nothing is freed."""
     plan = P.make_plan(real_model, 12, 24)
     line = next(ln for ln in P.format_table(plan).splitlines() if ln.startswith("# RoPE tables:"))
-    require(line.startswith("# RoPE tables: 65536 rows per kind, 24 MiB (SGLang alone: 1048576 rows, 384 MiB"), line)
-    require(line.endswith("freed per stage (MiB): 720," + ",".join(["360"] * 11)), line)
-    require(plan.to_json()["rope_rows_per_kind"] == 65536, "the JSON carries the rows")
+    assert line.startswith("# RoPE tables: 65536 rows per kind, 24 MiB (SGLang alone: 1048576 rows, 384 MiB"), line
+    assert line.endswith("freed per stage (MiB): 720," + ",".join(["360"] * 11)), line
+    assert plan.to_json()["rope_rows_per_kind"] == 65536, "the JSON carries the rows"
     full = P.make_plan(real_model, 16, 80, settings=P.Settings(context_length=1 << 20, max_running_requests=1))
     line = next(ln for ln in P.format_table(full).splitlines() if ln.startswith("# RoPE tables:"))
-    require(line.endswith("(MiB): " + ",".join(["0"] * 16)), line)
+    assert line.endswith("(MiB): " + ",".join(["0"] * 16)), line

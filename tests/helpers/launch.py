@@ -11,7 +11,7 @@ from sglang_ampere.safetensors_io import OutTensor, build_header
 
 from . import PY, REPO
 
-__all__ = ["DATA", "PY", "REPO", "fake_nvidia_smi", "make_model", "make_native_shard", "smi"]
+__all__ = ["DATA", "PY", "REPO", "dry_run", "fake_nvidia_smi", "make_model", "make_native_shard", "smi"]
 
 DATA = REPO / "tests" / "data" / "nvidia_smi"
 
@@ -56,3 +56,12 @@ def fake_nvidia_smi(root: Path, recorded: str | None, fail: bool = False) -> dic
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SGLANG_", "CUDA_VISIBLE"))}
     env["PATH"] = f"{bindir}{os.pathsep}{os.path.dirname(PY)}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def dry_run(model: Path, environ: dict, *args: str, gpu: str = "sm86"):
+    """``launch --gpu GPU --dry-run --model-path MODEL ARGS...`` as the launch spec, with no GPU
+    here (the memory plan then uses the preset's card size)."""
+    from sglang_ampere.launch.launcher import build_spec
+
+    return build_spec(["--gpu", gpu, "--dry-run", "--model-path", str(model), *args], environ=environ,
+                      smi_output="")
