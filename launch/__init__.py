@@ -10,8 +10,4 @@ from __future__ import annotations
 
 from .launcher import LaunchError, LaunchSpec, build_spec, dry_run_command, format_spec, main
 
-__all__ = ["LaunchError", "LaunchSpec", "OWN_ARGV", "build_spec", "dry_run_command", "format_spec", "main"]
-
-#: ``sglang-ampere launch ...`` hands its whole argument list to :func:`main`, which parses the
-#: launcher's options (and prints ``--help``) and forwards everything else to SGLang.
-OWN_ARGV = True
+__all__ = ["LaunchError", "LaunchSpec", "build_spec", "dry_run_command", "format_spec", "main"]

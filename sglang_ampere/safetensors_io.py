@@ -206,6 +206,12 @@ def torch_dtype(dtype: str):
     return getattr(torch, TORCH_DTYPE_NAMES[dtype])
 
 
+def safetensors_dtype(dtype) -> str:
+    """The safetensors dtype string of a ``torch.dtype`` (its ``str`` for one not in the table)."""
+    name = str(dtype).removeprefix("torch.")
+    return next((k for k, n in TORCH_DTYPE_NAMES.items() if n == name), str(dtype))
+
+
 def read_tensor(path: Path, info: TensorInfo, f=None, dtype=None):
     """One tensor as a CPU ``torch.Tensor`` of its header's shape, holding its bytes (no copy):
     of its header's dtype, or viewed as ``dtype`` (a ``torch.dtype`` of the same element size).

@@ -12,10 +12,8 @@ from safetensors import safe_open
 
 from sglang_ampere import formats as F
 from sglang_ampere.inventory import DENSE, EXPERT, PRESERVED, classify, native_inventory
+from sglang_ampere.safetensors_io import DTYPE_SIZES
 from sglang_ampere.synth import REAL, SynthSpec, make_config, write_checkpoint
-
-DTYPE_NAMES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.int64: "I64", torch.int8: "I8",
-               torch.float8_e4m3fn: "F8_E4M3", torch.float8_e8m0fnu: "F8_E8M0"}
 
 
 def read_headers(ckpt: Path) -> dict[str, tuple[tuple[int, ...], str, str]]:
@@ -127,7 +125,7 @@ def test_checkpoint_inventory_both_ways(synth_ckpt):
     for name, (_, _, shard) in headers.items():
         if name.endswith(".scale"):
             assert headers[name[:-5] + "weight"][2] == shard
-    sizes = {n: torch.Size(s).numel() * {"BF16": 2, "F32": 4, "I64": 8}.get(d, 1) for n, (s, d, _) in headers.items()}
+    sizes = {n: torch.Size(s).numel() * DTYPE_SIZES[d] for n, (s, d, _) in headers.items()}
     assert index["metadata"]["total_size"] == sum(sizes.values())
     assert len(set(index["weight_map"].values())) >= 3
 

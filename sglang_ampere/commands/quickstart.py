@@ -128,7 +128,7 @@ def quickstart(root: Path, seed: int = 0, progress: bool = True, out=print, serv
     out(f"dsv4_int checkpoint: {converted.resolve()}")
     out("next: see how it would be served on an RTX 3090-class GPU (sm_86):")
     out(f"  {next_command(converted.resolve())}")
-    out("or serve the native checkpoint as it is, without conversion (README: 'dsv4_int or native: which to choose'):")
+    out("or serve the native checkpoint as it is, without conversion (which to choose: docs/checkpoints.md):")
     out(f"  {next_command(native.resolve())}")
     out("try the server yourself on this CPU (slow; curl http://127.0.0.1:30000/v1/models once it is ready):")
     out(f"  sglang-ampere launch --gpu cpu -- --model-path {converted.resolve()} --port 30000")

@@ -9,21 +9,22 @@ from pathlib import Path
 
 from ..synth import REAL, TOKENIZER_IDS, VARIANTS, SynthSpec, write_checkpoint
 
+#: The size flags; each help line ends with the release's value (REAL) and the small default.
 _FLAGS = {
-    "layers": "main decoder layers (real: 43; ratios follow the release: 0,0 then 4/128 alternating)",
-    "experts": "routed experts per layer (real: 256)",
-    "topk": "experts per token (real: 6)",
-    "hidden": "hidden size, multiple of 128 (real: 4096)",
-    "moe_inter": "expert and shared-expert width, multiple of 128 (real: 2048)",
-    "heads": "attention heads (real: 64; head dim is fixed at 512)",
-    "q_lora_rank": "query LoRA rank, multiple of 128 (real: 1024)",
-    "o_groups": "output projection groups (real: 8)",
-    "o_lora_rank": "output LoRA rank, multiple of 128 (real: 1024)",
-    "index_heads": "indexer heads (real: 64; indexer head dim fixed at 128)",
-    "vocab": f"vocabulary size (real: 129280; the tokenizer uses the first {TOKENIZER_IDS} ids)",
-    "hash_layers": "leading layers routed by tid2eid (real: 3)",
-    "mtp": "MTP (next-n) layers, 0 or 1 (real: 1; --variant v4-flash only)",
-    "dspark_stages": "DSpark drafter blocks = target layers feeding it (--variant 0731; real: 3)",
+    "layers": "main decoder layers (ratios follow the release: 0,0 then 4/128 alternating)",
+    "experts": "routed experts per layer",
+    "topk": "experts per token",
+    "hidden": "hidden size, multiple of 128",
+    "moe_inter": "expert and shared-expert width, multiple of 128",
+    "heads": "attention heads (head dim is fixed at 512)",
+    "q_lora_rank": "query LoRA rank, multiple of 128",
+    "o_groups": "output projection groups",
+    "o_lora_rank": "output LoRA rank, multiple of 128",
+    "index_heads": "indexer heads (indexer head dim fixed at 128)",
+    "vocab": f"vocabulary size (the tokenizer uses the first {TOKENIZER_IDS} ids)",
+    "hash_layers": "leading layers routed by tid2eid",
+    "mtp": "MTP (next-n) layers, 0 or 1 (--variant v4-flash only)",
+    "dspark_stages": "DSpark drafter blocks = target layers feeding it (--variant 0731)",
     "dspark_experts": "routed experts per DSpark block (--variant 0731; dspark_n_routed_experts)",
     "dspark_markov_rank": "DSpark Markov head rank (--variant 0731; dspark_markov_rank)",
 }
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "--" + field.replace("_", "-"),
             type=int,
             default=None,
-            help=f"{help_}; default {getattr(SynthSpec(), field)}",
+            help=f"{help_}; real {getattr(REAL, field)}, default {getattr(SynthSpec(), field)}",
         )
 
 

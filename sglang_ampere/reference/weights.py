@@ -43,13 +43,12 @@ from ..formats import (
 )
 from ..inventory import DENSE, EXPERT, classify
 from ..safetensors_io import (
-    TORCH_DTYPE_NAMES,
     CheckpointError,
     TensorInfo,
     list_shards,
     read_header,
     read_tensor,
-    torch_dtype,
+    safetensors_dtype,
 )
 from ..schema import SchemaError, parse_quantization_config
 
@@ -84,14 +83,11 @@ def checkpoint_kind(config: dict, where: str = "config.json") -> str:
     )
 
 
-_DTYPE_NAMES = {torch_dtype(k): k for k in TORCH_DTYPE_NAMES}
-
-
 def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> torch.Tensor:
     """One tensor (plus its ``.scale``, if any) as float32: the role from its name, the layout
     from :mod:`sglang_ampere.rules`, the bits from :mod:`sglang_ampere.formats`."""
     role = classify(name)
-    wd, ws = _DTYPE_NAMES.get(w.dtype, str(w.dtype)), tuple(w.shape)
+    wd, ws = safetensors_dtype(w.dtype), tuple(w.shape)
     if role is None or role.role not in (DENSE, EXPERT):
         if s is not None:
             raise FormatError(name, "has a .scale but is not a quantized DeepSeek-V4-Flash tensor")
@@ -100,7 +96,7 @@ def _decode(name: str, w: torch.Tensor, s: torch.Tensor | None, kind: str) -> to
         if role.role == DENSE and wd in rules.FLOAT_DTYPES and kind == DSV4_INT:
             return w.float()  # a dense layer kept in BF16
         raise FormatError(name, f"{wd} {role.role} weight without its .scale")
-    sd, ss = _DTYPE_NAMES.get(s.dtype, str(s.dtype)), tuple(s.shape)
+    sd, ss = safetensors_dtype(s.dtype), tuple(s.shape)
     if kind == NATIVE:      # MXFP4 experts, FP8 dense
         problem, dequantize = ((rules.native_expert_problem, mxfp4_dequantize) if role.role == EXPERT
                                else (rules.native_dense_problem, fp8_block_dequantize))
