@@ -65,6 +65,31 @@ def test_mixed_box_and_no_gpu():
     assert [c.status for c in collect(recorded=None, gpu="sm86") if c.name == "preset"] == [doctor.OK]
 
 
+def test_cpu_target_wants_no_gpu_and_no_cuda_toolkit(tmp_path):
+    """``--gpu cpu`` is launch's CPU target: no GPU, nvcc or CUDA header is looked for; the same
+    bare machine fails them for a GPU preset (control)."""
+    bare = {"PATH": str(tmp_path)}                       # no nvcc, no nvidia-smi, no CUDA_HOME
+    cpu = by_name(collect(bare, recorded=None, gpu="cpu"))
+    assert all(c.status == doctor.OK for group in cpu.values() for c in group), cpu
+    assert cpu["preset"][0].detail.startswith("cpu") and "nvcc" not in cpu
+    assert cpu["JIT tools"][0].verdict.code == "doctor.jit-not-needed"
+    gpu = by_name(collect(bare, recorded=None, gpu="sm86"))
+    assert gpu["gpus"][0].status == doctor.FAIL and "--gpu cpu" in gpu["gpus"][0].fix
+    assert gpu["nvcc"][0].status == doctor.FAIL and "JIT tools" not in gpu
+
+
+def test_required_variable_says_launch_refuses_it():
+    """The cpu preset requires SGLANG_AMPERE_TARGET=cpu: another value is refused by launch, and
+    doctor says so (a plain preset variable is kept over the preset's, control)."""
+    env = {"PATH": os.environ["PATH"], "SGLANG_AMPERE_TARGET": "ampere"}
+    bad = [c for c in collect(env, recorded=None, gpu="cpu") if c.name == "environment"]
+    assert len(bad) == 1 and bad[0].status == doctor.FAIL and "SGLANG_AMPERE_TARGET=ampere" in bad[0].detail
+    assert "launch refuses it" in bad[0].fix
+    env = {"PATH": os.environ["PATH"], "SGLANG_OPT_USE_TOPK_V2": "1"}
+    kept = [c for c in collect(env) if c.name == "environment"]
+    assert "launch keeps your value" in kept[0].fix and "refuses" not in kept[0].fix
+
+
 @pytest.mark.parametrize("probe, name, text", [
     ({**HEALTHY_PROBE, "registered": False}, "dsv4_int registered", "missing from QUANTIZATION_METHODS"),
     ({**HEALTHY_PROBE, "cli_choice": False}, "dsv4_int registered", "--quantization choices"),

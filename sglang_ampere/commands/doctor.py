@@ -10,7 +10,8 @@ Checks, each with a fix when it fails:
 * in a fresh Python process (:mod:`sglang_ampere.sglang_probe`): every hook target of ``patches/``
   imports, and after SGLang loads its plugins ``dsv4_int`` is in ``QUANTIZATION_METHODS`` and in
   the ``--quantization`` choices;
-* the GPUs (name, arch, memory) from ``nvidia-smi``; which preset applies;
+* the GPUs (name, arch, memory) from ``nvidia-smi``; which preset applies (``--gpu cpu``: the CPU
+  target, which wants no GPU, nvcc or CUDA headers);
 * nvcc, the CUDA toolkit root, the CUDA headers the JIT kernels include (:data:`JIT_HEADERS`)
   and TileLang for the JIT kernels; the JIT cache state. SGLang's own DeepSeek-V4 kernels are
   compiled with nvcc whichever sparse-MLA backend is chosen, so a missing nvcc or header fails;
@@ -203,8 +204,12 @@ def native_probe_checks(probe: dict) -> list[Check]:
 def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> tuple[list[Check], str | None]:
     """GPU listing and the preset that applies; returns the arch too (None if undecided)."""
     from sglang_ampere import gpus as gpus_mod
-    from sglang_ampere.gpus import KNOWN_ARCHES
+    from sglang_ampere.gpus import CPU_ARCH, KNOWN_ARCHES, PRESET_TARGETS
 
+    if gpu == CPU_ARCH:      # as launch --gpu cpu: no GPU wanted, none looked for
+        return [ok("gpus", "cpu-target", "--gpu cpu: no GPU wanted (SGLang's CPU engine with sglang-ampere's "
+                   "torch stand-ins: tests and a first try, slow)"),
+                ok("preset", "preset-from-flag", f"{CPU_ARCH} (from --gpu)")], CPU_ARCH
     checks = []
     found, why = gpus_mod.detect_gpus_or_reason(environ, smi_output)
     if found:
@@ -212,11 +217,12 @@ def check_gpus(environ: Mapping[str, str], smi_output: str | None, gpu: str) -> 
     else:
         checks.append(fail("gpus", "no-gpu", f"no GPU: {why}",
                            "serving needs an NVIDIA GPU (sm_80+) with its driver; "
-                           "`launch --gpu sm86 --dry-run` still previews the command here"))
+                           "`launch --gpu sm86 --dry-run` still previews the command here, and "
+                           "`--gpu cpu` serves on this CPU (slowly)"))
     if gpu != AUTO:
-        if gpu not in KNOWN_ARCHES:
+        if gpu not in PRESET_TARGETS:
             checks.append(fail("preset", "unknown-arch", f"unknown --gpu {gpu!r}",
-                               f"use one of {', '.join(KNOWN_ARCHES)}"))
+                               f"use one of {', '.join(PRESET_TARGETS)}"))
             return checks, None
         checks.append(ok("preset", "preset-from-flag", f"{gpu} (from --gpu)"))
         return checks, gpu
@@ -244,7 +250,7 @@ def check_target(environ: Mapping[str, str], arch: str | None) -> tuple[list[Che
         forced = gpus_mod.ampere_target(environ)
     except ValueError as exc:
         return [fail("target", "bad-target", str(exc), f"unset {var}, or set it to ampere")], arch
-    if not forced:
+    if not forced or arch == gpus_mod.CPU_ARCH:    # cpu: its preset's value is checked with the environment
         return [], arch
     if arch is None:
         return [warn("target", "target-undecided", f"{var}=ampere, but no GPU architecture was decided",
@@ -270,9 +276,10 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
     checks = []
     for e in preset.env:
         if e.name in environ and environ[e.name] != e.value:
+            then = "launch refuses it" if e.required else "launch keeps your value over the preset's"
             checks.append(fail("environment", "env-contradicts-preset",
                                f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
-                               f"unset {e.name} (launch keeps your value over the preset's)"))
+                               f"unset {e.name} ({then})"))
     for e in preset.native_env if native is not False else ():
         if e.name not in environ or environ[e.name] == e.value:
             continue
@@ -293,7 +300,11 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
 
 def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: str | None = None) -> list[Check]:
     from sglang_ampere import jit_cache
+    from sglang_ampere.gpus import CPU_ARCH
 
+    if arch == CPU_ARCH:
+        return [ok("JIT tools", "jit-not-needed", "the cpu target compiles no CUDA kernel: nvcc, the CUDA "
+                   "headers and the JIT cache are not needed")]
     checks = []
     nvcc = shutil.which("nvcc", path=environ.get("PATH"))
     if nvcc is None:
@@ -443,7 +454,8 @@ def collect(environ: Mapping[str, str] | None = None, smi_output: str | None = N
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
-    add_gpu_flag(parser, AUTO, "preset to check the environment against (default: auto, from nvidia-smi)", auto=True)
+    add_gpu_flag(parser, AUTO, "preset to check the environment against: a GPU architecture, or cpu for the "
+                 "CPU target (default: auto, from nvidia-smi)", auto=True)
     parser.add_argument("--model-path", metavar="DIR",
                         help="also check this checkpoint: its format (dsv4_int or native FP8/FP4) and whether "
                              "launch takes it on this GPU")
