@@ -117,12 +117,12 @@ def resolve_env(preset: Preset, environ: Mapping[str, str], overrides: Mapping[s
     pending: dict[str, tuple[str, str, str]] = {}    # name -> (value, source, reason)
     for e, label in preset_env_entries(preset, native):
         user = overrides.get(e.name, environ.get(e.name))
-        if e.required and user is not None and user != e.value:
+        if e.required and user is not None and not envvars.same_value(e.name, user, e.value):
             where = "--env" if e.name in overrides else "your environment"
             raise LaunchError(f"{e.name}={user} (from {where}) cannot serve {_what_requires(label)}: "
                               f"{e.reason}. Unset it, or set {e.name}={e.value}")
         if e.name in environ:
-            if environ[e.name] != e.value:
+            if not envvars.same_value(e.name, environ[e.name], e.value):
                 notes.append(note("launch.env-kept", f"keeping your {e.name}={environ[e.name]} over {label}'s "
                                   f"{e.value} ({e.reason})"))
             continue

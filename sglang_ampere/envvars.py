@@ -117,6 +117,28 @@ def get(name: str, environ: Mapping[str, str] | None = None) -> str:
     return value
 
 
+def same_value(name: str, a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` mean the same to the reader of the variable ``name``: ours as
+    :func:`get` reads them (stripped); SGLang's typed ones through their own parser
+    (``sglang.srt.environ.envs``: for an ``EnvBool`` "0", "false" and "no" are one value); any
+    other (e.g. ``SGLANG_USE_CPU_ENGINE``, which SGLang compares with "1") as strings."""
+    if a == b:
+        return True
+    if name in VARS:
+        return a.strip() == b.strip()
+    try:
+        from sglang.srt.environ import envs
+    except ImportError:         # the converter-only install: no SGLang to read it
+        return False
+    parse = getattr(getattr(envs, name, None), "parse", None)
+    if parse is None:
+        return False
+    try:
+        return parse(a) == parse(b)
+    except ValueError:          # not a value SGLang reads: it differs from the preset's
+        return False
+
+
 def budget_bytes(name: str, budget_mb: float | None = None) -> int:
     """A memory budget in bytes: ``budget_mb`` if given, else the MB the variable ``name`` holds.
 

@@ -103,6 +103,21 @@ def test_required_variable_conflict_is_an_error_naming_it(synth_ckpt, how):
         plan_for(synth_ckpt, *extra, environ=environ)
 
 
+@pytest.mark.parametrize("value, refused", [("false", False), ("no", False), ("0", False), ("true", True),
+                                             ("2", True)])
+def test_required_variable_is_compared_as_sglang_reads_it(synth_ckpt, value, refused):
+    """SGLANG_DSV4_FP4_DEQUANT is SGLang's EnvBool: "false" and "no" are the preset's 0 and pass;
+    "true" and a value SGLang cannot read are refused (controls)."""
+    environ = {"PATH": "/usr/bin", "SGLANG_DSV4_FP4_DEQUANT": value}
+    if refused:
+        with pytest.raises(LaunchError, match=rf"^SGLANG_DSV4_FP4_DEQUANT={value} \(from your environment\)"):
+            plan_for(synth_ckpt, environ=environ)
+    else:
+        plan = plan_for(synth_ckpt, environ=environ)
+        assert plan.env["SGLANG_DSV4_FP4_DEQUANT"] == value, "the user's spelling is kept"
+        assert not any("SGLANG_DSV4_FP4_DEQUANT" in str(n) for n in plan.notes), plan.notes
+
+
 def test_dsv4_int_ignores_native_requirements(model):
     plan = plan_for(model, "--moe-runner-backend", "triton", environ={"PATH": "/usr/bin",
                                                                       "SGLANG_DSV4_FP4_DEQUANT": "1"})

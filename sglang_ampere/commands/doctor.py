@@ -275,13 +275,13 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
     preset = load_builtin(arch)
     checks = []
     for e in preset.env:
-        if e.name in environ and environ[e.name] != e.value:
+        if e.name in environ and not envvars.same_value(e.name, environ[e.name], e.value):
             then = "launch refuses it" if e.required else "launch keeps your value over the preset's"
             checks.append(fail("environment", "env-contradicts-preset",
                                f"your {e.name}={environ[e.name]} contradicts preset {arch} ({e.value}: {e.reason})",
                                f"unset {e.name} ({then})"))
     for e in preset.native_env if native is not False else ():
-        if e.name not in environ or environ[e.name] == e.value:
+        if e.name not in environ or envvars.same_value(e.name, environ[e.name], e.value):
             continue
         verdict = fail if (e.required and native) else warn
         what = ("launch refuses it with the native FP8/FP4 checkpoint" if e.required else
