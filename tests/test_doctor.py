@@ -183,6 +183,7 @@ def fake_toolkit(root, headers=("cuda_runtime.h",), nvcc=True):
         (home / d).mkdir(parents=True, exist_ok=True)
     (home / "lib64" / "libcudart.so.13").write_bytes(b"")
     for h in headers:
+        (home / "include" / h).parent.mkdir(parents=True, exist_ok=True)
         (home / "include" / h).write_text("/* header */\n")
     if nvcc:
         exe = home / "bin" / "nvcc"
@@ -210,12 +211,31 @@ def test_missing_curand_header_fails_with_its_fix(tmp_path):
     assert len(bad) == 1 and bad[0].name == "CUDA headers"
     assert bad[0].detail.startswith(f"curand.h is not in the CUDA toolkit at {home}")
     assert "FlashInfer's sampling kernels" in bad[0].detail
-    assert "cuRAND development headers" in bad[0].fix and "NVCC_APPEND_FLAGS='-I" in bad[0].fix
-    # the fix works: a folder holding curand.h on nvcc's path satisfies the check
+    assert "cuRAND development headers" in bad[0].fix and "NVCC_APPEND_FLAGS='-Xcompiler=-idirafter," in bad[0].fix
+    # the fix works: a folder holding curand.h behind the toolkit's headers (or before them) satisfies it
     extra = tmp_path / "curand"
     extra.mkdir()
     (extra / "curand.h").write_text("")
-    assert all(c.status == doctor.OK for c in jit_checks(home, NVCC_APPEND_FLAGS=f"-I{extra}"))
+    for flags in (f"-Xcompiler=-idirafter,{extra}", f"-Xcompiler -idirafter,{extra}", f"-I{extra}"):
+        assert all(c.status == doctor.OK for c in jit_checks(home, NVCC_APPEND_FLAGS=flags)), flags
+
+
+def test_include_folder_with_another_cudas_host_stub_header_fails(tmp_path):
+    """A wheel's whole include folder on -I shadows the toolkit's crt/host_runtime.h (nvcc 13.0.88
+    then cannot compile any JIT module's host stub, measured here); behind the toolkit's headers,
+    or holding the same header, it is fine (controls)."""
+    home = fake_toolkit(tmp_path, headers=("cuda_runtime.h", "crt/host_runtime.h"))
+    (home / "include" / "crt" / "host_runtime.h").write_text("#define __cudaLaunch(fun, isTileKernel)\n")
+    wheel = tmp_path / "wheel_include"
+    (wheel / "crt").mkdir(parents=True)
+    (wheel / "curand.h").write_text("")
+    (wheel / "crt" / "host_runtime.h").write_text("#define __cudaLaunch(fun)\n")
+    bad = [c for c in jit_checks(home, NVCC_APPEND_FLAGS=f"-I{wheel}") if c.status == doctor.FAIL]
+    assert len(bad) == 1 and bad[0].verdict.code == "doctor.header-shadowed" and str(wheel) in bad[0].detail
+    assert f"-Xcompiler=-idirafter,{wheel}" in bad[0].fix
+    assert all(c.status == doctor.OK for c in jit_checks(home, NVCC_APPEND_FLAGS=f"-Xcompiler=-idirafter,{wheel}"))
+    (wheel / "crt" / "host_runtime.h").write_text("#define __cudaLaunch(fun, isTileKernel)\n")
+    assert all(c.status == doctor.OK for c in jit_checks(home, NVCC_APPEND_FLAGS=f"-I{wheel}"))
 
 
 def test_missing_runtime_header_fails(tmp_path):

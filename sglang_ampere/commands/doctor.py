@@ -343,21 +343,50 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: st
     return checks
 
 
-def include_dirs(home: str, environ: Mapping[str, str]) -> list[Path]:
-    """Where nvcc finds headers: the toolkit's include folders, ``-I`` folders in
-    ``NVCC_PREPEND_FLAGS``/``NVCC_APPEND_FLAGS``, and the host compiler's ``CPATH``/``CPLUS_INCLUDE_PATH``."""
-    root = Path(home)
-    dirs = [root / "include", *sorted(root.glob("targets/*/include"))]
+def _nvcc_flag_dirs(environ: Mapping[str, str]) -> tuple[list[Path], list[Path]]:
+    """The include folders in ``NVCC_PREPEND_FLAGS``/``NVCC_APPEND_FLAGS``: (searched before the
+    toolkit's own headers: ``-I``; searched after them: ``-Xcompiler=-idirafter,DIR``)."""
+    before, after = [], []
     for var in ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"):
         words = shlex.split(environ.get(var, ""))
         for i, w in enumerate(words):
             if w == "-I" and i + 1 < len(words):
-                dirs.append(Path(words[i + 1]))
+                before.append(Path(words[i + 1]))
             elif w.startswith("-I") and len(w) > 2:
-                dirs.append(Path(w[2:]))
+                before.append(Path(w[2:]))
+            host = w.removeprefix("-Xcompiler=") if w.startswith("-Xcompiler=") else (
+                words[i + 1] if w == "-Xcompiler" and i + 1 < len(words) else "")
+            parts = host.split(",")
+            after += [Path(parts[j + 1]) for j, p in enumerate(parts[:-1]) if p == "-idirafter"]
+    return before, after
+
+
+def include_dirs(home: str, environ: Mapping[str, str]) -> list[Path]:
+    """Where nvcc finds headers: the toolkit's include folders, the folders of
+    ``NVCC_PREPEND_FLAGS``/``NVCC_APPEND_FLAGS`` (:func:`_nvcc_flag_dirs`), and the host compiler's
+    ``CPATH``/``CPLUS_INCLUDE_PATH``."""
+    root = Path(home)
+    before, after = _nvcc_flag_dirs(environ)
+    dirs = [root / "include", *sorted(root.glob("targets/*/include")), *before, *after]
     for var in ("CPATH", "CPLUS_INCLUDE_PATH"):
         dirs += [Path(d) for d in environ.get(var, "").split(os.pathsep) if d]
     return dirs
+
+
+#: The header nvcc's generated host stub includes from the toolkit (its launch macros change
+#: between releases: 13.0.88's ``__cudaLaunch`` takes two arguments, an older 13.0 wheel's one).
+HOST_RUNTIME = Path("crt") / "host_runtime.h"
+
+
+def shadowing_include_dirs(home: str, environ: Mapping[str, str]) -> list[Path]:
+    """``-I`` folders that hold another CUDA's ``crt/host_runtime.h`` (e.g. an ``nvidia`` wheel's
+    include folder): nvcc then takes it before its own and every JIT build fails to compile its
+    host stub (measured here: nvcc 13.0.88 with the nvidia-cu13 wheel's include folder, "macro
+    __cudaLaunch passed 2 arguments, but takes just 1")."""
+    own = Path(home) / "include" / HOST_RUNTIME
+    mine = own.read_bytes() if own.is_file() else None
+    return [d for d in _nvcc_flag_dirs(environ)[0]
+            if (d / HOST_RUNTIME).is_file() and (d / HOST_RUNTIME).read_bytes() != mine]
 
 
 def _pip_header_dir(header: str) -> str | None:
@@ -372,18 +401,30 @@ def _pip_header_dir(header: str) -> str | None:
     return None
 
 
+#: How to add a folder of headers behind the toolkit's own (a wheel's include folder also holds
+#: CUDA's own headers, which ``-I`` would put before the toolkit's: :func:`shadowing_include_dirs`).
+IDIRAFTER = "-Xcompiler=-idirafter,"
+
+
 def check_cuda_headers(home: str, environ: Mapping[str, str]) -> list[Check]:
-    """Each of :data:`JIT_HEADERS` must be where nvcc looks (see :func:`include_dirs`)."""
+    """Each of :data:`JIT_HEADERS` must be where nvcc looks (see :func:`include_dirs`), and no
+    ``-I`` folder may shadow the toolkit's own host-stub header."""
     dirs = include_dirs(home, environ)
-    checks = []
+    checks = [fail("CUDA headers", "header-shadowed",
+                   f"{d} holds another CUDA's {HOST_RUNTIME}, which nvcc takes before the toolkit's ({home}): "
+                   "every JIT build fails compiling its host stub (\"macro __cudaLaunch passed 2 arguments\")",
+                   f"add it behind the toolkit's headers instead: '{IDIRAFTER}{d}' in place of '-I{d}' in "
+                   "NVCC_APPEND_FLAGS/NVCC_PREPEND_FLAGS")
+              for d in shadowing_include_dirs(home, environ)]
     for header, needed_by in JIT_HEADERS:
         found = next((d / header for d in dirs if (d / header).is_file()), None)
         if found is not None:
             checks.append(ok("CUDA headers", "header", f"{header}: {found}"))
             continue
         pip_dir = _pip_header_dir(header)
-        hint = (f"; this Python's nvidia wheels have it: export NVCC_APPEND_FLAGS='-I{pip_dir}'" if pip_dir
-                else "; or put a folder holding it on nvcc's path with NVCC_APPEND_FLAGS='-I<dir>'")
+        hint = (f"; this Python's nvidia wheels have it: export NVCC_APPEND_FLAGS='{IDIRAFTER}{pip_dir}'"
+                if pip_dir else f"; or put a folder holding it behind the toolkit's headers with "
+                                f"NVCC_APPEND_FLAGS='{IDIRAFTER}<dir>'")
         package = "cuRAND development headers (e.g. libcurand-dev-XX-Y)" if header == "curand.h" \
             else "CUDA runtime development headers (e.g. cuda-cudart-dev-XX-Y)"
         checks.append(fail("CUDA headers", "header-missing",
