@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 from sglang_ampere import envvars
 from sglang_ampere.gpus import PRESET_TARGETS
+from sglang_ampere.speculative import CHOICES as SPECULATIVE
 
 from .errors import LaunchError
 
@@ -79,7 +80,7 @@ def make_parser(prog: str = "sglang-ampere launch") -> argparse.ArgumentParser:
                        help=f"{what[flag]} implementation below sm_90 (sets {var})")
     p.add_argument("--num-gpus", type=int, metavar="N",
                    help="GPUs per node for the topology check (default: the GPUs visible here)")
-    p.add_argument("--speculative", choices=("none", "mtp", "dspark"), default=None,
+    p.add_argument("--speculative", choices=SPECULATIVE, default=None,
                    help="mtp: SGLang's EAGLE with the checkpoint's MTP layer (steps 3, top-k 1, 4 draft "
                         "tokens; sets SGLANG_ENABLE_PP_SPEC=1 with --pp-size > 1); dspark: the 0731 drafter "
                         "(pp 1 only); every combination is checked by SGLang's own argument validation")

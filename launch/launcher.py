@@ -34,7 +34,7 @@ from . import mem_fraction, swa_pool
 from .argv import ServerArgv, parse_env_overrides, parse_server_args, split_argv, wants_help, with_arg
 from .errors import LaunchError
 from .layer_split import VAR as PARTITION_VAR
-from .layer_split import LayerSplit, split_layers
+from .layer_split import LayerSplit, speculative_of, split_layers
 from .model_dir import check_model
 from .presets import Preset, PresetError, load_builtin, load_file
 from .render import dry_run_command, format_spec, shell_command
@@ -142,7 +142,7 @@ def build_spec(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         check_draft_source(final, model.config)
     if model.served_format is not None:
         # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
-        spec.notes += _jit_cache_notes(card_arch, env, model.served_format)
+        spec.notes += _jit_cache_notes(card_arch, env, model.served_format, speculative_of(final))
     return spec
 
 
@@ -219,10 +219,10 @@ def _final_env(final: ServerArgv, topo: Topology, environ: Mapping[str, str], ov
     return out
 
 
-def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None) -> list[Note]:
+def _jit_cache_notes(arch: str, env: Mapping[str, str], checkpoint: str | None, speculative: str) -> list[Note]:
     from sglang_ampere import jit_cache as warmup
 
-    return warmup.cold_cache_notes(arch, env, checkpoint)
+    return warmup.cold_cache_notes(arch, env, checkpoint, speculative)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from sglang_ampere import envvars
 from sglang_ampere.notes import Note, note, warning
+from sglang_ampere.speculative import of_algorithm
 
 from .argv import ServerArgv
 from .topology import Topology
@@ -44,8 +45,8 @@ class LayerSplit:
 
 
 def speculative_of(server: ServerArgv) -> str:
-    algo = (server.value("speculative_algorithm") or "").upper()
-    return {"": "none", "EAGLE": "mtp", "NEXTN": "mtp", "DSPARK": "dspark"}.get(algo, "mtp")
+    """The ``--speculative`` choice (:mod:`sglang_ampere.speculative`) the final arguments run."""
+    return of_algorithm(server.value("speculative_algorithm"))
 
 
 def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:

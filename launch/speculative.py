@@ -36,7 +36,6 @@ from sglang_ampere import envvars
 from .argv import ServerArgv, quiet_sglang_warnings
 from .errors import LaunchError
 
-CHOICES = ("none", "mtp", "dspark")
 PP_SPEC_VAR = envvars.SGLANG_ENABLE_PP_SPEC
 
 

@@ -14,6 +14,11 @@ native checkpoint's FP8 dense and MXFP4 (E8M0) MoE kernels come from one ``gptq_
 ``moe_wna16_marlin`` builds. The native path adds ``moe_topk_sum``, the final top-k sum
 ``fused_marlin_moe`` runs for MXFP4 experts.
 
+Speculative decoding with the MTP layer (SGLang's EAGLE) adds two modules a server without it
+never builds: ``speculative/tree.cuh`` (draft tree, greedy verify) and ``speculative/sampling.cuh``
+(verify at temperature > 0, the OpenAI default; it includes cuRAND's headers). They carry the
+``--speculative`` choice that runs them, so that a launch without MTP is not told to build them.
+
 Importing this module is cheap (no torch, no SGLang): ``launch`` and ``doctor`` use
 :func:`cold_cache_notes`; the ``warmup`` command (:mod:`sglang_ampere.commands.warmup`) builds.
 """
@@ -31,6 +36,8 @@ from . import envvars
 from .checkpoint_format import DSV4_INT, NATIVE
 from .gpus import KNOWN_ARCHES, Arch
 from .notes import Note, note
+from .speculative import CHOICES as SPECULATIVE
+from .speculative import MTP
 
 #: The checkpoint formats whose serving path warmup knows.
 CHECKPOINTS = (DSV4_INT, NATIVE)
@@ -47,6 +54,7 @@ class JitTarget:
     est_minutes: float       # rough, 2-core host, sm_86, default flags
     max_arch: int | None = None   # only for archs below this (e.g. 90)
     checkpoints: tuple[str, ...] = CHECKPOINTS   # the formats whose serving path runs it
+    speculative: tuple[str, ...] = ()   # the --speculative choices that run it (empty: every server)
 
 
 #: Cheapest first: the test builds only the first one.
@@ -59,6 +67,15 @@ TARGETS: tuple[JitTarget, ...] = (
               "DeepSeek-V4 sparse top-k (v1; the presets turn the cluster-based v2 off)", 0.2, max_arch=90),
     JitTarget("compress_plan", "sglang.kernels.ops.attention.dsv4.compress", "_jit_compress_plan_module", (),
               "sgl_kernel_jit_dpsk_v4_compress_plan", "DeepSeek-V4 KV compressor planning (CSA/HCA layers)", 0.2),
+    JitTarget("spec_tree", "sglang.kernels.ops.speculative.tree", "_jit_tree_module", (),
+              "sgl_kernel_jit_speculative_tree", "MTP (EAGLE) draft tree: build, greedy verify", 0.4,
+              speculative=(MTP,)),
+    # (4, True): vec_size = gcd(4, vocab) is 4 for DeepSeek-V4's 129280; EAGLE's verify passes
+    # deterministic=True (sglang/srt/speculative/eagle_utils.py ~783).
+    JitTarget("spec_sampling", "sglang.kernels.ops.speculative.sampling", "_jit_sampling_module", (4, True),
+              "sgl_kernel_jit_speculative_sampling_4_True",
+              "MTP (EAGLE) verify when sampling (temperature > 0); needs cuRAND's headers", 0.6,
+              speculative=(MTP,)),
     JitTarget("moe_topk_sum", "sglang.kernels.ops.moe.moe_topk_sum", "_jit_topk_sum_module", (),
               "sgl_kernel_jit_moe_topk_sum_256_*",
               "sums the MXFP4 experts' router-weighted outputs (fused_marlin_moe's MXFP4 final reduce)", 1.0,
@@ -84,13 +101,17 @@ def cache_root(environ: Mapping[str, str]) -> Path:
     return Path(environ.get(envvars.SGLANG_JIT_CACHE_DIR) or "~/.cache/sglang/jit").expanduser()
 
 
-def targets_for(arch: str, checkpoint: str | None = None) -> list[JitTarget]:
-    """The modules ``arch`` needs for ``checkpoint`` (one of :data:`CHECKPOINTS`; None: both)."""
+def targets_for(arch: str, checkpoint: str | None = None, speculative: str | None = None) -> list[JitTarget]:
+    """The modules ``arch`` needs for ``checkpoint`` (one of :data:`CHECKPOINTS`; None: both) with
+    ``speculative`` (a ``--speculative`` choice; None: every choice's)."""
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    if speculative is not None and speculative not in SPECULATIVE:
+        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE)}, got {speculative!r}")
     n = Arch(arch).number
     return [t for t in TARGETS if (t.max_arch is None or n < t.max_arch)
-            and (checkpoint is None or checkpoint in t.checkpoints)]
+            and (checkpoint is None or checkpoint in t.checkpoints)
+            and (speculative is None or not t.speculative or speculative in t.speculative)]
 
 
 def is_built(target: JitTarget, arch: str, environ: Mapping[str, str]) -> bool:
@@ -99,16 +120,19 @@ def is_built(target: JitTarget, arch: str, environ: Mapping[str, str]) -> bool:
     return any(glob.glob(str(pattern)))
 
 
-def cold_cache_notes(arch: str, environ: Mapping[str, str], checkpoint: str | None = None) -> list[Note]:
+def cold_cache_notes(arch: str, environ: Mapping[str, str], checkpoint: str | None = None,
+                     speculative: str | None = None) -> list[Note]:
     """One note (code ``jit.cold-cache``) when SGLang will have to compile kernels at start-up (for
-    the ``checkpoint`` format being served; None: either); none for an arch without JIT targets."""
+    the ``checkpoint`` format being served, None: either; with the ``speculative`` choice, None:
+    any); none for an arch without JIT targets."""
     if arch not in KNOWN_ARCHES:
         return []
-    missing = [t for t in targets_for(arch, checkpoint) if not is_built(t, arch, environ)]
+    missing = [t for t in targets_for(arch, checkpoint, speculative) if not is_built(t, arch, environ)]
     if not missing:
         return []
     minutes = sum(t.est_minutes for t in missing)
-    fix = f"sglang-ampere warmup --gpu {arch}" + (f" --checkpoint {checkpoint}" if checkpoint else "")
+    fix = (f"sglang-ampere warmup --gpu {arch}" + (f" --checkpoint {checkpoint}" if checkpoint else "")
+           + (f" --speculative {speculative}" if speculative else ""))
     return [note("jit.cold-cache",
                  f"SGLang's JIT cache ({cache_root(environ)}) is cold for {arch}: "
                  f"{', '.join(t.key for t in missing)} will be compiled at start-up (about {minutes:.0f} min on a "

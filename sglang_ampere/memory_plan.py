@@ -111,6 +111,7 @@ from . import checkpoint_format, envvars
 from .inventory import DENSE, EXPERT, classify, draft_problem
 from .notes import Note, note, warning
 from .safetensors_io import DTYPE_SIZES, CheckpointError, list_shards, read_header
+from .speculative import CHOICES as SPECULATIVE
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -137,7 +138,6 @@ DEFAULT_CHUNKED_PREFILL = 4096
 #: (``_auto_choose_speculative_params``): 3 chained steps of the one MTP layer, top-k 1
 #: (the only value DeepSeek-V4 accepts), 4 verified tokens (the 3 drafts + the bonus).
 MTP_STEPS, MTP_TOPK, MTP_DRAFT_TOKENS = 3, 1, 4
-SPECULATIVE = ("none", "mtp", "dspark")
 
 
 #: The codes of the plan's notes (:class:`sglang_ampere.notes.Note`), for callers that act on one.

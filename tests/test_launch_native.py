@@ -212,11 +212,16 @@ def test_cold_jit_cache_note_names_what_this_checkpoint_runs(synth_ckpt, model, 
     one's MXFP4 top-k sum only for the native checkpoint, nothing for SGLang's own sm_90+ path."""
     environ = {"PATH": "/usr/bin", "SGLANG_JIT_CACHE_DIR": str(tmp_path / "jit")}
 
-    def cold_note(ckpt, gpu="sm86"):
-        notes = [str(n) for n in plan_for(ckpt, gpu=gpu, environ=dict(environ)).notes if n.code == "jit.cold-cache"]
+    def cold_note(ckpt, *args, gpu="sm86"):
+        notes = [str(n) for n in plan_for(ckpt, *args, gpu=gpu, environ=dict(environ)).notes
+                 if n.code == "jit.cold-cache"]
         return notes[0] if notes else None
 
     native, dsv4_int = cold_note(synth_ckpt), cold_note(model)
-    assert "moe_topk_sum" in native and native.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
-    assert "moe_topk_sum" not in dsv4_int and dsv4_int.endswith("--checkpoint dsv4_int")
+    assert "moe_topk_sum" in native and native.endswith(
+        "sglang-ampere warmup --gpu sm86 --checkpoint native --speculative none")
+    assert "moe_topk_sum" not in dsv4_int and dsv4_int.endswith("--checkpoint dsv4_int --speculative none")
+    assert "spec_tree" not in native + dsv4_int, "no MTP modules for a server without MTP"
+    mtp = cold_note(synth_ckpt, "--speculative", "mtp", "--context-length", "4096")
+    assert "spec_tree, spec_sampling" in mtp and mtp.endswith("--checkpoint native --speculative mtp")
     assert cold_note(synth_ckpt, gpu="sm90") is None

@@ -12,6 +12,7 @@ import pytest
 from sglang_ampere import jit_cache
 from sglang_ampere.commands import warmup
 from sglang_ampere.cuda_tools import find_cuda_home
+from sglang_ampere.synth import REAL
 
 CLI = Path(sys.executable).parent / "sglang-ampere"
 
@@ -80,6 +81,50 @@ def test_cold_cache_note_for_a_native_checkpoint_names_its_modules_and_the_fix(t
     (note,) = jit_cache.cold_cache_notes("sm86", env, "native")
     assert "is cold for sm86: moe_topk_sum will be compiled" in note.text
     assert note.text.endswith("sglang-ampere warmup --gpu sm86 --checkpoint native")
+
+
+def test_speculative_selects_mtps_modules():
+    """MTP's draft-tree and verify-sampling modules only for --speculative mtp (or no choice given)."""
+    mtp_only = {"spec_tree", "spec_sampling"}
+    assert mtp_only <= {t.key for t in jit_cache.targets_for("sm86")}
+    assert mtp_only <= {t.key for t in jit_cache.targets_for("sm86", speculative="mtp")}
+    for choice in ("none", "dspark"):
+        keys = {t.key for t in jit_cache.targets_for("sm86", speculative=choice)}
+        assert not keys & mtp_only and "gptq_marlin" in keys, choice
+    with pytest.raises(ValueError, match="speculative must be one of none, mtp, dspark"):
+        jit_cache.targets_for("sm86", speculative="eagle")
+
+
+def test_cold_cache_note_for_mtp_names_its_modules_and_the_fix(tmp_path):
+    env = {"SGLANG_JIT_CACHE_DIR": str(tmp_path)}
+    for t in jit_cache.targets_for("sm86", "dsv4_int", "none"):
+        _fake_build(tmp_path, "sm86", t.cache_glob.replace("*", "false"))
+    assert jit_cache.cold_cache_notes("sm86", env, "dsv4_int", "none") == []
+    (note,) = jit_cache.cold_cache_notes("sm86", env, "dsv4_int", "mtp")
+    assert "is cold for sm86: spec_tree, spec_sampling will be compiled" in note.text
+    assert note.text.endswith("sglang-ampere warmup --gpu sm86 --checkpoint dsv4_int --speculative mtp")
+
+
+def test_mtp_targets_are_what_eagle_runs_on_cuda():
+    """SGLang's EAGLE on CUDA takes the tree module's kernels and, when sampling, the sampling
+    module with vec_size gcd(4, vocab) and deterministic=True: the targets' builder arguments."""
+    import importlib
+    import math
+
+    from sglang.kernels.ops.speculative import spec_tree, verify_sampling
+    from sglang.srt.speculative import eagle_utils
+
+    tree, sampling = (next(t for t in jit_cache.TARGETS if t.key == k) for k in ("spec_tree", "spec_sampling"))
+    assert f"from {tree.module} import" in inspect.getsource(spec_tree)
+    assert f"from {sampling.module} import" in inspect.getsource(verify_sampling)
+    for t in (tree, sampling):
+        assert t.builder in inspect.getsource(importlib.import_module(t.module)), t.key
+    verify = inspect.getsource(eagle_utils)
+    call = verify[verify.index("sampling_fn(\n"):]
+    assert "deterministic=True" in call[:call.index("\n        )")]
+    vec_size, deterministic = sampling.args
+    assert deterministic is True and vec_size == math.gcd(4, REAL.vocab)     # the release's vocabulary
+    assert "math.gcd(4, target_probs.shape[-1])" in inspect.getsource(importlib.import_module(sampling.module))
 
 
 def test_checkpoint_option_takes_a_format_or_a_folder(tmp_path):

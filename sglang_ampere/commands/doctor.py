@@ -301,6 +301,7 @@ def check_env_against_preset(arch: str, environ: Mapping[str, str], native: bool
 def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: str | None = None) -> list[Check]:
     from sglang_ampere import jit_cache
     from sglang_ampere.gpus import CPU_ARCH
+    from sglang_ampere.speculative import NONE
 
     if arch == CPU_ARCH:
         return [ok("JIT tools", "jit-not-needed", "the cpu target compiles no CUDA kernel: nvcc, the CUDA "
@@ -333,13 +334,14 @@ def check_jit_tools(environ: Mapping[str, str], arch: str | None, checkpoint: st
         if home is not None:
             checks += check_cuda_headers(home, environ)
     if arch is not None:
-        cold = jit_cache.cold_cache_notes(arch, environ, checkpoint)
+        cold = jit_cache.cold_cache_notes(arch, environ, checkpoint, speculative=NONE)
         if cold:   # launch notes it; here it is worth a warning
             checks.append(Check("jit cache", notes.warning(cold[0].code, cold[0].text)))
         else:
             which = f"the {checkpoint}" if checkpoint else "the dsv4_int and native"
-            checks.append(ok("jit cache", "jit-warm", f"every JIT kernel {which} path needs is built for {arch} in "
-                             f"{jit_cache.cache_root(environ)}"))
+            checks.append(ok("jit cache", "jit-warm", f"every JIT kernel {which} path needs without speculative "
+                             f"decoding is built for {arch} in {jit_cache.cache_root(environ)} (MTP's: "
+                             f"sglang-ampere warmup --gpu {arch} --list)"))
     return checks
 
 

@@ -2,6 +2,8 @@
 
 What is built, where, and why: :mod:`sglang_ampere.jit_cache`. ``--checkpoint`` (a format name or
 a checkpoint folder) builds only what that format runs; without it, both formats' kernels are built.
+``--speculative`` likewise: only what a server with that choice runs (``none`` leaves out MTP's
+draft-tree and verify-sampling modules); without it, every choice's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .. import envvars
 from ..cuda_tools import find_cuda_home
 from ..gpus import AUTO, KNOWN_ARCHES, Arch, add_gpu_flag
 from ..jit_cache import CHECKPOINTS, TARGETS, build, cache_root, is_built, targets_for
+from ..speculative import CHOICES as SPECULATIVE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="FORMAT|DIR",
                         help="build only what this checkpoint runs: " + " or ".join(CHECKPOINTS)
                         + ", or a checkpoint folder (its config.json decides); default: both formats")
+    parser.add_argument("--speculative", choices=SPECULATIVE, default=None,
+                        help="build only what a server with launch's --speculative CHOICE runs (none: without "
+                        "MTP's draft-tree and verify-sampling modules); default: every choice's")
     parser.add_argument("--list", action="store_true", help="show the kernels and whether each is built")
 
 
@@ -77,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_dir:
         os.environ[envvars.SGLANG_JIT_CACHE_DIR] = str(Path(args.cache_dir).expanduser().resolve())
     checkpoint = resolve_checkpoint(getattr(args, "checkpoint", None))
-    chosen = [t for t in targets_for(arch, checkpoint) if not args.only or t.key in args.only]
+    needed = targets_for(arch, checkpoint, getattr(args, "speculative", None))
+    chosen = [t for t in needed if not args.only or t.key in args.only]
     if args.list:
-        for t in targets_for(arch, checkpoint):
+        for t in needed:
             state = "built" if is_built(t, arch, os.environ) else "cold"
-            print(f"{t.key:20s} {state:6s} ~{t.est_minutes:g} min  {'+'.join(t.checkpoints):16s} {t.why}")
+            when = "+".join(t.checkpoints) + (f", --speculative {'/'.join(t.speculative)}" if t.speculative else "")
+            print(f"{t.key:20s} {state:6s} ~{t.est_minutes:g} min  {when:34s} {t.why}")
         return 0
     if not chosen:
         print(f"sglang-ampere warmup: nothing to build for {arch} with --only {args.only}")
