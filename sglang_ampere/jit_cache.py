@@ -139,6 +139,15 @@ def cold_cache_notes(arch: str, environ: Mapping[str, str], checkpoint: str | No
                  f"small host; the server looks hung meanwhile). Build them first: {fix}")]
 
 
+def error_line(text: str) -> str:
+    """The line of a failed build's message that says what went wrong: the compiler's first
+    ``error`` line (SGLang's message ends with the build's stderr, often an empty last line), else
+    the last non-empty line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower() and not line.startswith("RuntimeError")),
+                lines[-1] if lines else "")
+
+
 def build(arch: str, targets: Sequence[JitTarget], out=sys.stderr) -> list[tuple[JitTarget, str, float]]:
     """Build each target for ``arch`` in this process. Returns (target, "ok"/error, seconds)."""
     import importlib
@@ -160,7 +169,7 @@ def build(arch: str, targets: Sequence[JitTarget], out=sys.stderr) -> list[tuple
                 getattr(importlib.import_module(t.module), t.builder)(*args)
                 status = "ok"
             except Exception as exc:  # report and go on: one broken module must not hide the rest
-                status = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+                status = f"{type(exc).__name__}: {error_line(str(exc))}"
             results.append((t, status, time.monotonic() - start))
             bar.update(1)
     bar.close()

@@ -228,3 +228,16 @@ def test_warmup_builds_the_cheapest_kernel_into_the_cache(tmp_path):
                              capture_output=True, text=True, timeout=120, env=env).stdout
     assert [l.split()[:2] for l in listing.splitlines()][0] == [cheapest.key, "built"]
     assert all(l.split()[1] == "cold" for l in listing.splitlines()[1:])
+
+
+def test_a_failed_build_reports_the_compilers_error_line():
+    """SGLang's build error ends with the build's stderr heading (measured: a shadowed CUDA header
+    left warmup printing 'RuntimeError: stderr:'); the report takes the compiler's error line, or
+    the last line when there is none (control)."""
+    text = ("Failed to build JIT module sgl_kernel_jit_speculative_tree in /tmp/x\n"
+            "[1/2] nvcc ... tree.cuh\nFAILED: cuda.o\n"
+            "stub.c:16:945: error: macro \"__cudaLaunch\" passed 2 arguments, but takes just 1\n"
+            "ninja: build stopped: subcommand failed.\n\nstderr:\n\n")
+    assert jit_cache.error_line(text).startswith("stub.c:16:945: error: macro \"__cudaLaunch\"")
+    assert jit_cache.error_line("nvcc not found\n\n") == "nvcc not found"
+    assert jit_cache.error_line("") == ""
