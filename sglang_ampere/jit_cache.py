@@ -141,11 +141,11 @@ def cold_cache_notes(arch: str, environ: Mapping[str, str], checkpoint: str | No
 
 def error_line(text: str) -> str:
     """The line of a failed build's message that says what went wrong: the compiler's first
-    ``error`` line (SGLang's message ends with the build's stderr, often an empty last line), else
-    the last non-empty line."""
+    diagnostic (gcc's and nvcc's ``error:``, ``fatal error:``; SGLang's message ends with the
+    build's stderr heading, often with nothing after it), else the last non-empty line. A command
+    line's ``-Werror`` flags are not a diagnostic."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return next((line for line in lines if "error" in line.lower() and not line.startswith("RuntimeError")),
-                lines[-1] if lines else "")
+    return next((line for line in lines if "error:" in line.lower()), lines[-1] if lines else "")
 
 
 def build(arch: str, targets: Sequence[JitTarget], out=sys.stderr) -> list[tuple[JitTarget, str, float]]:

@@ -235,7 +235,7 @@ def test_a_failed_build_reports_the_compilers_error_line():
     left warmup printing 'RuntimeError: stderr:'); the report takes the compiler's error line, or
     the last line when there is none (control)."""
     text = ("Failed to build JIT module sgl_kernel_jit_speculative_tree in /tmp/x\n"
-            "[1/2] nvcc ... tree.cuh\nFAILED: cuda.o\n"
+            "[1/2] nvcc -Werror=return-type -Xcompiler=-Werror ... tree.cuh\nFAILED: cuda.o\n"
             "stub.c:16:945: error: macro \"__cudaLaunch\" passed 2 arguments, but takes just 1\n"
             "ninja: build stopped: subcommand failed.\n\nstderr:\n\n")
     assert jit_cache.error_line(text).startswith("stub.c:16:945: error: macro \"__cudaLaunch\"")
