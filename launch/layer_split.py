@@ -1,13 +1,14 @@
-"""The layer split for ``--pp-size > 1``: ``SGLANG_PP_LAYER_PARTITION`` from ``sglang-ampere plan``.
+"""The memory plan of a launch, and for ``--pp-size > 1`` the layer split (``SGLANG_PP_LAYER_PARTITION``).
 
-SGLang splits the layers evenly and gives the remainder to the last stages, which also hold the
-head (and, with MTP, the draft): the tightest stage is the last one. When pp > 1 and the user
-set no ``SGLANG_PP_LAYER_PARTITION`` (environment or ``--env``), the launcher sets the split
-that maximises the smallest free memory per stage (:mod:`sglang_ampere.memory_plan`), computed from
-the checkpoint's headers for the memory of the GPUs here (or the preset's card size on a dry
-run without GPUs; on the CPU target the host's RAM divided among the ranks), with the server
-arguments as they will be (the user's, then the preset's).
-The dry run prints the per-stage table; a context x concurrency that does not fit is a warning.
+Every launch whose GPU memory is known (the GPUs here, the preset's card size on a dry run
+without GPUs; on the CPU target the host's RAM divided among the ranks) gets a memory plan
+(:mod:`sglang_ampere.memory_plan`, from the checkpoint's headers and the server arguments as they
+will be: the user's, then the preset's). At pp 1 it sizes the pool only (:mod:`.mem_fraction`,
+:mod:`.swa_pool`). With pp > 1 SGLang splits the layers evenly and gives the remainder to the last
+stages, which also hold the head (and, with MTP, the draft): the tightest stage is the last one.
+When the user set no ``SGLANG_PP_LAYER_PARTITION`` (environment or ``--env``), the launcher sets
+the split that maximises the smallest free memory per stage. The dry run prints the per-stage
+table; a context x concurrency that does not fit is a warning.
 """
 
 from __future__ import annotations
@@ -67,18 +68,19 @@ def settings_of(server: ServerArgv, model: plan_mod.Model) -> plan_mod.Settings:
 
 def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str], overrides: Mapping[str, str],
                  gpu_memory_gib: float | None, preset_memory_gib: float | None) -> LayerSplit:
-    """What to set for the split, and the table. Never raises: a plan that cannot be made is a
-    warning (code ``split.no-plan``, the exception in :attr:`LayerSplit.error`)."""
+    """The memory plan, what to set for the split (nothing at pp 1), and the table. Never raises: a
+    plan that cannot be made is a warning (code ``split.no-plan``, the exception in
+    :attr:`LayerSplit.error`, which :mod:`.mem_fraction` turns into a refusal when no stage can
+    hold its weights)."""
     from sglang_ampere import memory_plan as plan_mod
 
     out = LayerSplit()
-    if topo.pp <= 1:
-        return out
     mem = gpu_memory_gib or preset_memory_gib
-    user = overrides.get(VAR, environ.get(VAR))
+    user = overrides.get(VAR, environ.get(VAR)) if topo.pp > 1 else None
     if mem is None:
+        left = f"{VAR} is left to SGLang's even split" if topo.pp > 1 else "no memory plan is made"
         out.notes.append(note("split.no-memory", f"no GPU memory known (no GPU here, no card size in the preset): "
-                              f"{VAR} is left to SGLang's even split; `sglang-ampere plan` computes one"))
+                              f"{left}; `sglang-ampere plan` computes one"))
         return out
     try:
         model = plan_mod.load_model(server.value("model_path"))
@@ -102,7 +104,9 @@ def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str],
     out.table = plan_mod.format_table(plan, notes=False)     # its notes become the warnings below
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
     dflt = plan.default_min_free_bytes / plan_mod.GIB
-    if user is None:
+    if topo.pp == 1:
+        pass                                 # one stage: nothing to split
+    elif user is None:
         out.value = plan.partition_env
         out.reason = (f"layer split from the checkpoint headers for {mem:.3g} GiB per stage: smallest free memory per "
                       f"stage {ours:.2f} GiB (SGLang's even split: {dflt:.2f} GiB); computed, not measured")

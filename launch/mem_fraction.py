@@ -1,6 +1,6 @@
 """``--mem-fraction-static`` from the memory plan, per topology; a topology the plan cannot fit is refused.
 
-Where the launcher makes a memory plan (pp > 1 with a card size known, :mod:`.layer_split`):
+Where the launcher makes a memory plan (any pp, with a card size known, :mod:`.layer_split`):
 
 * the plan cannot hold a stage's weights and reserves at all (``plan.CapacityError``): refused,
   with the stage, its numbers and what to change;

@@ -33,6 +33,6 @@ class LaunchSpec:
     spec_args_used: list = field(default_factory=list)       # (flag, value, reason) from --speculative
     swa_args_used: list = field(default_factory=list)        # (flag, value, reason) from the SWA pool rule
     mem_args_used: list = field(default_factory=list)        # (flag, value, reason) from the memory plan
-    stage_table: str = ""                                    # the per-stage memory plan (pp > 1)
+    stage_table: str = ""                                    # the per-stage memory plan (memory known)
     card_arch: str = ""                # the GPUs' own arch, when SGLANG_AMPERE_TARGET=ampere makes it differ
     native_path: bool = False          # the native FP8/FP4 checkpoint below sm_90: the preset's [native] added

@@ -11,8 +11,8 @@ preset's), with SGLang's own values where an argument is unset:
 * ``--max-total-tokens`` (N): when given, SGLang's pool is at most N (the memory plan's pool
   when that is smaller: SGLang takes the smaller, ``KVCacheConfigurator._apply_token_constraints``);
   when not, SGLang sizes the pool from memory at start, so the rule uses the memory plan's pool at
-  ``--mem-fraction-static`` (the tightest stage) where ``plan`` made one (pp > 1 with a card size
-  known), and is skipped with a note otherwise: N then depends on the card and is tens of
+  ``--mem-fraction-static`` (the tightest stage) where ``plan`` made one (a card size known), and
+  is skipped with a note otherwise: N then depends on the card and is tens of
   thousands of tokens or more on any card that holds the model, far above the rule
   (``cpu-serving.md``, "GPU and concurrency").
 

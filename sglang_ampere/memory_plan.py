@@ -889,10 +889,13 @@ def format_table(plan: MemoryPlan, notes: bool = True) -> str:
                      f"{r.pool_tokens:>9}")
     dmin = plan.default_min_free_bytes
     lines += [rope_line(plan)]
+    free = f"# smallest free: {min(r.free_bytes for r in plan.ranks) / GIB:.2f} GiB"
+    if plan.pp > 1:                  # one stage has no split
+        lines += [f"{envvars.SGLANG_PP_LAYER_PARTITION}={plan.partition_env}",
+                  f"{free} (SGLang's default split {','.join(map(str, plan.default_partition))}: {dmin / GIB:.2f} GiB)"]
+    else:
+        lines += [free]
     lines += [
-        f"{envvars.SGLANG_PP_LAYER_PARTITION}={plan.partition_env}",
-        f"# smallest free: {min(r.free_bytes for r in plan.ranks) / GIB:.2f} GiB "
-        f"(SGLang's default split {','.join(map(str, plan.default_partition))}: {dmin / GIB:.2f} GiB)",
         f"# KV tokens on every stage: {plan.max_total_tokens} (context x concurrency; at "
         f"{s.max_running_requests} requests up to {plan.max_total_tokens // max(1, s.max_running_requests)} "
         f"tokens each): {'fits' if plan.fits else 'does NOT fit'} {s.context_length} x {s.max_running_requests}",

@@ -18,6 +18,10 @@ from sglang_ampere.launch.speculative import validate
 pytest.importorskip("sglang")
 
 ARCHES = ("sm80", "sm86", "sm89", "sm90", "sm120")
+#: one pipeline stage that holds the real model on every preset's card (pp 1 on one card does not)
+ONE_STAGE = ("--tp-size", "8")
+#: the 24 GB presets (sm89 extends sm86), where that stage lacks 0.39 GiB for the MTP draft (plan's figures)
+ONE_STAGE_SHORT_WITH_MTP = ("sm86", "sm89")
 
 
 def test_pp12_sets_the_partition_plan_computes(real_headers, caller_env, capsys):
@@ -44,8 +48,28 @@ def test_user_partition_is_kept_and_pp1_sets_none(real_headers, caller_env):
     assert "split.user-kept" in {n.code for n in plan.notes}, f"notes {plan.notes}"
     plan = dry_run(real_headers, caller_env, "--pp-size", "12", "--env", f"SGLANG_PP_LAYER_PARTITION={mine}")
     assert plan.env["SGLANG_PP_LAYER_PARTITION"] == mine, "--env wins"
-    one = dry_run(real_headers, caller_env)
-    assert "SGLANG_PP_LAYER_PARTITION" not in one.env and not one.stage_table, "pp 1 has no split"
+    one = dry_run(real_headers, caller_env, *ONE_STAGE)
+    assert "SGLANG_PP_LAYER_PARTITION" not in one.env, "pp 1 has no split"
+    assert "tp 8 x pp 1" in one.stage_table and "SGLANG_PP_LAYER_PARTITION" not in one.stage_table, one.stage_table
+
+
+def test_pp1_gets_the_memory_plan_and_one_card_is_refused(real_headers, caller_env, tmp_path):
+    """pp 1 is planned like any pipeline: eight 24 GB cards at tp 8 keep 0.53 GiB for the KV cache, so
+    the launcher raises --mem-fraction-static to where a 65,536-token pool fits; one card cannot hold
+    the 155 GiB of weights and is refused with the numbers, before SGLang would load until it runs out."""
+    eight = dry_run(real_headers, caller_env, *ONE_STAGE)
+    assert [m[0] for m in eight.mem_args_used] == ["--mem-fraction-static"], eight.mem_args_used
+    assert 0.89 <= float(eight.mem_args_used[0][1]) <= 0.92, eight.mem_args_used
+    assert "tp 8 x pp 1" in eight.mem_args_used[0][2], eight.mem_args_used
+    with pytest.raises(LaunchError, match=r"cannot fit this topology: 1 x 24 GiB \(tp 1 x pp 1\) cannot hold the "
+                                          r"model: stage 0 \(43 layers\) needs 157\.\d\d GiB .* add GPUs"):
+        dry_run(real_headers, caller_env)
+    # a preset without a card size makes no plan without GPUs, and says so
+    bare = tmp_path / "bare.toml"
+    bare.write_text('[preset]\narch = "sm86"\n')
+    unknown = dry_run(real_headers, caller_env, "--preset", str(bare))
+    assert any(n.code == "split.no-memory" and "no memory plan is made" in n.text for n in unknown.notes), unknown.notes
+    assert not unknown.mem_args_used and not unknown.stage_table
 
 
 def test_warns_when_context_times_concurrency_does_not_fit(real_headers, caller_env):
@@ -61,7 +85,12 @@ def test_warns_when_context_times_concurrency_does_not_fit(real_headers, caller_
 @pytest.mark.parametrize("pp", [1, 12])
 @pytest.mark.parametrize("arch", ARCHES)
 def test_every_preset_argv_passes_sglangs_own_validation(real_headers, caller_env, arch, pp, spec):
-    args = ["--gpu", arch, "--dry-run", "--model-path", str(real_headers), "--pp-size", str(pp), "--speculative", spec]
+    topo = ONE_STAGE if pp == 1 else ("--pp-size", str(pp))
+    args = ["--gpu", arch, "--dry-run", "--model-path", str(real_headers), *topo, "--speculative", spec]
+    if pp == 1 and spec == "mtp" and arch in ONE_STAGE_SHORT_WITH_MTP:
+        with pytest.raises(LaunchError, match=r"8 x 24 GiB \(tp 8 x pp 1\) cannot hold the model"):
+            build_spec(args, environ=caller_env, smi_output="")
+        return
     plan = build_spec(args, environ=caller_env, smi_output="")
     validate(plan.argv[3:], plan.env)       # raises LaunchError with SGLang's reason if refused
     algo = "--speculative-algorithm" in plan.argv
@@ -76,11 +105,13 @@ def test_refused_combinations_get_sglangs_reason_and_the_fix(real_headers, calle
                                           r"--speculative mtp"):
         dry_run(real_headers, caller_env, "--pp-size", "12", "--speculative", "dspark")
     with pytest.raises(LaunchError, match=r"topk == 1 .* To fix: use --speculative-eagle-topk 1"):
-        dry_run(real_headers, caller_env, "--speculative", "mtp", "--speculative-eagle-topk", "2")
+        # sm90's 80 GB: the memory plan, which comes first, holds MTP at one stage
+        dry_run(real_headers, caller_env, *ONE_STAGE, "--speculative", "mtp", "--speculative-eagle-topk", "2",
+                gpu="sm90")
     with pytest.raises(LaunchError, match=r"only supported on prefill nodes.* To fix: set SGLANG_ENABLE_PP_SPEC=1"):
         dry_run(real_headers, {**caller_env, "SGLANG_ENABLE_PP_SPEC": "0"}, "--pp-size", "12", "--speculative", "mtp")
     with pytest.raises(LaunchError, match="contradicts"):
-        dry_run(real_headers, caller_env, "--speculative", "mtp", "--speculative-algorithm", "DSPARK")
+        dry_run(real_headers, caller_env, *ONE_STAGE, "--speculative", "mtp", "--speculative-algorithm", "DSPARK")
 
 
 def test_eagle_given_directly_over_pp_gets_the_pp_spec_variable(real_headers, caller_env):
@@ -119,14 +150,16 @@ def _as_0731(real_headers, tmp_path):
 def test_draft_must_match_what_mtp_holds(real_headers, caller_env, tmp_path):
     """EAGLE cannot load 0731's DSpark drafter: SGLang's own checks pass it (it fails later, loading the
     draft), so the launcher refuses it. DSpark on V4-Flash, which has no drafter, SGLang refuses itself.
-    A draft checkpoint the user names is the user's call."""
+    A draft checkpoint the user names is the user's call. On sm90's 80 GB cards, where one stage holds
+    either draft (the memory plan comes first)."""
     v0731 = _as_0731(real_headers, tmp_path)
     with pytest.raises(LaunchError, match=r"EAGLE: this checkpoint \(V4-Flash-0731\) holds a DSpark drafter"):
-        dry_run(v0731, caller_env, "--speculative", "mtp")
+        dry_run(v0731, caller_env, *ONE_STAGE, "--speculative", "mtp", gpu="sm90")
     with pytest.raises(LaunchError, match="DSpark dense speculative decoding requires setting "
                                           "--speculative-draft-model-path"):
-        dry_run(real_headers, caller_env, "--speculative", "dspark")
-    dspark = dry_run(v0731, caller_env, "--speculative", "dspark")
+        dry_run(real_headers, caller_env, *ONE_STAGE, "--speculative", "dspark", gpu="sm90")
+    dspark = dry_run(v0731, caller_env, *ONE_STAGE, "--speculative", "dspark", gpu="sm90")
     assert "DSPARK" in dspark.argv, f"argv {dspark.argv}"
-    named = dry_run(real_headers, caller_env, "--speculative", "dspark", "--speculative-draft-model-path", str(v0731))
+    named = dry_run(real_headers, caller_env, *ONE_STAGE, "--speculative", "dspark", "--speculative-draft-model-path",
+                    str(v0731), gpu="sm90")
     assert "DSPARK" in named.argv, "a named draft checkpoint is the user's call"
