@@ -62,6 +62,19 @@ def test_integer_decoder_is_exact_for_every_byte_and_scale():
     torch.testing.assert_close(got, want, rtol=0, atol=0)   # bit-exact, incl. subnormal products
 
 
+def test_table_decoder_gives_the_integer_decoders_bits():
+    """e4m3_bytes_to_float looks the byte up in e4m3_bits_to_float's 256 values: the same bits for
+    every code, in any shape, NaN bytes included (480, as the sm_86 kernels' integer decode)."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    table = L.e4m3_bytes_to_float(codes)
+    assert torch.equal(table.view(torch.int32), L.e4m3_bits_to_float(codes).view(torch.int32))
+    assert table[0x7F].item() == 480.0 and table[0xFF].item() == -480.0
+    b = torch.randint(0, 256, (3, 37, 5), dtype=torch.uint8)
+    assert torch.equal(L.e4m3_bytes_to_float(b), L.e4m3_bits_to_float(b))
+    # the check can fail: torch's own e4m3fn conversion reads the NaN bytes as NaN
+    assert not torch.equal(codes.view(torch.float8_e4m3fn).float(), table)
+
+
 def test_encoder_follows_the_writer_rules():
     seed = _seed()
     rows = _rows(50)

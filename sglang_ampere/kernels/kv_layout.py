@@ -135,7 +135,7 @@ def read_rows_reference(buf: torch.Tensor, slots: torch.Tensor, page_size: int) 
     return torch.cat([(nope * scale[..., None]).reshape(-1, NOPE_DIM), rope], dim=1)
 
 
-def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
+def e4m3_bits_to_float(b: torch.Tensor) -> torch.Tensor:
     """Raw e4m3fn bytes (uint8, any shape) -> float32 with integer operations only.
 
     Sign ``s``, exponent ``e`` (4 bits, bias 7), mantissa ``m`` (3 bits): ``e > 0`` gives the
@@ -149,6 +149,18 @@ def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
     normal = ((e + (E8M0_BIAS - E4M3_BIAS)) << 23) | (mant << 20)
     mag = torch.where(e > 0, normal.view(torch.float32), mant.to(torch.float32) * 2.0**-9)
     return torch.where((i & 0x80) != 0, -mag, mag)
+
+
+_E4M3_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
+    """:func:`e4m3_bits_to_float`, by a lookup in its 256 values (the same bits; about 4x faster
+    on a CPU, where the torch sparse-MLA path decodes every gathered KV row with it)."""
+    table = _E4M3_TABLES.get(b.device)
+    if table is None:
+        table = _E4M3_TABLES[b.device] = e4m3_bits_to_float(torch.arange(256, dtype=torch.uint8, device=b.device))
+    return torch.take(table, b.long())
 
 
 def index_pool(num_pages: int, device=None) -> torch.Tensor:
