@@ -104,13 +104,11 @@ def split_layers(server: ServerArgv, topo: Topology, environ: Mapping[str, str],
     out.table = plan_mod.format_table(plan, notes=False)     # its notes become the warnings below
     ours = min(r.free_bytes for r in plan.ranks) / plan_mod.GIB
     dflt = plan.default_min_free_bytes / plan_mod.GIB
-    if topo.pp == 1:
-        pass                                 # one stage: nothing to split
-    elif user is None:
+    if topo.pp > 1 and user is None:            # one stage has nothing to split
         out.value = plan.partition_env
         out.reason = (f"layer split from the checkpoint headers for {mem:.3g} GiB per stage: smallest free memory per "
                       f"stage {ours:.2f} GiB (SGLang's even split: {dflt:.2f} GiB); computed, not measured")
-    else:
+    elif topo.pp > 1:                           # the user's split, compared with the plan's
         best = plan_mod.make_plan(model, gpus, mem, nodes=topo.nnodes, tp=topo.tp, settings=settings)
         better = min(r.free_bytes for r in best.ranks) / plan_mod.GIB
         out.notes.append(note("split.user-kept", f"keeping your {VAR}={user} (smallest free {ours:.2f} GiB per "

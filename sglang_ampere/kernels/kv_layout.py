@@ -159,6 +159,8 @@ def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
     on a CPU, where the torch sparse-MLA path decodes every gathered KV row with it)."""
     table = _E4M3_TABLES.get(b.device)
     if table is None:
+        if b.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return e4m3_bits_to_float(b)     # no table made inside a CUDA graph's memory pool
         table = _E4M3_TABLES[b.device] = e4m3_bits_to_float(torch.arange(256, dtype=torch.uint8, device=b.device))
     return torch.take(table, b.long())
 
