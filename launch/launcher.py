@@ -107,6 +107,12 @@ def build_spec(argv: Sequence[str], environ: Mapping[str, str] | None = None,
 
     preset_args, used, kept = fill_server_args(preset, server, native=native)
     spec_args, spec_used = speculative_args(opts.speculative, server)
+    if native or opts.speculative not in (None, "none") or server.value("speculative_algorithm"):
+        # SGLang's own verdict on every speculative combination and on the native checkpoint's
+        # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes
+        # start, and before the memory plan: a refused argument is named first. The plan only
+        # adds its two values, --mem-fraction-static in (0, 1) and --swa-full-tokens-ratio <= 1.
+        _validate(cli, spec_args + preset_args, server, topo, environ, overrides, env, model.config)
     memory = _stage_memory_gib(arch, found, topo)
 
     def split(final: ServerArgv) -> LayerSplit:
@@ -134,16 +140,23 @@ def build_spec(argv: Sequence[str], environ: Mapping[str, str] | None = None,
                       preset_args_used=used, preset_args_kept=kept, spec_args_used=spec_used,
                       swa_args_used=fit.swa, mem_args_used=fit.mem, stage_table=layers.table,
                       card_arch=card_arch, native_path=native)
-    if native or opts.speculative not in (None, "none") or server.value("speculative_algorithm"):
-        # SGLang's own verdict on every speculative combination and on the native checkpoint's
-        # arguments (its DeepSeek-V4 overrides read the checkpoint's config), before 12 processes start.
-        validate((node_argvs[0] if node_argvs else spec.argv)[3:], env)
-        # SGLang only fails later, loading the draft, when mtp.* is not what its algorithm reads.
-        check_draft_source(final, model.config)
     if model.served_format is not None:
         # SGLang JIT-compiles for the card's own arch; only what this checkpoint's path runs.
         spec.notes += _jit_cache_notes(card_arch, env, model.served_format, speculative_of(final))
     return spec
+
+
+def _validate(cli: list[str], added: list[str], server: ServerArgv, topo: Topology, environ: Mapping[str, str],
+              overrides: Mapping[str, str], env: Mapping[str, str], config: dict) -> None:
+    """SGLang's checks (:func:`.speculative.validate`) on node 0's arguments and the environment
+    they will get (``SGLANG_ENABLE_PP_SPEC`` included), then the draft source, which SGLang only
+    checks later, loading the draft. Raises :class:`LaunchError`."""
+    args = server.with_args(added)
+    final_env = dict(env)
+    for c in _final_env(args, topo, environ, overrides, LayerSplit()):
+        final_env[c.name] = c.new
+    validate((with_node_rank(cli, 0) if topo.nnodes > 1 else list(cli)) + added, final_env)
+    check_draft_source(args, config)
 
 
 def _stage_memory_gib(arch: str, found: list, topo: Topology) -> float | None:
