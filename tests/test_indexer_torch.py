@@ -91,7 +91,7 @@ def test_untrimmed_graph_path_is_the_same_and_reads_nothing_back(gen, monkeypatc
     lens = [3, 130, 64]
     q, pool, w, seq, table = _case(gen, 3, lens, 4, 4)
     trimmed = I.paged_mqa_logits_torch(q, pool, w, seq, table, None, 256, budget_mb=0.3)
-    monkeypatch.setattr(I, "_capturing", lambda device: True)
+    monkeypatch.setattr(L, "capturing", lambda device: True)
     full = I.paged_mqa_logits_torch(q, pool, w, seq, table, None, 256, budget_mb=0.3)
     assert torch.equal(trimmed, full)
     meta = [t.to("meta") for t in (q, pool, w, seq, table)]

@@ -88,10 +88,6 @@ def plan_chunks(rows: int, pages: int, heads: int, budget: int) -> IndexerChunkP
     return IndexerChunkPlan(rc, pc, rc * (pc * per_pair + per_row_q))
 
 
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def _check_args(q_fp8, kvcache_fp8, weight, seq_lens, page_table, max_seq_len, clean_logits) -> None:
     if q_fp8.ndim != 4 or q_fp8.shape[1] != 1 or q_fp8.shape[3] != L.INDEX_DIM:
         raise ValueError(f"q_fp8 must be [rows, 1, heads, {L.INDEX_DIM}] (one query per row), "
@@ -140,7 +136,7 @@ def paged_mqa_logits_torch(q_fp8: torch.Tensor, kvcache_fp8: torch.Tensor, weigh
     last_page = flat.shape[0] - 1
     plan = plan_chunks(B, pages_used, H, budget_bytes(budget_mb))
     lens_all = seq_lens.to(device=dev, dtype=torch.int64)
-    trim = not _capturing(dev)
+    trim = not L.capturing(dev)
     for r0 in range(0, B, plan.rows):
         r1 = min(B, r0 + plan.rows)
         row_pages = pages_used

@@ -151,6 +151,12 @@ def e4m3_bits_to_float(b: torch.Tensor) -> torch.Tensor:
     return torch.where((i & 0x80) != 0, -mag, mag)
 
 
+def capturing(device: torch.device) -> bool:
+    """A CUDA graph is being captured on ``device``'s current stream (no data-dependent sizes,
+    no host syncs, no allocation meant to outlive the graph)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 _E4M3_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
@@ -159,7 +165,7 @@ def e4m3_bytes_to_float(b: torch.Tensor) -> torch.Tensor:
     on a CPU, where the torch sparse-MLA path decodes every gathered KV row with it)."""
     table = _E4M3_TABLES.get(b.device)
     if table is None:
-        if b.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if capturing(b.device):
             return e4m3_bits_to_float(b)     # no table made inside a CUDA graph's memory pool
         table = _E4M3_TABLES[b.device] = e4m3_bits_to_float(torch.arange(256, dtype=torch.uint8, device=b.device))
     return torch.take(table, b.long())

@@ -92,10 +92,6 @@ def plan_chunks(T: int, H: int, D: int, K: int, budget: int, row_bytes: int | No
     return ChunkPlan(tc, kc, largest)
 
 
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 # A source of candidate rows: (indices [T, K] int, lengths [T] or None, number of rows,
 # gather(idx [t, k] int64, all in range) -> [t, k, D] float32).
 @dataclass
@@ -119,7 +115,7 @@ def _attend(q: torch.Tensor, sources: list[_Source], attn_sink: torch.Tensor | N
     trimmed = []
     for src in sources:
         idx = src.indices
-        if src.lengths is not None and not _capturing(dev) and idx.shape[1] > 0:
+        if src.lengths is not None and not L.capturing(dev) and idx.shape[1] > 0:
             used = int(src.lengths.max().clamp(min=0, max=idx.shape[1]))
             idx = idx[:, :used]
         trimmed.append(idx)
@@ -233,15 +229,17 @@ def _paged_source(k_cache: torch.Tensor, indices: torch.Tensor, lengths: torch.T
     data, scale, ps = _paged_regions(k_cache)
     idx = indices.reshape(indices.shape[0], indices.shape[-1])
 
+    def decode(i: torch.Tensor) -> torch.Tensor:
+        p, s = i // ps, i % ps
+        return decode_kv_rows(data[p, s], scale[p, s])
+
     def gather(i: torch.Tensor) -> torch.Tensor:
-        if _capturing(i.device):             # torch.unique's output size is data-dependent
-            p, s = i // ps, i % ps
-            return decode_kv_rows(data[p, s], scale[p, s])
+        if L.capturing(i.device):            # torch.unique's output size is data-dependent
+            return decode(i)
         # Neighbouring queries select mostly the same rows: decode each row once (with the table
         # decode, the CPU server's 2300-token prefill went from 30 s to 8 s; benchmarks/RESULTS.md).
         rows, where = torch.unique(i, return_inverse=True)
-        p, s = rows // ps, rows % ps
-        return decode_kv_rows(data[p, s], scale[p, s])[where]
+        return decode(rows)[where]
 
     return _Source(idx, lengths, data.shape[0] * ps, gather)
 
